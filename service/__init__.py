@@ -1,0 +1,1 @@
+"""The rollcall service: webhook intake, the event store, the analyst API and the CLI."""
