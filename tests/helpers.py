@@ -1,0 +1,129 @@
+"""Test support: settings, the in-process HTTP server, signing, reading the store with plain SQL.
+
+Signatures here are computed independently of rollcall's own code (hashlib, hmac, and the
+`standardwebhooks` reference package), so a symmetric bug cannot pass unnoticed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import hmac
+import json
+import socket
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import psycopg
+import uvicorn
+
+from service.app import create_app
+from service.config import EventConfig, Settings
+
+SECRET = "organiser-chosen secret: zażółć 42"
+
+
+def make_settings(database_url: str, data_dir: Path, **overrides: Any) -> Settings:
+    """Settings for tests: by default one `default` event with a known secret."""
+    events = overrides.pop("events", None) or {
+        "default": EventConfig(slug="default", secrets=(SECRET,))
+    }
+    return Settings(data_dir=data_dir, database_url=database_url, events=events, **overrides)
+
+
+class RunningService:
+    """rollcall's ASGI app served by uvicorn on a real local socket, in a background thread."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self._socket = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self._socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self._socket.bind(("127.0.0.1", 0))
+        self.port: int = self._socket.getsockname()[1]
+        self.url = f"http://127.0.0.1:{self.port}"
+        config = uvicorn.Config(
+            create_app(settings), lifespan="on", log_config=None, timeout_keep_alive=5
+        )
+        self._server = uvicorn.Server(config)
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        asyncio.run(self._server.serve(sockets=[self._socket]))
+
+    def start(self) -> None:
+        self._thread.start()
+        deadline = time.monotonic() + 30
+        while not self._server.started:
+            if not self._thread.is_alive() or time.monotonic() > deadline:
+                raise RuntimeError("rollcall did not start")
+            time.sleep(0.02)
+
+    def stop(self) -> None:
+        self._server.should_exit = True
+        self._thread.join(timeout=30)
+        self._socket.close()
+
+
+def jte_headers(values: dict[str, str]) -> httpx.Headers:
+    """JSON content type plus `values`, UTF-8 on the wire: chosen secrets may be non-ASCII."""
+    headers = httpx.Headers(encoding="utf-8")
+    headers["content-type"] = "application/json"
+    for name, value in values.items():
+        headers[name] = value
+    return headers
+
+
+def token_headers(secret: str = SECRET) -> httpx.Headers:
+    return jte_headers({"x-webhook-secret": secret})
+
+
+def bearer_headers(secret: str = SECRET) -> httpx.Headers:
+    return jte_headers({"authorization": "Bearer " + secret})
+
+
+def hmac_headers(body: bytes, secret: str = SECRET, *, prefix: str = "sha256=") -> httpx.Headers:
+    digest = hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
+    return jte_headers({"x-webhook-signature": prefix + digest})
+
+
+def hmac_base64(body: bytes, secret: str = SECRET) -> str:
+    return base64.b64encode(hmac.new(secret.encode(), body, hashlib.sha256).digest()).decode()
+
+
+def delivery(
+    event: str = "AttendeeRegistered",
+    attendee_id: str = "a-1",
+    delivery_id: str | None = None,
+    **extra: Any,
+) -> bytes:
+    """A canonical JTE body, as DESIGN.md shows it."""
+    body: dict[str, Any] = {"event": event}
+    if delivery_id is not None:
+        body["id"] = delivery_id
+    body["attendee"] = {
+        "id": attendee_id,
+        "email": f"{attendee_id}@example.com",
+        "firstName": "Ola",
+    }
+    body.update(extra)
+    return json.dumps(body).encode()
+
+
+def stored_rows(database_url: str) -> list[dict[str, Any]]:
+    """Every stored delivery, read with plain SQL and the standard json module."""
+    with psycopg.connect(database_url) as conn:
+        rows = conn.execute(
+            "SELECT notification_id, originator_id, originator_version, topic, state "
+            "FROM rollcall.deliveries_events ORDER BY notification_id"
+        ).fetchall()
+    result = []
+    for position, key, version, topic, state in rows:
+        record = json.loads(bytes(state))
+        record.update(position=position, key=key, version=version, topic=topic)
+        record["body"] = base64.b64decode(record["body"])
+        result.append(record)
+    return result
