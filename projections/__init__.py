@@ -1,0 +1,1 @@
+"""The views analysts query, built from the event store by replayable projections."""
