@@ -1,4 +1,4 @@
-"""CI helper: `create SERVER_URL` makes a fresh database and prints its URL; `drop URL` removes it."""
+"""CI helper: `create SERVER_URL` makes a fresh database, prints its URL; `drop URL` drops it."""
 
 import sys
 import time

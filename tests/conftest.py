@@ -11,10 +11,16 @@ from uuid import uuid4
 
 import psycopg
 import pytest
+from hypothesis import HealthCheck, settings
 from psycopg import sql
 
 from service.database import EmbeddedPostgres, with_database
 from tests.helpers import RunningService, make_settings
+
+# Generation speed varies with machine load (CI shares two cores with PostgreSQL); what the
+# properties check does not depend on it.
+settings.register_profile("rollcall", deadline=None, suppress_health_check=[HealthCheck.too_slow])
+settings.load_profile("rollcall")
 
 
 @pytest.fixture(scope="session")
