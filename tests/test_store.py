@@ -4,37 +4,17 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from datetime import UTC, datetime
 
 import psycopg
 import pytest
 
-from domain.interpret import PARSER_VERSION
-from service.store import DeliveryRecorded, EventStore, delivery_key
-from tests.helpers import delivery, stored_rows
-
-
-def recorded(body: bytes, delivery_id: str | None = None) -> DeliveryRecorded:
-    return DeliveryRecorded(
-        originator_id=delivery_key("default", delivery_id, body),
-        originator_version=1,
-        timestamp=datetime.now(UTC),
-        slug="default",
-        body=body,
-        headers={"content-type": "application/json"},
-        verified_by="token",
-        delivery_id=delivery_id,
-        event_type="AttendeeRegistered",
-        attendee_id="a-1",
-        occurred_at=None,
-        parser_version=PARSER_VERSION,
-        quarantine_reason=None,
-    )
+from service.store import DeliveryStore
+from tests.helpers import delivery, recorded, stored_rows
 
 
 @pytest.fixture
-def store(database_url: str) -> Iterator[EventStore]:
-    store = EventStore(database_url)
+def store(database_url: str) -> Iterator[DeliveryStore]:
+    store = DeliveryStore(database_url)
     yield store
     store.close()
 
@@ -48,7 +28,7 @@ def store(database_url: str) -> Iterator[EventStore]:
     ],
 )
 def test_stored_deliveries_cannot_be_changed(
-    store: EventStore, database_url: str, statement: str
+    store: DeliveryStore, database_url: str, statement: str
 ) -> None:
     store.append([recorded(delivery())])
     with (
@@ -59,7 +39,7 @@ def test_stored_deliveries_cannot_be_changed(
     assert len(stored_rows(database_url)) == 1
 
 
-def test_in_batch_and_cross_batch_duplicates(store: EventStore) -> None:
+def test_in_batch_and_cross_batch_duplicates(store: DeliveryStore) -> None:
     a, b = recorded(delivery(attendee_id="a")), recorded(delivery(attendee_id="b"))
     first = store.append([a, recorded(a.body), b])
     assert first[0] is not None and first[2] is not None and first[1] is None
@@ -70,7 +50,7 @@ def test_in_batch_and_cross_batch_duplicates(store: EventStore) -> None:
 
 
 def test_concurrent_appends_of_the_same_keys_store_each_once(database_url: str) -> None:
-    stores = [EventStore(database_url) for _ in range(4)]
+    stores = [DeliveryStore(database_url) for _ in range(4)]
     bodies = [delivery(attendee_id=f"a-{i}", delivery_id=f"d-{i}") for i in range(40)]
     try:
         with ThreadPoolExecutor(max_workers=8) as pool:
@@ -91,7 +71,7 @@ def test_concurrent_appends_of_the_same_keys_store_each_once(database_url: str) 
     assert len(stored_rows(database_url)) == 40
 
 
-def test_read_back_in_position_order(store: EventStore) -> None:
+def test_read_back_in_position_order(store: DeliveryStore) -> None:
     bodies = [delivery(attendee_id=f"r-{i}") for i in range(5)]
     positions = [p for p in store.append([recorded(body) for body in bodies]) if p is not None]
     assert len(positions) == 5
@@ -102,10 +82,10 @@ def test_read_back_in_position_order(store: EventStore) -> None:
 
 
 def test_schema_setup_is_idempotent_and_keeps_data(database_url: str) -> None:
-    first = EventStore(database_url)
+    first = DeliveryStore(database_url)
     first.append([recorded(delivery(attendee_id="kept"))])
     first.close()
-    second = EventStore(database_url)
+    second = DeliveryStore(database_url)
     try:
         assert [item.state.body for item in second.read(0, 10)] == [delivery(attendee_id="kept")]
     finally:
