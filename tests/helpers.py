@@ -14,6 +14,7 @@ import json
 import socket
 import threading
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -21,8 +22,10 @@ import httpx
 import psycopg
 import uvicorn
 
+from domain.interpret import PARSER_VERSION
 from service.app import create_app
 from service.config import EventConfig, Settings
+from service.store import DeliveryRecorded, delivery_key
 
 SECRET = "organiser-chosen secret: zażółć 42"
 
@@ -40,14 +43,15 @@ class RunningService:
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self._socket = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        # IPPROTO_TCP explicitly: asyncio turns on TCP_NODELAY only for such sockets, and
+        # without it keep-alive requests stall ~40 ms (Nagle's algorithm and delayed ACKs).
+        self._socket = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
         self._socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self._socket.bind(("127.0.0.1", 0))
         self.port: int = self._socket.getsockname()[1]
         self.url = f"http://127.0.0.1:{self.port}"
-        config = uvicorn.Config(
-            create_app(settings), lifespan="on", log_config=None, timeout_keep_alive=5
-        )
+        self.app = create_app(settings)
+        config = uvicorn.Config(self.app, lifespan="on", log_config=None, timeout_keep_alive=5)
         self._server = uvicorn.Server(config)
         self._thread = threading.Thread(target=self._run, daemon=True)
 
@@ -127,3 +131,22 @@ def stored_rows(database_url: str) -> list[dict[str, Any]]:
         record["body"] = base64.b64decode(record["body"])
         result.append(record)
     return result
+
+
+def recorded(body: bytes, delivery_id: str | None = None) -> DeliveryRecorded:
+    """A delivery record as intake would make it, for tests of the store and writers."""
+    return DeliveryRecorded(
+        originator_id=delivery_key("default", delivery_id, body),
+        originator_version=1,
+        timestamp=datetime.now(UTC),
+        slug="default",
+        body=body,
+        headers={"content-type": "application/json"},
+        verified_by="token",
+        delivery_id=delivery_id,
+        event_type="AttendeeRegistered",
+        attendee_id="a-1",
+        occurred_at=None,
+        parser_version=PARSER_VERSION,
+        quarantine_reason=None,
+    )

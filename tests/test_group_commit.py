@@ -1,0 +1,153 @@
+"""Group commit: batching, duplicates, a failing delivery, backpressure, an idle service."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import time
+from collections import Counter
+from collections.abc import AsyncIterator, Callable
+
+import httpx
+import psycopg
+import pytest
+
+from service.store import DeliveryRecorded, DeliveryStore, StoreUnavailable
+from service.writer import GroupCommitWriter
+from tests.helpers import RunningService, delivery, recorded, stored_rows, token_headers
+
+
+@pytest.fixture
+async def store(database_url: str) -> AsyncIterator[DeliveryStore]:
+    store = await asyncio.to_thread(DeliveryStore, database_url)
+    yield store
+    await asyncio.to_thread(store.close)
+
+
+@pytest.fixture
+async def writer(store: DeliveryStore) -> AsyncIterator[GroupCommitWriter]:
+    writer = GroupCommitWriter(
+        store, batch_max=64, linger=0.002, queue_max=1000, timeout=10, writers=2
+    )
+    writer.start()
+    yield writer
+    await writer.close()
+
+
+async def test_concurrent_posts_are_batched_and_stored_exactly_once(
+    start_service: Callable[..., RunningService], database_url: str
+) -> None:
+    service = start_service()
+    bodies = [
+        delivery("AttendeeCheckedIn", attendee_id=f"a-{i}", delivery_id=f"d-{i}")
+        for i in range(300)
+    ]
+    sends = bodies + bodies[::3]  # a third of them retried
+    limits = httpx.Limits(max_connections=64)
+    async with httpx.AsyncClient(base_url=service.url, limits=limits, timeout=60) as client:
+        answers = await asyncio.gather(
+            *(client.post("/webhooks/jte", content=b, headers=token_headers()) for b in sends)
+        )
+    assert {a.status_code for a in answers} == {200}
+    assert Counter(a.json()["status"] for a in answers) == {"accepted": 300, "duplicate": 100}
+    acknowledged = sorted(a.json()["position"] for a in answers if a.json()["status"] == "accepted")
+    rows = stored_rows(database_url)
+    assert [row["position"] for row in rows] == acknowledged
+    assert len({row["delivery_id"] for row in rows}) == 300
+    stats = service.app.state.writer.stats
+    assert stats.deliveries == 400  # every send went through a batch
+    assert stats.largest_batch > 1, "concurrent deliveries should share transactions"
+    assert stats.batches < 400
+
+
+async def test_duplicates_inside_one_batch_and_across_batches(writer: GroupCommitWriter) -> None:
+    a, b = delivery(attendee_id="a"), delivery(attendee_id="b")
+    # Submitted in one go, before the flusher runs: they form a single batch.
+    first = await asyncio.gather(*(writer.submit(recorded(body)) for body in (a, b, a, a)))
+    assert first[0] is not None and first[1] is not None
+    assert first[2:] == [None, None]
+    assert writer.stats.batches == 1
+    later = await asyncio.gather(
+        writer.submit(recorded(b)), writer.submit(recorded(delivery(attendee_id="c")))
+    )
+    assert later[0] is None and later[1] is not None and later[1] > max(first[0], first[1])
+
+
+async def test_a_failing_delivery_does_not_fail_its_neighbours(
+    writer: GroupCommitWriter, database_url: str
+) -> None:
+    good = [recorded(delivery(attendee_id=f"ok-{i}")) for i in range(7)]
+    # A record the store cannot encode: stands in for any per-delivery failure.
+    poison = dataclasses.replace(recorded(delivery(attendee_id="bad")), headers={"x": object()})  # type: ignore[dict-item]
+    batch: list[DeliveryRecorded] = [*good[:3], poison, *good[3:]]
+    results = await asyncio.gather(*(writer.submit(item) for item in batch), return_exceptions=True)
+    assert isinstance(results[3], StoreUnavailable)
+    positions = [r for i, r in enumerate(results) if i != 3]
+    assert all(isinstance(p, int) for p in positions)
+    stored = {row["body"] for row in stored_rows(database_url)}
+    assert stored == {item.body for item in good}
+
+
+async def test_full_queue_answers_503_with_retry_after_and_recovers(
+    start_service: Callable[..., RunningService], database_url: str
+) -> None:
+    service = start_service(queue_max=4, batch_max=2, store_timeout=20.0)
+    async with httpx.AsyncClient(base_url=service.url, timeout=60) as client:
+        # Hold the events table lock from outside so that every batch waits on it.
+        with psycopg.connect(database_url) as blocker:
+            blocker.execute("LOCK TABLE rollcall.deliveries_events IN EXCLUSIVE MODE")
+            posts = [
+                asyncio.create_task(
+                    client.post(
+                        "/webhooks/jte",
+                        content=delivery(attendee_id=f"q-{i}"),
+                        headers=token_headers(),
+                    )
+                )
+                for i in range(12)
+            ]
+            await asyncio.sleep(1.0)
+            refused = [task.result() for task in posts if task.done()]
+            assert refused, "with the store blocked, a full queue must refuse at once"
+            for answer in refused:
+                assert answer.status_code == 503
+                assert answer.headers["retry-after"].isdigit()
+            blocker.rollback()
+        answers = await asyncio.gather(*posts)
+    accepted = [a for a in answers if a.status_code == 200]
+    # Memory is bounded: two batches of two in flight plus four queued; the rest were refused.
+    assert 1 <= len(accepted) <= 8
+    assert len(accepted) + len(refused) == 12
+    assert len(stored_rows(database_url)) == len(accepted)
+
+
+async def test_a_lone_delivery_is_not_held_back_waiting_for_company(
+    start_service: Callable[..., RunningService],
+) -> None:
+    # A linger of five seconds would show if an idle service waited for more deliveries.
+    service = start_service(batch_linger_ms=5000.0, batch_max=100)
+    async with httpx.AsyncClient(base_url=service.url, timeout=30) as client:
+        started = time.monotonic()
+        answer = await client.post("/webhooks/jte", content=delivery(), headers=token_headers())
+        elapsed = time.monotonic() - started
+    assert answer.json()["status"] == "accepted"
+    assert elapsed < 2.5
+    assert service.app.state.writer.stats.batch_sizes == {1: 1}
+
+
+async def test_group_commit_can_be_switched_off(
+    start_service: Callable[..., RunningService],
+) -> None:
+    service = start_service(group_commit=False)
+    async with httpx.AsyncClient(base_url=service.url, timeout=30) as client:
+        answers = await asyncio.gather(
+            *(
+                client.post(
+                    "/webhooks/jte", content=delivery(attendee_id=f"s-{i}"), headers=token_headers()
+                )
+                for i in range(20)
+            )
+        )
+    assert {a.json()["status"] for a in answers} == {"accepted"}
+    stats = service.app.state.writer.stats
+    assert (stats.batches, stats.largest_batch) == (20, 1)
