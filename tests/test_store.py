@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 
@@ -90,3 +91,19 @@ def test_schema_setup_is_idempotent_and_keeps_data(database_url: str) -> None:
         assert [item.state.body for item in second.read(0, 10)] == [delivery(attendee_id="kept")]
     finally:
         second.close()
+
+
+def test_a_batch_far_larger_than_a_socket_buffer_is_stored(store: DeliveryStore) -> None:
+    # Pipeline mode in psycopg 3.3 could stop flushing such a message and wait forever.
+    padding = "x" * 20_000
+    batch = [recorded(delivery(attendee_id=f"big-{n}", pad=padding)) for n in range(300)]
+    done = threading.Event()
+    results: list[list[int | None]] = []
+
+    def append() -> None:
+        results.append(store.append(batch))
+        done.set()
+
+    threading.Thread(target=append, daemon=True).start()
+    assert done.wait(60), "the append hung"
+    assert all(p is not None for p in results[0])
