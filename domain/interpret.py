@@ -133,7 +133,8 @@ def _opaque_id(value: object) -> str | None:
         return str(value)
     if isinstance(value, str):
         value = value.strip()
-        if 0 < len(value) <= _MAX_ID_LENGTH:
+        # A NUL cannot be stored in a text column; such an id is not an id.
+        if 0 < len(value) <= _MAX_ID_LENGTH and "\x00" not in value:
             return value
     return None
 

@@ -1,0 +1,165 @@
+"""The roster: each attendee's current record, built so that arrival order does not matter.
+
+Every part of an entry is a "latest wins" register or a minimum, keyed by event order, so
+applying a set of events in any order, with any repeats, gives the same entry:
+
+- profile fields: per field, the value from the latest delivery carrying it; deliveries of
+  Registered/Imported/Updated outrank the fields other events carry (those only fill in, say,
+  the name of a walk-in whose registration has not arrived);
+- status: `deleted` when the latest of (profile event, deletion) is a deletion — a later
+  Registered/Imported/Updated revives the attendee; `unregistered` when only check-ins or
+  payments were seen;
+- inside: the latest of (check-in, check-out, deletion) is a check-in;
+- payment: the latest confirmation's amount, currency and method.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from datetime import datetime
+from decimal import Decimal
+from typing import Any, Final, Literal
+
+import msgspec
+
+from domain.events import (
+    CHECKED_IN,
+    CHECKED_OUT,
+    DELETED,
+    PAYMENT_CONFIRMED,
+    PROFILE_EVENTS,
+    AttendeeEvent,
+)
+from domain.ledger import PaymentError, ledger_entry, method_name, payment_fields
+
+Status = Literal["registered", "deleted", "unregistered"]
+_PROFILE_RANK: Final = "1|"
+_OTHER_RANK: Final = "0|"
+
+
+class RosterEntry(msgspec.Struct, kw_only=True):
+    """One attendee of one JTE event, with the orders that decide each part."""
+
+    slug: str
+    attendee_id: str
+    first_seen_at: datetime
+    fields: dict[str, Any] = {}
+    field_orders: dict[str, str] = {}
+    profile_order: str | None = None
+    registered_at: datetime | None = None
+    deleted_order: str | None = None
+    deleted_at: datetime | None = None
+    move_order: str | None = None
+    move: Literal["in", "out", "deleted"] | None = None
+    last_check_in_at: datetime | None = None
+    last_check_out_at: datetime | None = None
+    payment_order: str | None = None
+    paid_at: datetime | None = None
+    amount: Decimal | None = None
+    currency: str | None = None
+    method: str | None = None
+    last_position: int = 0
+
+    @property
+    def status(self) -> Status:
+        if self.deleted_order is not None and (
+            self.profile_order is None or self.deleted_order > self.profile_order
+        ):
+            return "deleted"
+        return "registered" if self.profile_order is not None else "unregistered"
+
+    @property
+    def inside(self) -> bool:
+        return self.move == "in"
+
+    @property
+    def paid(self) -> bool:
+        return self.payment_order is not None
+
+
+def apply(entry: RosterEntry | None, event: AttendeeEvent) -> RosterEntry:
+    """The entry after one more event (the same event twice changes nothing)."""
+    if entry is None:
+        entry = RosterEntry(slug=event.slug, attendee_id=event.attendee_id, first_seen_at=event.at)
+    else:
+        entry = msgspec.structs.replace(entry, first_seen_at=min(entry.first_seen_at, event.at))
+    entry.last_position = max(entry.last_position, event.position)
+    _merge_fields(entry, event)
+    if event.event_type in PROFILE_EVENTS:
+        _profile(entry, event)
+    elif event.event_type == DELETED:
+        _deleted(entry, event)
+    elif event.event_type in (CHECKED_IN, CHECKED_OUT):
+        _moved(entry, event)
+    elif event.event_type == PAYMENT_CONFIRMED:
+        _paid(entry, event)
+    return entry
+
+
+def fold(
+    events: Iterable[AttendeeEvent], entries: dict[tuple[str, str], RosterEntry] | None = None
+) -> dict[tuple[str, str], RosterEntry]:
+    """Apply events to a roster keyed by (JTE event slug, attendee id)."""
+    roster = dict(entries or {})
+    for event in events:
+        key = (event.slug, event.attendee_id)
+        roster[key] = apply(roster.get(key), event)
+    return roster
+
+
+def _merge_fields(entry: RosterEntry, event: AttendeeEvent) -> None:
+    rank = _PROFILE_RANK if event.event_type in PROFILE_EVENTS else _OTHER_RANK
+    order = rank + event.order
+    fields, orders = dict(entry.fields), dict(entry.field_orders)
+    for name, value in event.attendee.items():
+        if order > orders.get(name, ""):
+            fields[name] = value
+            orders[name] = order
+    entry.fields, entry.field_orders = fields, orders
+
+
+def _profile(entry: RosterEntry, event: AttendeeEvent) -> None:
+    if entry.profile_order is None or event.order > entry.profile_order:
+        entry.profile_order = event.order
+    if entry.registered_at is None or event.at < entry.registered_at:
+        entry.registered_at = event.at
+
+
+def _deleted(entry: RosterEntry, event: AttendeeEvent) -> None:
+    if entry.deleted_order is None or event.order > entry.deleted_order:
+        entry.deleted_order = event.order
+        entry.deleted_at = event.at
+    _move(entry, event, "deleted")
+
+
+def _moved(entry: RosterEntry, event: AttendeeEvent) -> None:
+    if event.event_type == CHECKED_IN:
+        if entry.last_check_in_at is None or event.at > entry.last_check_in_at:
+            entry.last_check_in_at = event.at
+        _move(entry, event, "in")
+    else:
+        if entry.last_check_out_at is None or event.at > entry.last_check_out_at:
+            entry.last_check_out_at = event.at
+        _move(entry, event, "out")
+
+
+def _move(entry: RosterEntry, event: AttendeeEvent, move: Literal["in", "out", "deleted"]) -> None:
+    if entry.move_order is None or event.order > entry.move_order:
+        entry.move_order = event.order
+        entry.move = move
+
+
+def _paid(entry: RosterEntry, event: AttendeeEvent) -> None:
+    if entry.payment_order is not None and event.order <= entry.payment_order:
+        return
+    entry.payment_order = event.order
+    entry.paid_at = event.at
+    try:
+        payment = ledger_entry(event)
+    except PaymentError:
+        # Paid all the same: the ledger keeps the unusable confirmation as a dead letter.
+        fields = payment_fields(event.attendee)
+        entry.amount, entry.currency = None, None
+        entry.method = method_name(fields.get("method"))
+        return
+    entry.amount, entry.currency, entry.method = payment.amount, payment.currency, payment.method
