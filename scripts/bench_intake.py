@@ -133,26 +133,27 @@ def main() -> int:
             f"{len(deliveries)} pre-signed deliveries from the simulator; wrk -t{threads} "
             f"-c{args.connections} -d{args.duration}s against each configuration\n"
         )
+        intake_only = {"ROLLCALL_GROUP_COMMIT": "on", "ROLLCALL_PROJECTIONS": "off"}
         configurations = [
-            ("a", "rollcall, group commit", ["serve"], {"ROLLCALL_GROUP_COMMIT": "on"}),
+            ("a", "rollcall, group commit (intake only)", ["serve"], intake_only),
+            (
+                "ap",
+                "rollcall, group commit, live views in-process",
+                ["serve"],
+                {"ROLLCALL_GROUP_COMMIT": "on", "ROLLCALL_PROJECTIONS": "on"},
+            ),
             (
                 "b",
                 "rollcall, one transaction per delivery",
                 ["serve"],
-                {"ROLLCALL_GROUP_COMMIT": "off"},
+                {"ROLLCALL_GROUP_COMMIT": "off", "ROLLCALL_PROJECTIONS": "off"},
             ),
             ("c", "eventsourcing docs: verify + save() per request", ["baseline"], {}),
         ]
         if args.workers > 1:
-            configurations.insert(
-                1,
-                (
-                    "a2",
-                    f"rollcall, group commit, {args.workers} workers",
-                    ["serve", "--workers", str(args.workers)],
-                    {"ROLLCALL_GROUP_COMMIT": "on"},
-                ),
-            )
+            workers = ["serve", "--workers", str(args.workers)]
+            label = f"rollcall, group commit, {args.workers} workers (intake only)"
+            configurations.insert(1, ("a2", label, workers, intake_only))
         runs = []
         for name, label, command, env in configurations:
             database_url = _fresh_database(server_url, f"bench_intake_{name}_{uuid4().hex[:8]}")

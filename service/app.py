@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
 import asyncpg
+import psycopg
 from starlette.applications import Starlette
 from starlette.datastructures import State
 from starlette.exceptions import HTTPException
@@ -18,6 +20,8 @@ from starlette.responses import Response
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
+from projections.runner import Runner
+from projections.status import ViewStatus, read_status
 from service.config import ConfigError, Settings, ensure_secrets, load_settings
 from service.database import redacted
 from service.http import json_response
@@ -64,7 +68,9 @@ def create_app(settings: Settings | None = None) -> Rollcall:
         app.state.store = store
         app.state.writer = writer
         app.state.pool = pool
+        app.state.database_url = database_url
         intake.writer = writer
+        runner = _RunnerThread(database_url) if settings.projections else None
         log.info(
             "rollcall ready on %s (events: %s)", redacted(database_url), ", ".join(settings.events)
         )
@@ -72,6 +78,8 @@ def create_app(settings: Settings | None = None) -> Rollcall:
             yield
         finally:
             intake.writer = None
+            if runner is not None:
+                await asyncio.to_thread(runner.stop)
             await writer.close()
             await pool.close()
             await asyncio.to_thread(store.close)
@@ -79,6 +87,7 @@ def create_app(settings: Settings | None = None) -> Rollcall:
     routes = [
         Route("/healthz", _healthz, methods=["GET"]),
         Route("/readyz", _readyz, methods=["GET"]),
+        Route("/v1/projections", _projections, methods=["GET"]),
     ]
     starlette = Starlette(
         routes=routes,
@@ -104,6 +113,22 @@ async def _open_store(database_url: str, settings: Settings) -> DeliveryStore:
                 raise
             log.warning("database %s not reachable yet; retrying", redacted(database_url))
             await asyncio.sleep(1)
+
+
+class _RunnerThread:
+    """The projection runner in a background thread of this process."""
+
+    def __init__(self, database_url: str) -> None:
+        self.runner = Runner(database_url)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(
+            target=self.runner.run, args=(self._stop,), name="projections", daemon=True
+        )
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=30)
 
 
 def _make_writer(store: DeliveryStore, settings: Settings) -> DirectWriter | GroupCommitWriter:
@@ -146,7 +171,41 @@ async def _readyz(request: Request) -> Response:
         return json_response(
             {"status": "unavailable", "database": "schema missing"}, status_code=503
         )
+    failed = await _failed_views(pool)
+    if failed:
+        return json_response(
+            {"status": "unavailable", "database": "ok", "failed_views": failed}, status_code=503
+        )
     return json_response({"status": "ready", "database": "ok"})
+
+
+async def _failed_views(pool: asyncpg.Pool) -> list[str]:
+    """Live views whose runner is failing (see GET /v1/projections for the error)."""
+    exists = await pool.fetchval("SELECT to_regclass('rollcall.view_versions') IS NOT NULL")
+    if not exists:
+        return []
+    rows = await pool.fetch(
+        "SELECT view FROM rollcall.view_versions WHERE state = 'live' AND failed_at IS NOT NULL"
+    )
+    return [row["view"] for row in rows]
+
+
+async def _projections(request: Request) -> Response:
+    url: str = request.app.state.database_url
+    try:
+        statuses = await asyncio.to_thread(_read_status, url)
+    except psycopg.Error as error:
+        return json_response(
+            {"error": "unavailable", "message": f"database unavailable ({type(error).__name__})"},
+            status_code=503,
+            headers={"Retry-After": "5"},
+        )
+    return json_response({"views": statuses})
+
+
+def _read_status(database_url: str) -> list[ViewStatus]:
+    with psycopg.connect(database_url, connect_timeout=5) as conn:
+        return read_status(conn)
 
 
 async def _http_error(request: Request, error: HTTPException) -> Response:

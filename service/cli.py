@@ -1,4 +1,4 @@
-"""The `rollcall` command line: serve, secret, simulate."""
+"""The `rollcall` command line: serve, secret, simulate, and the operator commands."""
 
 from __future__ import annotations
 
@@ -19,6 +19,7 @@ import uvicorn
 from service.config import DEFAULT_SLUG, ConfigError, Settings, ensure_secrets, load_settings
 from service.database import EmbeddedPostgres
 from service.logs import logging_config
+from service.operate import add_commands
 from service.sender import post_all, summary
 from service.simulator import SimulationOptions, sign_all, simulate, write_jsonl
 
@@ -60,6 +61,7 @@ def _parser() -> argparse.ArgumentParser:
     secret.set_defaults(run=_secret)
 
     _simulate_parser(commands)
+    add_commands(commands)
     return parser
 
 

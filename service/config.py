@@ -61,6 +61,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     queue_max: int = 4096
     store_threads: int = 4
     store_timeout: float = 5.0
+    projections: bool = True
 
     def event(self, slug: str) -> EventConfig | None:
         return self.events.get(slug)
@@ -77,6 +78,7 @@ class _IntakeSection(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     queue_max: int | None = None
     store_threads: int | None = None
     store_timeout: float | None = None
+    projections: bool | None = None
 
 
 class _EventSection(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -221,6 +223,7 @@ _ENV_INTAKE: Final[dict[str, tuple[str, type]]] = {
     "ROLLCALL_QUEUE_MAX": ("queue_max", int),
     "ROLLCALL_STORE_THREADS": ("store_threads", int),
     "ROLLCALL_STORE_TIMEOUT": ("store_timeout", float),
+    "ROLLCALL_PROJECTIONS": ("projections", bool),
 }
 
 

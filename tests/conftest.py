@@ -4,6 +4,7 @@ test, and the real rollcall HTTP server on a local socket."""
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
@@ -30,27 +31,39 @@ def server_url() -> Iterator[str]:
     if configured:
         yield configured
         return
-    embedded = EmbeddedPostgres(Path(tempfile.mkdtemp(prefix="rollcall-test-")))
+    data_dir = Path(tempfile.mkdtemp(prefix="rollcall-test-"))
+    embedded = EmbeddedPostgres(data_dir)
     url = embedded.start()
     try:
         yield url
     finally:
         embedded.stop()
+        shutil.rmtree(data_dir, ignore_errors=True)
 
 
 @pytest.fixture
-def database_url(server_url: str) -> Iterator[str]:
-    """A new, empty database for one test, dropped afterwards."""
-    name = f"rollcall_test_{uuid4().hex[:12]}"
-    with psycopg.connect(server_url, autocommit=True) as conn:
-        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-    try:
-        yield with_database(server_url, name)
-    finally:
+def new_database(server_url: str) -> Iterator[Callable[[], str]]:
+    """Make new, empty databases for one test; all are dropped afterwards."""
+    names: list[str] = []
+
+    def create() -> str:
+        name = f"rollcall_test_{uuid4().hex[:12]}"
         with psycopg.connect(server_url, autocommit=True) as conn:
-            conn.execute(
-                sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
-            )
+            conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+        names.append(name)
+        return with_database(server_url, name)
+
+    yield create
+    with psycopg.connect(server_url, autocommit=True) as conn:
+        for name in names:
+            drop = sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)")
+            conn.execute(drop.format(sql.Identifier(name)))
+
+
+@pytest.fixture
+def database_url(new_database: Callable[[], str]) -> str:
+    """A new, empty database for one test, dropped afterwards."""
+    return new_database()
 
 
 @pytest.fixture

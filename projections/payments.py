@@ -1,0 +1,102 @@
+"""The payment ledger view: one row per payment reference, exact numeric amounts."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any, Final
+
+import psycopg
+from psycopg import sql
+
+from domain.events import PAYMENT_CONFIRMED, AttendeeEvent
+from domain.ledger import LedgerEntry, ledger_entry, merge
+from projections.columns import text
+from projections.schema import Version
+
+Poison = Callable[[AttendeeEvent, Exception], None]
+
+
+class PaymentsView:
+    """The ledger table, its analytics views, and how a batch of confirmations updates it."""
+
+    name: Final = "payments"
+    tables: Final = ("payments",)
+
+    def ddl(self, version: Version) -> list[sql.Composed]:
+        table = version.table("payments")
+        return [
+            sql.SQL(
+                "CREATE TABLE {} (slug text NOT NULL, entry_key text NOT NULL, "
+                "attendee_id text NOT NULL, amount numeric NOT NULL, currency text NOT NULL, "
+                "method text NOT NULL, reference text, paid_at timestamptz NOT NULL, "
+                "order_token text NOT NULL, position bigint NOT NULL, "
+                "PRIMARY KEY (slug, entry_key))"
+            ).format(table),
+            sql.SQL("CREATE INDEX {} ON {} (slug, paid_at, entry_key)").format(
+                sql.Identifier(f"payments_v{version.version}_paid_at"), table
+            ),
+        ]
+
+    def analytics(self, version: Version) -> list[tuple[str, sql.Composed]]:
+        table = version.table("payments")
+        return [
+            (
+                "payments",
+                sql.SQL(
+                    "SELECT slug AS event, entry_key, attendee_id, amount, currency, method, "
+                    "reference, paid_at FROM {}"
+                ).format(table),
+            ),
+            (
+                "payment_totals",
+                sql.SQL(
+                    "SELECT slug AS event, currency, method, (paid_at AT TIME ZONE 'UTC')::date "
+                    "AS day, count(*) AS payments, sum(amount) AS amount FROM {} "
+                    "GROUP BY slug, currency, method, day"
+                ).format(table),
+            ),
+        ]
+
+    def apply(
+        self,
+        cur: psycopg.Cursor[Any],
+        version: Version,
+        events: Sequence[AttendeeEvent],
+        poison: Poison,
+    ) -> None:
+        """Record each confirmation; a later one for the same reference replaces it."""
+        entries: list[LedgerEntry] = []
+        for event in events:
+            if event.event_type != PAYMENT_CONFIRMED:
+                continue
+            try:
+                entries.append(ledger_entry(event))
+            except Exception as error:
+                poison(event, error)
+        latest = list(merge(entries).values())
+        if not latest:
+            return
+        cur.execute(
+            sql.SQL(
+                "INSERT INTO {0} AS t SELECT * FROM unnest(%s::text[], %s::text[], %s::text[], "
+                "%s::numeric[], %s::text[], %s::text[], %s::text[], %s::timestamptz[], "
+                "%s::text[], %s::bigint[]) ON CONFLICT (slug, entry_key) DO UPDATE SET "
+                "attendee_id = excluded.attendee_id, amount = excluded.amount, "
+                "currency = excluded.currency, method = excluded.method, "
+                "reference = excluded.reference, paid_at = excluded.paid_at, "
+                "order_token = excluded.order_token, position = excluded.position "
+                "WHERE excluded.order_token > t.order_token"
+            ).format(version.table("payments")),
+            (
+                [text(e.slug) for e in latest],
+                [text(e.entry_key) for e in latest],
+                [text(e.attendee_id) for e in latest],
+                [e.amount for e in latest],
+                [e.currency for e in latest],
+                [text(e.method) for e in latest],
+                [text(e.reference) for e in latest],
+                [e.paid_at for e in latest],
+                [e.order for e in latest],
+                [e.position for e in latest],
+            ),
+        )

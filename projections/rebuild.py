@@ -1,0 +1,206 @@
+"""Blue/green rebuilds: fill a new version from the first event while the live one keeps serving,
+catch up to the head, then swap the `analytics` views and drop the old version in one
+transaction. Interrupted, a build stays registered as `building` and a rerun resumes it.
+
+`as_of` builds the views as they stood at a past instant (deliveries received by then) into a
+schema of their own, leaving the live views alone.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from typing import Any, Final
+
+import msgspec
+import psycopg
+from eventsourcing.postgres import PostgresTrackingRecorder
+
+from projections.batch import VIEWS, Target, apply_records, positions, tracking_recorder
+from projections.runner import ensure_views
+from projections.schema import (
+    ANALYTICS,
+    LOCK_NAMESPACE,
+    SWAP_LOCK,
+    Version,
+    build_lock,
+    create_version,
+    drop_tables,
+    live_version,
+    publish_views,
+    set_state,
+    try_lock,
+    unlock,
+    versions,
+)
+from projections.source import head, read
+
+BATCH: Final = 5000
+
+
+class Progress(msgspec.Struct):
+    """Where a build stands, for a progress display."""
+
+    position: int
+    start: int
+    head: int
+    started: float  # time.monotonic() at the start
+
+    @property
+    def done(self) -> int:
+        return max(0, self.position - self.start)
+
+    @property
+    def total(self) -> int:
+        return max(1, self.head - self.start)
+
+    @property
+    def rate(self) -> float:
+        elapsed = time.monotonic() - self.started
+        return self.done / elapsed if elapsed > 0 else 0.0
+
+    @property
+    def eta(self) -> float | None:
+        return (self.total - self.done) / self.rate if self.rate > 0 else None
+
+
+class BuildBusy(Exception):
+    """Another process is already building one of these views."""
+
+
+def rebuild(
+    database_url: str,
+    views: Sequence[str],
+    *,
+    skip_poison: bool = False,
+    on_progress: Callable[[Progress], None] = lambda progress: None,
+    batch_size: int = BATCH,
+) -> list[Version]:
+    """Build new versions of `views` from the first event and make them live; the new versions."""
+    ensure_views(database_url)
+    recorder = tracking_recorder(database_url)
+    with psycopg.connect(database_url, autocommit=True) as conn, _build_locks(conn, views):
+        building = [_resume_or_create(conn, view) for view in views]
+        targets = _fill(conn, recorder, building, skip_poison, on_progress, batch_size)
+        _swap(conn, recorder, targets, skip_poison)
+    return [Version(t.version.view, t.version.version, "live") for t in targets]
+
+
+def build_as_of(
+    database_url: str,
+    views: Sequence[str],
+    as_of: datetime,
+    *,
+    skip_poison: bool = False,
+    on_progress: Callable[[Progress], None] = lambda progress: None,
+    batch_size: int = BATCH,
+) -> str:
+    """Build the views as they stood at `as_of` into a schema of their own; its name."""
+    ensure_views(database_url)
+    recorder = tracking_recorder(database_url)
+    schema = as_of_schema(as_of)
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        created = []
+        for view in views:
+            with conn.transaction():
+                created.append(create_version(conn, view, "building", VIEWS[view].ddl, as_of))
+        targets = _fill(conn, recorder, created, skip_poison, on_progress, batch_size, as_of=as_of)
+        with conn.transaction():
+            for target in targets:
+                publish_views(conn, schema, VIEWS[target.version.view].analytics(target.version))
+                set_state(conn, target.version, "as-of")
+    return schema
+
+
+def as_of_schema(as_of: datetime) -> str:
+    return "analytics_as_of_" + as_of.astimezone(UTC).strftime("%Y%m%dt%H%M%Sz")
+
+
+@contextmanager
+def _build_locks(conn: psycopg.Connection[Any], views: Sequence[str]) -> Iterator[None]:
+    taken = []
+    try:
+        for view in views:
+            if not try_lock(conn, build_lock(view)):
+                raise BuildBusy(f"a rebuild of the {view} view is already running")
+            taken.append(view)
+        yield
+    finally:
+        for view in taken:
+            unlock(conn, build_lock(view))
+
+
+def _resume_or_create(conn: psycopg.Connection[Any], view: str) -> Version:
+    """An interrupted build of this view if there is one, else a new version."""
+    unfinished = [v for v in versions(conn, view) if v.state == "building"]
+    resumable = [v for v in unfinished if _as_of(conn, v) is None]
+    if resumable:
+        return resumable[-1]
+    with conn.transaction():
+        return create_version(conn, view, "building", VIEWS[view].ddl)
+
+
+def _as_of(conn: psycopg.Connection[Any], version: Version) -> datetime | None:
+    row = conn.execute(
+        "SELECT as_of FROM rollcall.view_versions WHERE view = %s AND version = %s",
+        (version.view, version.version),
+    ).fetchone()
+    return row[0] if row else None
+
+
+def _fill(
+    conn: psycopg.Connection[Any],
+    recorder: PostgresTrackingRecorder,
+    building: list[Version],
+    skip_poison: bool,
+    on_progress: Callable[[Progress], None],
+    batch_size: int,
+    *,
+    as_of: datetime | None = None,
+) -> list[Target]:
+    """Apply batches until the versions reach the head of the store."""
+    with conn.cursor() as cur:
+        current = positions(cur, building)
+        targets = [Target(v, current[v]) for v in building]
+        start = min(current.values())
+        progress = Progress(position=start, start=start, head=head(cur), started=time.monotonic())
+        on_progress(progress)
+        while True:
+            with conn.transaction():
+                after = min(t.position for t in targets)
+                records = read(cur, after, batch_size)
+                if not records:
+                    break
+                targets = apply_records(
+                    cur, recorder, targets, records, strict=not skip_poison, as_of=as_of
+                )
+            progress.position = records[-1].position
+            progress.head = max(progress.head, progress.position)
+            on_progress(progress)
+        progress.head = progress.position = head(cur)
+        on_progress(progress)
+    return targets
+
+
+def _swap(
+    conn: psycopg.Connection[Any],
+    recorder: PostgresTrackingRecorder,
+    targets: list[Target],
+    skip_poison: bool,
+) -> None:
+    """Under the exclusive swap lock (the live runner pauses): catch up the last deliveries, make
+    the new versions live, point `analytics` at them, and drop the versions they replace."""
+    with conn.transaction(), conn.cursor() as cur:
+        cur.execute("SELECT pg_advisory_xact_lock(%s, %s)", (LOCK_NAMESPACE, SWAP_LOCK))
+        while records := read(cur, min(t.position for t in targets), BATCH):
+            targets = apply_records(cur, recorder, targets, records, strict=not skip_poison)
+        for target in targets:
+            view = VIEWS[target.version.view]
+            old = live_version(conn, target.version.view)
+            set_state(conn, target.version, "live")
+            publish_views(conn, ANALYTICS, view.analytics(target.version))
+            if old is not None:
+                set_state(conn, old, "retired")
+                drop_tables(conn, old, view.tables)

@@ -1,0 +1,190 @@
+"""The live projection runner: keeps every live view up to date with the event store.
+
+One runner per view is active across all processes and hosts: a runner works only on the views
+whose advisory lock it holds, and keeps trying the others, so when a process dies (and its
+connection with its locks) another takes over. It wakes on the store's NOTIFY and also polls,
+so a lost notification never stalls it; after losing the database it reconnects with backoff.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Sequence
+from typing import Any, Final
+
+import psycopg
+from eventsourcing.postgres import PostgresTrackingRecorder
+from psycopg import sql
+
+from projections.batch import (
+    VIEWS,
+    StalePosition,
+    Target,
+    apply_records,
+    positions,
+    tracking_recorder,
+)
+from projections.schema import (
+    INTERNAL,
+    LOCK_NAMESPACE,
+    SETUP_LOCK,
+    SWAP_LOCK,
+    VIEW_NAMES,
+    Version,
+    advisory_lock,
+    create_version,
+    ensure_internal,
+    live_version,
+    publish_views,
+    runner_lock,
+    try_lock,
+)
+from projections.source import read
+from service.store import EVENTS_TABLE
+
+log = logging.getLogger("rollcall.projections")
+
+_BACKOFF_FIRST: Final = 0.5
+_BACKOFF_MAX: Final = 5.0
+
+
+def ensure_views(database_url: str) -> None:
+    """Create the views' schemas and registry, and a live version of each view if none exists."""
+    with psycopg.connect(database_url, autocommit=True) as conn, advisory_lock(conn, SETUP_LOCK):
+        ensure_internal(conn)
+        for name in VIEW_NAMES:
+            if live_version(conn, name) is None:
+                with conn.transaction():
+                    version = create_version(conn, name, "live", VIEWS[name].ddl)
+                    publish_views(conn, "analytics", VIEWS[name].analytics(version))
+    tracking_recorder(database_url)
+
+
+class Runner:
+    """Applies new deliveries to the live views this process holds the locks of."""
+
+    def __init__(
+        self,
+        database_url: str,
+        *,
+        views: Sequence[str] = VIEW_NAMES,
+        batch_size: int = 2000,
+        poll_seconds: float = 0.5,
+    ) -> None:
+        self._url = database_url
+        self._views = list(views)
+        self._batch_size = batch_size
+        self._poll = poll_seconds
+        self.held: set[str] = set()
+        self.applied = 0  # deliveries read by this runner's batches, for tests and logs
+        self._failing = False
+        self._recorder: PostgresTrackingRecorder | None = None
+
+    def run(self, stop: threading.Event) -> None:
+        """Keep the views up to date until `stop` is set; survive database outages."""
+        backoff = _BACKOFF_FIRST
+        while not stop.is_set():
+            try:
+                self._session(stop)
+                backoff = _BACKOFF_FIRST
+            except (psycopg.OperationalError, psycopg.InterfaceError, OSError) as error:
+                log.warning(
+                    "projection runner lost the database (%s); retrying in %.1fs", error, backoff
+                )
+            except Exception as error:
+                log.exception("projection runner failed; retrying in %.1fs", backoff)
+                self._record_failure(error, sorted(self.held))
+            else:
+                continue
+            self.held.clear()
+            stop.wait(backoff)
+            backoff = min(backoff * 2, _BACKOFF_MAX)
+
+    def catch_up(self) -> int:
+        """Once, in the caller's thread: take the locks, apply everything there is, let go."""
+        ensure_views(self._url)
+        self._recorder = tracking_recorder(self._url)
+        with (
+            psycopg.connect(self._url, autocommit=True) as locks,
+            psycopg.connect(self._url) as work,
+        ):
+            self._take_locks(locks)
+            total = 0
+            while applied := self._batch(work):
+                total += applied
+            return total
+
+    def _session(self, stop: threading.Event) -> None:
+        ensure_views(self._url)
+        self._recorder = tracking_recorder(self._url)
+        with (
+            psycopg.connect(self._url, autocommit=True) as locks,
+            psycopg.connect(self._url) as work,
+        ):
+            locks.execute(sql.SQL("LISTEN {}").format(sql.Identifier(EVENTS_TABLE)))
+            log.info("projection runner connected")
+            while not stop.is_set():
+                self._take_locks(locks)
+                busy = False
+                while self.held and not stop.is_set() and self._batch(work):
+                    busy = True
+                if not busy:
+                    for _ in locks.notifies(timeout=self._poll, stop_after=1):
+                        pass
+
+    def _take_locks(self, locks: psycopg.Connection[Any]) -> None:
+        for view in self._views:
+            if view not in self.held and try_lock(locks, runner_lock(view)):
+                self.held.add(view)
+                log.info("projection runner took over the %s view", view)
+
+    def _batch(self, work: psycopg.Connection[Any]) -> int:
+        """Apply one batch to the live versions of the held views; how many deliveries it read."""
+        try:
+            with work.transaction(), work.cursor() as cur:
+                # Shared: batches run side by side; a rebuild's swap takes it exclusively.
+                cur.execute(
+                    "SELECT pg_advisory_xact_lock_shared(%s, %s)", (LOCK_NAMESPACE, SWAP_LOCK)
+                )
+                versions = [
+                    v for v in (live_version(work, name) for name in sorted(self.held)) if v
+                ]
+                if not versions:
+                    return 0
+                current = positions(cur, versions)
+                targets = [Target(v, current[v]) for v in versions]
+                records = read(cur, min(current.values()), self._batch_size)
+                assert self._recorder is not None
+                apply_records(cur, self._recorder, targets, records, strict=False)
+        except StalePosition as error:
+            log.warning("another runner moved a view on (%s); re-reading", error)
+            return 0
+        if records:
+            self.applied += len(records)
+            self._clear_failure(versions)
+        return len(records)
+
+    def _record_failure(self, error: Exception, views: list[str]) -> None:
+        """Mark the views failed, with the error, for status and readiness."""
+        self._failing = True
+        try:
+            with psycopg.connect(self._url, autocommit=True, connect_timeout=3) as conn:
+                conn.execute(
+                    f"UPDATE {INTERNAL}.view_versions SET last_error = %s, failed_at = now() "
+                    "WHERE state = 'live' AND view = ANY(%s)",
+                    (f"{type(error).__name__}: {error}"[:1000], views),
+                )
+        except psycopg.Error:
+            log.warning("could not record the projection failure")
+
+    def _clear_failure(self, versions: list[Version]) -> None:
+        if not self._failing:
+            return
+        with psycopg.connect(self._url, autocommit=True) as conn:
+            conn.execute(
+                f"UPDATE {INTERNAL}.view_versions SET last_error = NULL, failed_at = NULL "
+                "WHERE state = 'live' AND view = ANY(%s)",
+                ([v.view for v in versions],),
+            )
+        self._failing = False

@@ -1,0 +1,187 @@
+"""Where the views live: versioned tables, the registry of versions, and the `analytics` schema.
+
+Each view (roster, occupancy, payments) is built into tables suffixed with a version number in
+schema `rollcall_views`. The registry says which version is live; schema `analytics` holds SQL
+views over the live version's tables, so a rebuild fills a new version while the old one
+serves, then swaps the `analytics` views in one transaction.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any, Final, Literal
+
+import msgspec
+import psycopg
+from psycopg import sql
+
+VIEWS_SCHEMA: Final = "rollcall_views"
+ANALYTICS: Final = "analytics"
+INTERNAL: Final = "rollcall"
+TRACKING_TABLE: Final = "projection_tracking"
+VIEW_NAMES: Final = ("roster", "occupancy", "payments")
+ANALYST_GROUP: Final = "rollcall_analyst"
+
+State = Literal["live", "building", "retired", "as-of"]
+
+# Advisory lock keys, all in one namespace (classid) of their own.
+LOCK_NAMESPACE: Final = 0x524C  # "RL"
+SETUP_LOCK: Final = 1
+SWAP_LOCK: Final = 2
+_RUNNER_LOCKS: Final = {"roster": 11, "occupancy": 12, "payments": 13}
+_BUILD_LOCKS: Final = {"roster": 21, "occupancy": 22, "payments": 23}
+
+
+class Version(msgspec.Struct, frozen=True):
+    """One build of one view."""
+
+    view: str
+    version: int
+    state: State
+
+    @property
+    def tracking_name(self) -> str:
+        return f"{self.view}_v{self.version}"
+
+    def table(self, name: str) -> sql.Identifier:
+        """The physical table `name` of this version."""
+        return sql.Identifier(VIEWS_SCHEMA, f"{name}_v{self.version}")
+
+
+def runner_lock(view: str) -> int:
+    return _RUNNER_LOCKS[view]
+
+
+def build_lock(view: str) -> int:
+    return _BUILD_LOCKS[view]
+
+
+Connection = psycopg.Connection[Any]
+TableDDL = Callable[[Version], list[sql.Composed]]
+AnalyticsDDL = Callable[[Version], list[tuple[str, sql.Composed]]]
+
+_INTERNAL_DDL: Final = [
+    f"CREATE SCHEMA IF NOT EXISTS {VIEWS_SCHEMA}",
+    f"CREATE SCHEMA IF NOT EXISTS {ANALYTICS}",
+    f"""CREATE TABLE IF NOT EXISTS {INTERNAL}.view_versions (
+        view text NOT NULL,
+        version integer NOT NULL,
+        state text NOT NULL,
+        as_of timestamptz,
+        created_at timestamptz NOT NULL DEFAULT now(),
+        published_at timestamptz,
+        last_error text,
+        failed_at timestamptz,
+        PRIMARY KEY (view, version))""",
+    f"""CREATE TABLE IF NOT EXISTS {INTERNAL}.dead_letters (
+        view text NOT NULL,
+        version integer NOT NULL,
+        position bigint NOT NULL,
+        delivery_key uuid NOT NULL,
+        slug text,
+        attendee_id text,
+        event_type text,
+        error text NOT NULL,
+        recorded_at timestamptz NOT NULL DEFAULT now(),
+        PRIMARY KEY (view, version, position))""",
+]
+
+
+def ensure_internal(conn: Connection) -> None:
+    """Create the registry, dead-letter table and schemas if missing (idempotent)."""
+    for statement in _INTERNAL_DDL:
+        conn.execute(statement)
+
+
+@contextmanager
+def advisory_lock(conn: Connection, key: int) -> Iterator[None]:
+    """Hold a session advisory lock (waiting for it) for the duration of the block."""
+    conn.execute("SELECT pg_advisory_lock(%s, %s)", (LOCK_NAMESPACE, key))
+    try:
+        yield
+    finally:
+        conn.execute("SELECT pg_advisory_unlock(%s, %s)", (LOCK_NAMESPACE, key))
+
+
+def try_lock(conn: Connection, key: int) -> bool:
+    """Take a session advisory lock if nobody holds it."""
+    row = conn.execute("SELECT pg_try_advisory_lock(%s, %s)", (LOCK_NAMESPACE, key)).fetchone()
+    return bool(row and row[0])
+
+
+def unlock(conn: Connection, key: int) -> None:
+    conn.execute("SELECT pg_advisory_unlock(%s, %s)", (LOCK_NAMESPACE, key))
+
+
+def versions(conn: Connection, view: str | None = None) -> list[Version]:
+    """Registered versions, oldest first."""
+    rows = conn.execute(
+        f"SELECT view, version, state FROM {INTERNAL}.view_versions "
+        "WHERE %s::text IS NULL OR view = %s ORDER BY view, version",
+        (view, view),
+    ).fetchall()
+    return [Version(r[0], r[1], r[2]) for r in rows]
+
+
+def live_version(conn: Connection, view: str) -> Version | None:
+    return next((v for v in versions(conn, view) if v.state == "live"), None)
+
+
+def create_version(
+    conn: Connection, view: str, state: State, ddl: TableDDL, as_of: object = None
+) -> Version:
+    """Register the next version of a view and create its empty tables."""
+    row = conn.execute(
+        f"SELECT coalesce(max(version), 0) + 1 FROM {INTERNAL}.view_versions WHERE view = %s",
+        (view,),
+    ).fetchone()
+    assert row is not None
+    version = Version(view, int(row[0]), state)
+    conn.execute(
+        f"INSERT INTO {INTERNAL}.view_versions (view, version, state, as_of) "
+        "VALUES (%s, %s, %s, %s)",
+        (view, version.version, state, as_of),
+    )
+    for statement in ddl(version):
+        conn.execute(statement)
+    return version
+
+
+def set_state(conn: Connection, version: Version, state: State) -> Version:
+    conn.execute(
+        f"UPDATE {INTERNAL}.view_versions SET state = %s, "
+        "published_at = CASE WHEN %s IN ('live', 'as-of') THEN now() ELSE published_at END "
+        "WHERE view = %s AND version = %s",
+        (state, state, version.view, version.version),
+    )
+    return Version(version.view, version.version, state)
+
+
+def publish_views(
+    conn: Connection, schema: str, statements: list[tuple[str, sql.Composed]]
+) -> None:
+    """(Re)create the SQL views of one view version in `schema`; readable by analysts."""
+    conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(schema)))
+    for name, select in statements:
+        target = sql.Identifier(schema, name)
+        # DROP + CREATE rather than CREATE OR REPLACE: a new version may change columns.
+        conn.execute(sql.SQL("DROP VIEW IF EXISTS {}").format(target))
+        conn.execute(sql.SQL("CREATE VIEW {} AS {}").format(target, select))
+    grant_analysts(conn, schema)
+
+
+def grant_analysts(conn: Connection, schema: str) -> None:
+    """Let the analyst group read everything in `schema`, if that group exists."""
+    exists = conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (ANALYST_GROUP,)).fetchone()
+    if exists:
+        conn.execute(
+            sql.SQL(
+                "GRANT USAGE ON SCHEMA {0} TO {1}; GRANT SELECT ON ALL TABLES IN SCHEMA {0} TO {1}"
+            ).format(sql.Identifier(schema), sql.Identifier(ANALYST_GROUP))
+        )
+
+
+def drop_tables(conn: Connection, version: Version, tables: tuple[str, ...]) -> None:
+    for name in tables:
+        conn.execute(sql.SQL("DROP TABLE IF EXISTS {} CASCADE").format(version.table(name)))

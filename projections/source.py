@@ -1,0 +1,91 @@
+"""Reading stored deliveries in position order and interpreting them for the folds.
+
+Every stored body is interpreted again with the current parser: the raw delivery is the fact,
+so a parser fix followed by a rebuild changes the views without touching the store.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Final
+from uuid import UUID
+
+import msgspec
+import psycopg
+from psycopg import sql
+
+from domain.events import AttendeeEvent, attendee_event
+from domain.interpret import Interpreted, interpret
+from service.store import EVENTS_TABLE, SCHEMA, DeliveryState
+
+_EVENTS: Final = sql.Identifier(SCHEMA, EVENTS_TABLE)
+_decode_state: Final = msgspec.json.Decoder(DeliveryState).decode
+
+
+class _ReceivedAt(msgspec.Struct):
+    timestamp: datetime
+
+
+_decode_received: Final = msgspec.json.Decoder(_ReceivedAt).decode
+
+
+class Record(msgspec.Struct, frozen=True, kw_only=True):
+    """A stored delivery at its position: the event it means, or why it means none."""
+
+    position: int
+    key: UUID
+    received_at: datetime
+    event: AttendeeEvent | None
+    quarantined: bool = False
+    unreadable: str | None = None  # accepted once, but the current parser cannot read it
+
+
+def read(cur: psycopg.Cursor[Any], after: int, limit: int) -> list[Record]:
+    """Up to `limit` deliveries after position `after`, interpreted."""
+    rows = cur.execute(
+        sql.SQL(
+            "SELECT notification_id, originator_id, state FROM {} "
+            "WHERE notification_id > %s ORDER BY notification_id LIMIT %s"
+        ).format(_EVENTS),
+        (after, limit),
+    ).fetchall()
+    return [record(position, key, bytes(state)) for position, key, state in rows]
+
+
+def record(position: int, key: UUID, state: bytes) -> Record:
+    """Interpret one stored delivery."""
+    delivery = _decode_state(state)
+    if delivery.quarantine_reason is not None:
+        return Record(
+            position=position, key=key, received_at=delivery.timestamp, event=None, quarantined=True
+        )
+    reading = interpret(delivery.body)
+    if not isinstance(reading, Interpreted):
+        return Record(
+            position=position,
+            key=key,
+            received_at=delivery.timestamp,
+            event=None,
+            unreadable=reading.reason,
+        )
+    event = attendee_event(delivery.slug, position, key, delivery.timestamp, reading)
+    return Record(position=position, key=key, received_at=delivery.timestamp, event=event)
+
+
+def head(cur: psycopg.Cursor[Any]) -> int:
+    """The highest stored position (0 for an empty store)."""
+    row = cur.execute(
+        sql.SQL("SELECT coalesce(max(notification_id), 0) FROM {}").format(_EVENTS)
+    ).fetchone()
+    return int(row[0]) if row else 0
+
+
+def received_after(cur: psycopg.Cursor[Any], position: int) -> datetime | None:
+    """When the first delivery after `position` was received (None if there is none)."""
+    row = cur.execute(
+        sql.SQL(
+            "SELECT state FROM {} WHERE notification_id > %s ORDER BY notification_id LIMIT 1"
+        ).format(_EVENTS),
+        (position,),
+    ).fetchone()
+    return _decode_received(bytes(row[0])).timestamp if row else None

@@ -1,0 +1,107 @@
+"""Where each view stands: position, head, lag in events and seconds, state, dead letters."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+import msgspec
+import psycopg
+
+from projections.batch import positions
+from projections.schema import INTERNAL, VIEW_NAMES, Version, versions
+from projections.source import head, received_after
+
+State = Literal["live", "rebuilding", "failed", "missing"]
+
+
+class Rebuilding(msgspec.Struct, frozen=True):
+    """A build in progress (or interrupted) of a new version."""
+
+    version: int
+    position: int
+
+
+class ViewStatus(msgspec.Struct, frozen=True, kw_only=True):
+    """One view's state, as `rollcall status` and GET /v1/projections report it."""
+
+    view: str
+    version: int | None
+    state: State
+    position: int
+    head: int
+    lag_events: int
+    lag_seconds: float
+    dead_letters: int
+    last_error: str | None
+    rebuilding: Rebuilding | None
+
+
+def read_status(conn: psycopg.Connection[Any]) -> list[ViewStatus]:
+    """Every view's status, read in one go."""
+    with conn.cursor() as cur:
+        top = head(cur)
+        registered = versions(conn)
+        tracked = positions(cur, registered)
+        errors = dict(
+            ((r[0], r[1]), r[2])
+            for r in cur.execute(
+                f"SELECT view, version, last_error FROM {INTERNAL}.view_versions "
+                "WHERE failed_at IS NOT NULL"
+            ).fetchall()
+        )
+        letters = dict(
+            ((r[0], r[1]), int(r[2]))
+            for r in cur.execute(
+                f"SELECT view, version, count(*) FROM {INTERNAL}.dead_letters "
+                "GROUP BY view, version"
+            ).fetchall()
+        )
+        return [
+            _view_status(cur, name, registered, tracked, errors, letters, top)
+            for name in VIEW_NAMES
+        ]
+
+
+def _view_status(
+    cur: psycopg.Cursor[Any],
+    name: str,
+    registered: list[Version],
+    tracked: dict[Version, int],
+    errors: dict[tuple[str, int], str],
+    letters: dict[tuple[str, int], int],
+    top: int,
+) -> ViewStatus:
+    live = next((v for v in registered if v.view == name and v.state == "live"), None)
+    building = [v for v in registered if v.view == name and v.state == "building"]
+    rebuilding = Rebuilding(building[-1].version, tracked[building[-1]]) if building else None
+    if live is None:
+        return ViewStatus(
+            view=name, version=None, state="missing", position=0, head=top, lag_events=top,
+            lag_seconds=0.0, dead_letters=0, last_error=None, rebuilding=rebuilding,
+        )  # fmt: skip
+    position = tracked[live]
+    error = errors.get((name, live.version))
+    state: State = "failed" if error else "rebuilding" if rebuilding else "live"
+    return ViewStatus(
+        view=name,
+        version=live.version,
+        state=state,
+        position=position,
+        head=top,
+        lag_events=max(0, top - position),
+        lag_seconds=_lag_seconds(cur, position, top),
+        dead_letters=letters.get((name, live.version), 0),
+        last_error=error,
+        rebuilding=rebuilding,
+    )
+
+
+def _lag_seconds(cur: psycopg.Cursor[Any], position: int, top: int) -> float:
+    """How long the oldest delivery the view has not applied has been waiting."""
+    if position >= top:
+        return 0.0
+    oldest = received_after(cur, position)
+    if oldest is None:
+        return 0.0
+    return max(0.0, (datetime.now(UTC) - oldest).total_seconds())

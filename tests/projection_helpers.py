@@ -1,0 +1,53 @@
+"""Support for projection tests: waiting for the views, and snapshots of the analytics schema."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import psycopg
+from psycopg import sql
+
+from projections.status import read_status
+
+ANALYTICS_VIEWS = (
+    "roster",
+    "presence",
+    "occupancy",
+    "occupancy_changes",
+    "occupancy_timeline",
+    "payments",
+    "payment_totals",
+)
+
+
+def wait_until_caught_up(database_url: str, timeout: float = 30.0) -> None:
+    """Block until every live view has applied everything in the store."""
+    deadline = time.monotonic() + timeout
+    statuses: list[Any] = []
+    while True:
+        try:
+            with psycopg.connect(database_url) as conn:
+                statuses = read_status(conn)
+            if statuses and all(s.state == "live" and s.lag_events == 0 for s in statuses):
+                return
+        except psycopg.errors.UndefinedTable:
+            pass  # the runner has not created its tables yet
+        if time.monotonic() > deadline:
+            raise AssertionError(f"views did not catch up: {statuses}")
+        time.sleep(0.1)
+
+
+def snapshot(database_url: str, schema: str = "analytics") -> dict[str, list[tuple[Any, ...]]]:
+    """Every analytics view's rows, sorted, so two builds can be compared."""
+    result = {}
+    with psycopg.connect(database_url) as conn:
+        for view in ANALYTICS_VIEWS:
+            exists = conn.execute("SELECT to_regclass(%s)", (f"{schema}.{view}",)).fetchone()
+            if not exists or exists[0] is None:
+                continue
+            rows = conn.execute(
+                sql.SQL("SELECT * FROM {}").format(sql.Identifier(schema, view))
+            ).fetchall()
+            result[view] = sorted(rows, key=repr)
+    return result

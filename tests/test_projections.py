@@ -1,0 +1,406 @@
+"""Projections end to end: the live runner, exactly-once batches, rebuilds, as-of, poison, replay.
+
+Deliveries go in through the real HTTP intake; the views are read back with SQL from the
+`analytics` schema and compared with the pure folds, with each other, and with rebuilds.
+"""
+
+from __future__ import annotations
+
+import random
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+from decimal import Decimal
+from pathlib import Path
+
+import httpx
+import psycopg
+import pytest
+
+from domain import ledger, presence, roster
+from domain.events import attendee_event
+from domain.interpret import Interpreted, interpret
+from projections.batch import (
+    PoisonError,
+    StalePosition,
+    Target,
+    apply_records,
+    positions,
+    tracking_recorder,
+)
+from projections.rebuild import build_as_of, rebuild
+from projections.runner import Runner, ensure_views
+from projections.schema import live_version, versions
+from projections.source import read
+from projections.status import read_status
+from service.config import EventConfig
+from service.replay import replay_quarantined
+from service.sender import post_all
+from service.simulator import SignedDelivery, SimulationOptions, sign_all, simulate
+from service.store import DeliveryStore
+from tests.helpers import (
+    SECRET,
+    RunningService,
+    delivery,
+    make_settings,
+    recorded,
+    stored_rows,
+    token_headers,
+)
+from tests.projection_helpers import snapshot, wait_until_caught_up
+
+DEFAULT_EVENT = EventConfig(slug="default", secrets=(SECRET,))
+
+
+def simulated_day(
+    attendees: int = 60,
+    seed: int = 3,
+    *,
+    duplicates: float = 0.0,
+    out_of_order: float = 0.0,
+    malformed: float = 0.0,
+) -> list[SignedDelivery]:
+    options = SimulationOptions(
+        seed=seed,
+        attendees=attendees,
+        duplicates=duplicates,
+        out_of_order=out_of_order,
+        malformed=malformed,
+    )
+    return sign_all(simulate(options), DEFAULT_EVENT, now=time.time())
+
+
+async def send(
+    service: RunningService, deliveries: list[SignedDelivery], concurrency: int = 8
+) -> None:
+    report = await post_all(service.url, deliveries, concurrency=concurrency)
+    assert report.no_answer == 0
+
+
+def expected_views(database_url: str) -> tuple[dict, dict, dict]:  # type: ignore[type-arg]
+    """The pure folds over everything stored: roster, presence per attendee, ledger."""
+    events = []
+    for row in stored_rows(database_url):
+        if row["quarantine_reason"] is not None:
+            continue
+        reading = interpret(row["body"])
+        assert isinstance(reading, Interpreted)
+        received = datetime.fromisoformat(row["timestamp"])
+        events.append(attendee_event(row["slug"], row["position"], row["key"], received, reading))
+    entries = roster.fold(events)
+    moves: dict[tuple[str, str], presence.Moves] = {}
+    for event in events:
+        if presence.is_move(event):
+            key = (event.slug, event.attendee_id)
+            moves[key] = presence.add(moves.get(key), event)
+    payments = [
+        ledger.ledger_entry(e) for e in events if e.event_type == "AttendeePaymentConfirmed"
+    ]
+    return entries, {k: presence.presence(m) for k, m in moves.items()}, ledger.merge(payments)
+
+
+async def test_live_views_match_the_pure_folds(
+    start_service: Callable[..., RunningService], database_url: str
+) -> None:
+    service = start_service()
+    await send(service, simulated_day(duplicates=0.1, out_of_order=0.2, malformed=0.05))
+    wait_until_caught_up(database_url)
+    entries, presences, payments = expected_views(database_url)
+    with psycopg.connect(database_url) as conn:
+        rows = conn.execute(
+            "SELECT attendee_id, status, checked_in, paid, amount, currency, email "
+            "FROM analytics.roster"
+        ).fetchall()
+        assert {r[0]: r[1:] for r in rows} == {
+            key[1]: (e.status, e.inside, e.paid, e.amount, e.currency, e.fields.get("email"))
+            for key, e in entries.items()
+        }
+        inside = conn.execute("SELECT attendee_id FROM analytics.presence WHERE inside").fetchall()
+        assert {r[0] for r in inside} == {k[1] for k, p in presences.items() if p.inside}
+        ledger_rows = conn.execute(
+            "SELECT entry_key, amount, currency, method FROM analytics.payments"
+        ).fetchall()
+        assert {r[0]: r[1:] for r in ledger_rows} == {
+            k[1]: (e.amount, e.currency, e.method) for k, e in payments.items()
+        }
+        occupancy = conn.execute(
+            "SELECT inside_now, peak, peak_at, check_ins, check_outs, unique_attendees_inside "
+            "FROM analytics.occupancy WHERE event = 'default'"
+        ).fetchone()
+    all_changes = [c for p in presences.values() for c in presence.changes(p)]
+    assert occupancy == (
+        sum(p.inside for p in presences.values()),
+        *presence.peak(all_changes),
+        sum(p.check_ins for p in presences.values()),
+        sum(p.check_outs for p in presences.values()),
+        sum(p.ever_inside for p in presences.values()),
+    )
+
+
+async def test_any_arrival_order_with_duplicates_gives_the_same_views(
+    start_service: Callable[..., RunningService],
+    database_url: str,
+    new_database: Callable[[], str],
+    tmp_path: Path,
+) -> None:
+    day = simulated_day(attendees=40, seed=11)
+    shuffled = day + random.Random(5).sample(day, len(day) // 4)
+    random.Random(6).shuffle(shuffled)
+    first = start_service()
+    await send(first, day, concurrency=1)
+    wait_until_caught_up(database_url)
+    in_order = snapshot(database_url)
+    # A second database, the same deliveries shuffled, with a quarter of them sent twice.
+    other = new_database()
+    second = RunningService(make_settings(other, tmp_path / "second"))
+    second.start()
+    try:
+        await send(second, shuffled, concurrency=8)
+        wait_until_caught_up(other)
+    finally:
+        second.stop()
+    assert snapshot(other) == in_order
+    assert in_order["roster"] and in_order["occupancy_changes"] and in_order["payments"]
+
+
+async def test_a_live_built_view_equals_a_rebuilt_one(
+    start_service: Callable[..., RunningService], database_url: str
+) -> None:
+    service = start_service()
+    await send(service, simulated_day(duplicates=0.05, out_of_order=0.3))
+    wait_until_caught_up(database_url)
+    live = snapshot(database_url)
+    built = rebuild(database_url, ["roster", "occupancy", "payments"], batch_size=97)
+    assert {v.version for v in built} == {2}
+    assert snapshot(database_url) == live
+    with psycopg.connect(database_url) as conn:
+        states = {(v.view, v.version): v.state for v in versions(conn)}
+        leftovers = conn.execute(
+            "SELECT count(*) FROM pg_tables "
+            "WHERE schemaname = 'rollcall_views' AND tablename LIKE '%%_v1'"
+        ).fetchone()
+    assert states[("roster", 1)] == "retired" and states[("roster", 2)] == "live"
+    assert leftovers == (0,), "the replaced version's tables are dropped"
+    # The live runner carries on with the new version.
+    async with httpx.AsyncClient(base_url=service.url) as client:
+        answer = await client.post(
+            "/webhooks/jte",
+            content=delivery("AttendeeRegistered", attendee_id="after-swap"),
+            headers=token_headers(),
+        )
+        assert answer.json()["status"] == "accepted"
+    wait_until_caught_up(database_url)
+    with psycopg.connect(database_url) as conn:
+        found = conn.execute(
+            "SELECT status FROM analytics.roster WHERE attendee_id = 'after-swap'"
+        ).fetchone()
+    assert found == ("registered",)
+
+
+def test_an_interrupted_rebuild_leaves_the_live_views_and_resumes(database_url: str) -> None:
+    store = DeliveryStore(database_url)
+    try:
+        store.append(
+            [recorded(delivery("AttendeeCheckedIn", attendee_id=f"i-{n}")) for n in range(50)]
+        )
+    finally:
+        store.close()
+    Runner(database_url).catch_up()
+    live = snapshot(database_url)
+    seen = []
+
+    def interrupt_after_two_batches(progress: object) -> None:
+        seen.append(progress)
+        if len(seen) == 3:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        rebuild(database_url, ["occupancy"], batch_size=10, on_progress=interrupt_after_two_batches)
+    with psycopg.connect(database_url) as conn:
+        (building,) = [v for v in versions(conn, "occupancy") if v.state == "building"]
+        with conn.cursor() as cur:
+            halfway = positions(cur, [building])[building]
+        assert live_version(conn, "occupancy") is not None
+    assert 0 < halfway < 50
+    assert snapshot(database_url) == live
+    starts = []
+    built = rebuild(
+        database_url, ["occupancy"], batch_size=10, on_progress=lambda p: starts.append(p.start)
+    )
+    assert built[0].version == building.version, "the rerun resumes the interrupted build"
+    assert starts[0] == halfway
+    assert snapshot(database_url) == live
+
+
+def test_runner_killed_mid_batch_ends_with_the_views_of_a_clean_build(
+    database_url: str, tmp_path: Path
+) -> None:
+    store = DeliveryStore(database_url)
+    try:
+        day = simulate(SimulationOptions(seed=21, attendees=400, out_of_order=0.2))
+        bodies = [recorded(d.body, d.delivery_id) for d in day if d.expect == "accepted"]
+        for start in range(0, len(bodies), 500):
+            store.append(bodies[start : start + 500])
+    finally:
+        store.close()
+    ensure_views(database_url)
+    env = {
+        "DATABASE_URL": database_url,
+        "ROLLCALL_DATA_DIR": str(tmp_path),
+        "PATH": "/usr/bin:/bin",
+    }
+    for kill_after in (0.6, 0.9, 1.2):
+        runner = subprocess.Popen(
+            [sys.executable, "-m", "service.cli", "--log-level", "warning", "project"], env=env
+        )
+        time.sleep(kill_after)
+        runner.kill()
+        runner.wait()
+    with psycopg.connect(database_url) as conn:
+        partial = read_status(conn)
+    assert any(s.position < s.head for s in partial) or all(s.lag_events == 0 for s in partial)
+    Runner(database_url).catch_up()
+    survived = snapshot(database_url)
+    rebuild(database_url, ["roster", "occupancy", "payments"])
+    assert snapshot(database_url) == survived
+
+
+def test_two_runners_never_apply_an_event_twice(database_url: str) -> None:
+    store = DeliveryStore(database_url)
+    try:
+        store.append(
+            [recorded(delivery("AttendeeCheckedIn", attendee_id=f"t-{n}")) for n in range(300)]
+        )
+    finally:
+        store.close()
+    ensure_views(database_url)
+    recorder = tracking_recorder(database_url)
+    # Two runners that both believe they may write (no advisory lock): the tracking check
+    # lets exactly one of them apply a given batch.
+    with (
+        psycopg.connect(database_url, autocommit=True) as a,
+        psycopg.connect(database_url, autocommit=True) as b,
+    ):
+        version = live_version(a, "occupancy")
+        assert version is not None
+        target = Target(version, 0)
+        with a.transaction(), a.cursor() as cur:
+            apply_records(cur, recorder, [target], read(cur, 0, 100), strict=False)
+        with pytest.raises(StalePosition), b.transaction(), b.cursor() as cur:
+            apply_records(cur, recorder, [target], read(cur, 0, 100), strict=False)
+    # Two real runners side by side: one holds each view's lock, the other stands by.
+    first, second = Runner(database_url, batch_size=50), Runner(database_url, batch_size=50)
+    with psycopg.connect(database_url, autocommit=True) as locks:
+        second._take_locks(locks)
+        assert first.catch_up() == 0 and first.held == set()
+    assert second.catch_up() >= 300
+    with psycopg.connect(database_url) as conn:
+        check_ins = conn.execute("SELECT check_ins FROM analytics.occupancy").fetchone()
+    assert check_ins == (300,)
+
+
+def test_poison_is_dead_lettered_live_and_strict_in_a_rebuild(database_url: str) -> None:
+    bad = delivery("AttendeePaymentConfirmed", attendee_id="p-1", payment=None)
+    bad = bad.replace(
+        b'"firstName": "Ola"',
+        b'"firstName": "Ola", "payment": {"amount": "abc", "currency": "PLN"}',
+    )
+    good = delivery("AttendeePaymentConfirmed", attendee_id="p-2").replace(
+        b'"firstName": "Ola"',
+        b'"firstName": "Ola", "payment": {"amount": "10.50", "currency": "pln"}',
+    )
+    store = DeliveryStore(database_url)
+    try:
+        store.append([recorded(bad), recorded(good)])
+    finally:
+        store.close()
+    Runner(database_url).catch_up()
+    with psycopg.connect(database_url) as conn:
+        statuses = {s.view: s for s in read_status(conn)}
+        letters = conn.execute("SELECT view, error FROM rollcall.dead_letters").fetchall()
+        ledger_rows = conn.execute(
+            "SELECT attendee_id, amount, currency FROM analytics.payments"
+        ).fetchall()
+        paid = conn.execute(
+            "SELECT attendee_id, paid, amount FROM analytics.roster ORDER BY 1"
+        ).fetchall()
+    assert statuses["payments"].dead_letters == 1 and statuses["payments"].state == "live"
+    assert letters[0][0] == "payments" and "not a decimal" in letters[0][1]
+    assert ledger_rows == [("p-2", Decimal("10.50"), "PLN")]
+    assert paid == [("p-1", True, None), ("p-2", True, Decimal("10.50"))]
+    with pytest.raises(PoisonError, match="not a decimal"):
+        rebuild(database_url, ["payments"])
+    rebuild(database_url, ["payments"], skip_poison=True)
+    with psycopg.connect(database_url) as conn:
+        assert conn.execute("SELECT count(*) FROM analytics.payments").fetchone() == (1,)
+
+
+def test_replay_appends_what_now_parses_once(database_url: str) -> None:
+    readable = delivery("AttendeeRegistered", attendee_id="late-reader", delivery_id="q-1")
+    still_bad = b'{"event": "AttendeeTeleported", "attendee": {"id": "x"}}'
+    old = recorded(readable, "q-1")
+    quarantined = [
+        type(old)(**{**old.__dict__, "quarantine_reason": "unknown event type (an older parser)"}),
+        recorded(still_bad),
+    ]
+    quarantined[1] = type(old)(
+        **{**quarantined[1].__dict__, "quarantine_reason": "unknown event type"}
+    )
+    store = DeliveryStore(database_url)
+    try:
+        store.append(quarantined)
+        first = replay_quarantined(store)
+        second = replay_quarantined(store)
+    finally:
+        store.close()
+    assert (first.quarantined, first.readable_now, first.appended) == (2, 1, 1)
+    assert (second.appended, second.already_replayed) == (0, 1)
+    rows = stored_rows(database_url)
+    assert len(rows) == 3
+    assert str(rows[-1]["replay_of"]) == str(rows[0]["key"])
+    Runner(database_url).catch_up()
+    with psycopg.connect(database_url) as conn:
+        assert conn.execute("SELECT attendee_id FROM analytics.roster").fetchall() == [
+            ("late-reader",)
+        ]
+
+
+def test_as_of_builds_the_views_as_they_stood(database_url: str) -> None:
+    store = DeliveryStore(database_url)
+    try:
+        store.append([recorded(delivery("AttendeeCheckedIn", attendee_id="early"))])
+        cut = datetime.now(UTC)
+        time.sleep(0.01)
+        store.append([recorded(delivery("AttendeeCheckedIn", attendee_id="late"))])
+    finally:
+        store.close()
+    Runner(database_url).catch_up()
+    schema = build_as_of(database_url, ["occupancy"], cut)
+    with psycopg.connect(database_url) as conn:
+        then = conn.execute(f'SELECT attendee_id FROM "{schema}".presence').fetchall()
+        now = conn.execute("SELECT attendee_id FROM analytics.presence ORDER BY 1").fetchall()
+    assert then == [("early",)]
+    assert now == [("early",), ("late",)]
+
+
+async def test_status_endpoint_and_readiness(
+    start_service: Callable[..., RunningService], database_url: str
+) -> None:
+    service = start_service()
+    async with httpx.AsyncClient(base_url=service.url) as client:
+        await client.post("/webhooks/jte", content=delivery(), headers=token_headers())
+        wait_until_caught_up(database_url)
+        body = (await client.get("/v1/projections")).json()
+        assert {v["view"] for v in body["views"]} == {"roster", "occupancy", "payments"}
+        for view in body["views"]:
+            assert view["state"] == "live" and view["lag_events"] == 0 and view["position"] >= 1
+        assert (await client.get("/readyz")).status_code == 200
+        with psycopg.connect(database_url, autocommit=True) as conn:
+            conn.execute(
+                "UPDATE rollcall.view_versions SET failed_at = now(), last_error = 'boom' "
+                "WHERE view = 'roster' AND state = 'live'"
+            )
+        answer = await client.get("/readyz")
+        assert answer.status_code == 503 and answer.json()["failed_views"] == ["roster"]
