@@ -36,17 +36,38 @@ class View(Protocol):
     @property
     def tables(self) -> tuple[str, ...]: ...
 
-    def ddl(self, version: Version) -> list[sql.Composed]: ...
+    def ddl(self, version: Version) -> list[sql.Composed]:
+        """Tables, and the indexes folding needs."""
+        ...
+
+    def indexes(self, version: Version) -> list[sql.Composed]:
+        """Indexes for readers: created with a live version, or once a rebuild has filled one."""
+        ...
 
     def analytics(self, version: Version) -> list[tuple[str, sql.Composed]]: ...
 
-    def apply(
+    def keys(self, events: Sequence[AttendeeEvent]) -> set[tuple[str, str]]:
+        """The (slug, attendee id) whose stored state the fold of these events needs."""
+        ...
+
+    def load(
+        self, cur: psycopg.Cursor[Any], version: Version, keys: list[tuple[str, str]]
+    ) -> dict[tuple[str, str], Any]:
+        """Those states as stored."""
+        ...
+
+    def fold(
         self,
-        cur: psycopg.Cursor[Any],
-        version: Version,
+        states: dict[tuple[str, str], Any],
         events: Sequence[AttendeeEvent],
         poison: Callable[[AttendeeEvent, Exception], None],
-    ) -> None: ...
+    ) -> tuple[dict[tuple[str, str], Any], Any]:
+        """The new states of the keys the events touched, and what to write."""
+        ...
+
+    def write(self, cur: psycopg.Cursor[Any], version: Version, write: Any) -> None:
+        """Store a fold's result."""
+        ...
 
 
 VIEWS: Final[dict[str, View]] = {
@@ -113,6 +134,16 @@ def positions(
     return {v: found.get(v.tracking_name, 0) for v in versions}
 
 
+class Folded(msgspec.Struct):
+    """One view's share of a batch, folded and ready to write."""
+
+    target: Target
+    last: int
+    states: dict[tuple[str, str], Any]
+    write: Any
+    letters: list[LetterRow]
+
+
 def apply_records(
     cur: psycopg.Cursor[Any],
     recorder: PostgresTrackingRecorder,
@@ -122,32 +153,40 @@ def apply_records(
     strict: bool,
     as_of: datetime | None = None,
 ) -> list[Target]:
-    """Apply records to every target inside the caller's transaction; the targets, moved on."""
-    if not records:
-        return list(targets)
-    last = records[-1].position
-    current = positions(cur, [t.version for t in targets], lock=True)
-    moved = []
-    for target in targets:
-        if current[target.version] != target.position:
-            raise StalePosition(f"{target.version.tracking_name} is at {current[target.version]}")
-        if target.position >= last:
-            moved.append(target)
-            continue
-        relevant = [
-            r
-            for r in records
-            if r.position > target.position and (as_of is None or r.received_at <= as_of)
-        ]
-        _apply_view(cur, target.version, relevant, strict=strict)
-        recorder._insert_tracking(cur, Tracking(target.version.tracking_name, last))
-        moved.append(Target(target.version, last))
-    return moved
+    """Fold and write records for every target inside the caller's transaction; the targets,
+    moved on."""
+    folded = [
+        fold_records(
+            target,
+            records,
+            lambda version, keys: VIEWS[version.view].load(cur, version, keys),
+            strict=strict,
+            as_of=as_of,
+        )
+        for target in targets
+    ]
+    return write_folded(cur, recorder, folded)
 
 
-def _apply_view(
-    cur: psycopg.Cursor[Any], version: Version, records: list[Record], *, strict: bool
-) -> None:
+Loader = Callable[[Version, list[tuple[str, str]]], dict[tuple[str, str], Any]]
+
+
+def fold_records(
+    target: Target,
+    records: Sequence[Record],
+    load: Loader,
+    *,
+    strict: bool,
+    as_of: datetime | None = None,
+) -> Folded:
+    """Fold the records after the target's position (received by `as_of`, if given)."""
+    version = target.version
+    last = records[-1].position if records else target.position
+    relevant = [
+        r
+        for r in records
+        if r.position > target.position and (as_of is None or r.received_at <= as_of)
+    ]
     letters: list[LetterRow] = []
 
     def poison(event: AttendeeEvent, error: Exception) -> None:
@@ -162,7 +201,7 @@ def _apply_view(
             )
         )
 
-    for record in records:
+    for record in relevant:
         if record.unreadable is not None:
             message = f"unreadable with the current parser: {record.unreadable}"[:500]
             if strict:
@@ -170,10 +209,33 @@ def _apply_view(
                     f"{version.view}: delivery at position {record.position}: {message}"
                 )
             letters.append(LetterRow(record.position, record.key, None, None, None, message))
-    events = [r.event for r in records if r.event is not None]
-    VIEWS[version.view].apply(cur, version, events, poison)
-    if letters:
-        _write_letters(cur, version, letters)
+    view = VIEWS[version.view]
+    events = [r.event for r in relevant if r.event is not None]
+    states = load(version, sorted(view.keys(events)))
+    new_states, write = view.fold(states, events, poison)
+    return Folded(target, max(last, target.position), new_states, write, letters)
+
+
+def write_folded(
+    cur: psycopg.Cursor[Any], recorder: PostgresTrackingRecorder, folded: Sequence[Folded]
+) -> list[Target]:
+    """Write folded batches and their tracking positions, after checking no other runner moved
+    the views on since their positions were read; the targets, moved on."""
+    current = positions(cur, [f.target.version for f in folded], lock=True)
+    moved = []
+    for batch in folded:
+        version = batch.target.version
+        if current[version] != batch.target.position:
+            raise StalePosition(f"{version.tracking_name} is at {current[version]}")
+        if batch.last <= batch.target.position:
+            moved.append(batch.target)
+            continue
+        VIEWS[version.view].write(cur, version, batch.write)
+        if batch.letters:
+            _write_letters(cur, version, batch.letters)
+        recorder._insert_tracking(cur, Tracking(version.tracking_name, batch.last))
+        moved.append(Target(version, batch.last))
+    return moved
 
 
 def _write_letters(cur: psycopg.Cursor[Any], version: Version, letters: list[LetterRow]) -> None:

@@ -1,16 +1,17 @@
-"""The occupancy view: presence per attendee, the exact step function, per-minute counts and a
-summary per JTE event, all maintained from the changes domain.presence computes.
+"""The occupancy view: presence per attendee, the exact step function, per-minute counts and the
+counters of each JTE event, all maintained from the changes domain.presence computes.
 
 A batch re-reads the moves of each attendee it touches, so a late check-out corrects the stays
-it belongs to. The summary's peak is extended cheaply while changes arrive in time order, and
-recomputed from the step function when a change lands in the past.
+it belongs to. Everything else is additive: counters and per-minute arrivals and departures
+take the batch's differences. The peak needs no running state: each minute keeps the highest
+count reached within it (relative to its start), recomputed from the exact changes of the
+minutes a batch touches, and the peak is the best minute.
 """
 
 from __future__ import annotations
 
 from collections import Counter, defaultdict
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Final
 
@@ -19,7 +20,7 @@ import psycopg
 from psycopg import sql
 
 from domain.events import AttendeeEvent
-from domain.presence import Change, Moves, Presence, add, changes, in_step_order, is_move, presence
+from domain.presence import Change, Moves, Presence, add, changes, is_move, presence
 from projections.columns import text
 from projections.schema import Version
 
@@ -30,26 +31,18 @@ _decode: Final = msgspec.json.Decoder(Moves).decode
 _COUNTERS: Final = ("check_ins", "check_outs", "repeated_check_ins", "stray_check_outs")
 
 
-@dataclass
-class _Summary:
-    """The occupancy row of one JTE event."""
+class OccupancyWrite(msgspec.Struct, kw_only=True):
+    """What one batch changes: presence rows, step-function rows, minutes and counters."""
 
-    slug: str
-    inside_now: int = 0
-    peak: int = 0
-    peak_at: datetime | None = None
-    check_ins: int = 0
-    check_outs: int = 0
-    repeated_check_ins: int = 0
-    stray_check_outs: int = 0
-    ever_inside: int = 0
-    last_change_at: datetime | None = None
-    added: list[Change] = field(default_factory=list)
-    removed: list[Change] = field(default_factory=list)
+    presences: list[tuple[Moves, Presence]] = []
+    rewritten: list[Key] = []  # attendees whose earlier changes are replaced
+    new_changes: list[tuple[Key, Change]] = []
+    minutes: dict[tuple[str, datetime], list[int]] = {}  # (slug, minute) -> [entered, exited]
+    counters: dict[str, dict[str, int]] = {}  # slug -> counter -> increment
 
 
 class OccupancyView:
-    """Presence, occupancy changes, per-minute counts and the per-event summary."""
+    """Presence, occupancy changes, per-minute counts and the per-event counters."""
 
     name: Final = "occupancy"
     tables: Final = ("presence", "occupancy_changes", "occupancy_minutes", "occupancy")
@@ -63,30 +56,39 @@ class OccupancyView:
                 "check_outs integer NOT NULL, repeated_check_ins integer NOT NULL, "
                 "stray_check_outs integer NOT NULL, first_in_at timestamptz, "
                 "last_in_at timestamptz, last_out_at timestamptz, moves bytea NOT NULL, "
-                "PRIMARY KEY (slug, attendee_id))"
+                "PRIMARY KEY (slug, attendee_id)) WITH (fillfactor = 70)"
             ).format(version.table("presence")),
             sql.SQL(
                 "CREATE TABLE {} (slug text NOT NULL, attendee_id text NOT NULL, "
                 "at timestamptz NOT NULL, delta smallint NOT NULL)"
             ).format(version.table("occupancy_changes")),
-            sql.SQL("CREATE INDEX {} ON {} (slug, at, delta)").format(
-                sql.Identifier(f"occupancy_changes_v{n}_at"), version.table("occupancy_changes")
-            ),
             sql.SQL("CREATE INDEX {} ON {} (slug, attendee_id)").format(
                 sql.Identifier(f"occupancy_changes_v{n}_attendee"),
                 version.table("occupancy_changes"),
             ),
+            sql.SQL("CREATE INDEX {} ON {} (slug, at, delta)").format(
+                sql.Identifier(f"occupancy_changes_v{n}_at"), version.table("occupancy_changes")
+            ),
             sql.SQL(
                 "CREATE TABLE {} (slug text NOT NULL, minute timestamptz NOT NULL, "
-                "entered integer NOT NULL, exited integer NOT NULL, PRIMARY KEY (slug, minute))"
+                "entered integer NOT NULL, exited integer NOT NULL, "
+                "max_prefix integer NOT NULL DEFAULT 0, max_prefix_at timestamptz, "
+                "PRIMARY KEY (slug, minute))"
             ).format(version.table("occupancy_minutes")),
             sql.SQL(
                 "CREATE TABLE {} (slug text PRIMARY KEY, inside_now integer NOT NULL, "
-                "peak integer NOT NULL, peak_at timestamptz, check_ins integer NOT NULL, "
-                "check_outs integer NOT NULL, repeated_check_ins integer NOT NULL, "
-                "stray_check_outs integer NOT NULL, ever_inside integer NOT NULL, "
-                "last_change_at timestamptz)"
+                "check_ins integer NOT NULL, check_outs integer NOT NULL, "
+                "repeated_check_ins integer NOT NULL, stray_check_outs integer NOT NULL, "
+                "ever_inside integer NOT NULL)"
             ).format(version.table("occupancy")),
+        ]
+
+    def indexes(self, version: Version) -> list[sql.Composed]:
+        # The latest check-ins of an event, for the dashboard.
+        return [
+            sql.SQL("CREATE INDEX IF NOT EXISTS {} ON {} (slug, last_in_at DESC)").format(
+                sql.Identifier(f"presence_v{version.version}_last_in"), version.table("presence")
+            )
         ]
 
     def analytics(self, version: Version) -> list[tuple[str, sql.Composed]]:
@@ -102,10 +104,11 @@ class OccupancyView:
             (
                 "occupancy",
                 sql.SQL(
-                    "SELECT slug AS event, inside_now, peak, peak_at, check_ins, check_outs, "
-                    "repeated_check_ins, stray_check_outs, ever_inside AS unique_attendees_inside "
-                    "FROM {}"
-                ).format(version.table("occupancy")),
+                    "SELECT s.slug AS event, s.inside_now, coalesce(p.peak, 0) AS peak, "
+                    "p.peak_at, s.check_ins, s.check_outs, s.repeated_check_ins, "
+                    "s.stray_check_outs, s.ever_inside AS unique_attendees_inside FROM {} s "
+                    "LEFT JOIN LATERAL ({}) p ON true"
+                ).format(version.table("occupancy"), peak_query(version, sql.SQL("s.slug"))),
             ),
             (
                 "occupancy_changes",
@@ -122,96 +125,96 @@ class OccupancyView:
             ),
         ]
 
-    def apply(
-        self,
-        cur: psycopg.Cursor[Any],
-        version: Version,
-        events: Sequence[AttendeeEvent],
-        poison: Poison,
-    ) -> None:
-        """Re-read the moves of every attendee the batch touches and store what changed."""
-        moving = [e for e in events if is_move(e)]
-        if not moving:
-            return
-        keys = sorted({(e.slug, e.attendee_id) for e in moving})
-        before = _load_moves(cur, version, keys)
-        after = dict(before)
-        for event in moving:
+    def keys(self, events: Sequence[AttendeeEvent]) -> set[Key]:
+        return {(e.slug, e.attendee_id) for e in events if is_move(e)}
+
+    def load(self, cur: psycopg.Cursor[Any], version: Version, keys: list[Key]) -> dict[Key, Moves]:
+        if not keys:
+            return {}
+        rows = cur.execute(
+            sql.SQL(
+                "SELECT p.moves FROM {} p JOIN unnest(%b::text[], %b::text[]) "
+                "AS k(slug, attendee_id) USING (slug, attendee_id)"
+            ).format(version.table("presence")),
+            ([k[0] for k in keys], [k[1] for k in keys]),
+        ).fetchall()
+        loaded = (_decode(row[0]) for row in rows)
+        return {(m.slug, m.attendee_id): m for m in loaded}
+
+    def fold(
+        self, states: dict[Key, Moves], events: Sequence[AttendeeEvent], poison: Poison
+    ) -> tuple[dict[Key, Moves], OccupancyWrite]:
+        """New moves for the attendees touched, and the differences they make."""
+        after = dict(states)
+        for event in events:
+            if not is_move(event):
+                continue
             key = (event.slug, event.attendee_id)
             try:
                 after[key] = add(after.get(key), event)
             except Exception as error:
                 poison(event, error)
-        summaries = _load_summaries(cur, version, sorted({k[0] for k in keys}))
-        rewritten: list[Key] = []
-        new_changes: list[tuple[Key, Change]] = []
-        presences: list[tuple[Moves, Presence]] = []
-        for key in keys:
-            if key not in after:
-                continue
-            old = presence(before[key]) if key in before else None
+        write = OccupancyWrite()
+        for key in sorted(k for k in after if after[k] is not states.get(k)):
+            old = presence(states[key]) if key in states else None
             new = presence(after[key])
-            presences.append((after[key], new))
+            write.presences.append((after[key], new))
             added, removed = _difference(old, new)
-            summary = summaries.setdefault(key[0], _Summary(slug=key[0]))
-            _count(summary, old, new, added, removed)
+            _count(write, key[0], old, new, added, removed)
             if removed:
-                rewritten.append(key)
-                new_changes += [(key, change) for change in changes(new)]
+                write.rewritten.append(key)
+                write.new_changes += [(key, change) for change in changes(new)]
             else:
-                new_changes += [(key, change) for change in added]
-        _store_presence(cur, version, presences)
-        _store_changes(cur, version, rewritten, new_changes)
-        _store_minutes(cur, version, summaries.values())
-        _store_summaries(cur, version, summaries.values())
+                write.new_changes += [(key, change) for change in added]
+        return {k: after[k] for k in after if after[k] is not states.get(k)}, write
+
+    def write(self, cur: psycopg.Cursor[Any], version: Version, write: OccupancyWrite) -> None:
+        if not write.presences:
+            return
+        _store_presence(cur, version, write.presences)
+        _store_changes(cur, version, write.rewritten, write.new_changes)
+        _store_minutes(cur, version, write.minutes)
+        _store_counters(cur, version, write.counters)
+
+
+def peak_query(version: Version, slug: sql.Composable) -> sql.Composed:
+    """The highest occupancy of a JTE event and the first instant it was reached: the best of
+    its minutes' (inside at the minute's start + highest count within the minute)."""
+    return sql.SQL(
+        "SELECT candidate AS peak, max_prefix_at AS peak_at FROM (SELECT max_prefix_at, "
+        "sum(entered - exited) OVER (ORDER BY minute) - (entered - exited) + max_prefix "
+        "AS candidate FROM {} m WHERE m.slug = {}) c WHERE candidate > 0 "
+        "ORDER BY candidate DESC, max_prefix_at LIMIT 1"
+    ).format(version.table("occupancy_minutes"), slug)
 
 
 def _difference(old: Presence | None, new: Presence) -> tuple[list[Change], list[Change]]:
     """Changes added and removed, as multisets (one attendee may step twice at one instant)."""
-    before = Counter(changes(old)) if old else Counter()
-    after = Counter(changes(new))
-    return list((after - before).elements()), list((before - after).elements())
+    before = changes(old) if old else []
+    after = changes(new)
+    if after[: len(before)] == before:
+        return after[len(before) :], []  # moves arrived in order: the stays only grew
+    added, removed = Counter(after) - Counter(before), Counter(before) - Counter(after)
+    return list(added.elements()), list(removed.elements())
 
 
 def _count(
-    summary: _Summary,
+    write: OccupancyWrite,
+    slug: str,
     old: Presence | None,
     new: Presence,
     added: list[Change],
     removed: list[Change],
 ) -> None:
-    summary.inside_now += int(new.inside) - int(bool(old and old.inside))
-    summary.ever_inside += int(new.ever_inside) - int(bool(old and old.ever_inside))
+    counters = write.counters.setdefault(slug, defaultdict(int))
+    counters["inside_now"] += int(new.inside) - int(bool(old and old.inside))
+    counters["ever_inside"] += int(new.ever_inside) - int(bool(old and old.ever_inside))
     for name in _COUNTERS:
-        delta = getattr(new, name) - (getattr(old, name) if old else 0)
-        setattr(summary, name, getattr(summary, name) + delta)
-    summary.added += added
-    summary.removed += removed
-
-
-def _load_moves(cur: psycopg.Cursor[Any], version: Version, keys: list[Key]) -> dict[Key, Moves]:
-    rows = cur.execute(
-        sql.SQL(
-            "SELECT p.moves FROM {} p JOIN unnest(%s::text[], %s::text[]) AS k(slug, attendee_id) "
-            "USING (slug, attendee_id)"
-        ).format(version.table("presence")),
-        ([k[0] for k in keys], [k[1] for k in keys]),
-    ).fetchall()
-    loaded = (_decode(row[0]) for row in rows)
-    return {(m.slug, m.attendee_id): m for m in loaded}
-
-
-def _load_summaries(
-    cur: psycopg.Cursor[Any], version: Version, slugs: list[str]
-) -> dict[str, _Summary]:
-    rows = cur.execute(
-        sql.SQL(
-            "SELECT slug, inside_now, peak, peak_at, check_ins, check_outs, repeated_check_ins, "
-            "stray_check_outs, ever_inside, last_change_at FROM {} WHERE slug = ANY(%s)"
-        ).format(version.table("occupancy")),
-        (slugs,),
-    ).fetchall()
-    return {row[0]: _Summary(*row) for row in rows}
+        counters[name] += getattr(new, name) - (getattr(old, name) if old else 0)
+    for change, sign in [(c, 1) for c in added] + [(c, -1) for c in removed]:
+        minute = change.at.replace(second=0, microsecond=0)
+        counts = write.minutes.setdefault((slug, minute), [0, 0])
+        counts[0 if change.delta > 0 else 1] += sign
 
 
 def _store_presence(
@@ -241,9 +244,9 @@ def _store_presence(
     )
     cur.execute(
         sql.SQL(
-            "INSERT INTO {} SELECT * FROM unnest(%s::text[], %s::text[], %s::boolean[], "
-            "%s::timestamptz[], %s::integer[], %s::integer[], %s::integer[], %s::integer[], "
-            "%s::timestamptz[], %s::timestamptz[], %s::timestamptz[], %s::bytea[]) "
+            "INSERT INTO {} SELECT * FROM unnest(%b::text[], %b::text[], %b::boolean[], "
+            "%b::timestamptz[], %b::integer[], %b::integer[], %b::integer[], %b::integer[], "
+            "%b::timestamptz[], %b::timestamptz[], %b::timestamptz[], %b::bytea[]) "
             "ON CONFLICT (slug, attendee_id) DO UPDATE SET inside = excluded.inside, "
             "entered_at = excluded.entered_at, check_ins = excluded.check_ins, "
             "check_outs = excluded.check_outs, repeated_check_ins = excluded.repeated_check_ins, "
@@ -265,7 +268,7 @@ def _store_changes(
     if rewritten:
         cur.execute(
             sql.SQL(
-                "DELETE FROM {} c USING unnest(%s::text[], %s::text[]) AS k(slug, attendee_id) "
+                "DELETE FROM {} c USING unnest(%b::text[], %b::text[]) AS k(slug, attendee_id) "
                 "WHERE c.slug = k.slug AND c.attendee_id = k.attendee_id"
             ).format(table),
             ([k[0] for k in rewritten], [k[1] for k in rewritten]),
@@ -273,8 +276,8 @@ def _store_changes(
     if new_changes:
         cur.execute(
             sql.SQL(
-                "INSERT INTO {} SELECT * FROM unnest(%s::text[], %s::text[], %s::timestamptz[], "
-                "%s::smallint[])"
+                "INSERT INTO {} SELECT * FROM unnest(%b::text[], %b::text[], %b::timestamptz[], "
+                "%b::smallint[])"
             ).format(table),
             (
                 [k[0] for k, _ in new_changes],
@@ -285,98 +288,64 @@ def _store_changes(
         )
 
 
-def _store_minutes(cur: psycopg.Cursor[Any], version: Version, summaries: Any) -> None:
-    counts: dict[tuple[str, datetime], list[int]] = defaultdict(lambda: [0, 0])
-    for summary in summaries:
-        for change, sign in [(c, 1) for c in summary.added] + [(c, -1) for c in summary.removed]:
-            minute = change.at.replace(second=0, microsecond=0)
-            counts[(summary.slug, minute)][0 if change.delta > 0 else 1] += sign
-    if not counts:
+def _store_minutes(
+    cur: psycopg.Cursor[Any], version: Version, minutes: dict[tuple[str, datetime], list[int]]
+) -> None:
+    if not minutes:
         return
+    slugs = [k[0] for k in minutes]
+    starts = [k[1] for k in minutes]
+    table = version.table("occupancy_minutes")
     cur.execute(
         sql.SQL(
-            "INSERT INTO {0} AS t SELECT * FROM unnest(%s::text[], %s::timestamptz[], "
-            "%s::integer[], %s::integer[]) ON CONFLICT (slug, minute) DO UPDATE "
+            "INSERT INTO {0} AS t (slug, minute, entered, exited) SELECT * FROM "
+            "unnest(%b::text[], %b::timestamptz[], %b::integer[], %b::integer[]) "
+            "ON CONFLICT (slug, minute) DO UPDATE "
             "SET entered = t.entered + excluded.entered, exited = t.exited + excluded.exited"
-        ).format(version.table("occupancy_minutes")),
-        (
-            [k[0] for k in counts],
-            [k[1] for k in counts],
-            [v[0] for v in counts.values()],
-            [v[1] for v in counts.values()],
-        ),
+        ).format(table),
+        (slugs, starts, [v[0] for v in minutes.values()], [v[1] for v in minutes.values()]),
     )
     # A late change can empty a minute; an empty minute is no row, as in a fresh build.
     cur.execute(
         sql.SQL(
-            "DELETE FROM {} m USING unnest(%s::text[], %s::timestamptz[]) AS k(slug, minute) "
+            "DELETE FROM {} m USING unnest(%b::text[], %b::timestamptz[]) AS k(slug, minute) "
             "WHERE m.slug = k.slug AND m.minute = k.minute AND m.entered = 0 AND m.exited = 0"
-        ).format(version.table("occupancy_minutes")),
-        ([k[0] for k in counts], [k[1] for k in counts]),
+        ).format(table),
+        (slugs, starts),
+    )
+    # The highest count within each touched minute, from its exact changes in step order
+    # (departures before arrivals at one instant, as domain.presence.in_step_order).
+    cur.execute(
+        sql.SQL(
+            "WITH touched AS (SELECT * FROM unnest(%b::text[], %b::timestamptz[]) "
+            "AS t(slug, minute)), steps AS (SELECT t.slug, t.minute, c.at, sum(c.delta) OVER "
+            "(PARTITION BY t.slug, t.minute ORDER BY c.at, c.delta ROWS UNBOUNDED PRECEDING) "
+            "AS running FROM touched t JOIN {1} c ON c.slug = t.slug AND c.at >= t.minute "
+            "AND c.at < t.minute + interval '1 minute'), best AS (SELECT DISTINCT ON "
+            "(slug, minute) slug, minute, running, at FROM steps "
+            "ORDER BY slug, minute, running DESC, at) "
+            "UPDATE {0} m SET max_prefix = b.running, max_prefix_at = b.at FROM best b "
+            "WHERE m.slug = b.slug AND m.minute = b.minute"
+        ).format(table, version.table("occupancy_changes")),
+        (slugs, starts),
     )
 
 
-def _store_summaries(cur: psycopg.Cursor[Any], version: Version, summaries: Any) -> None:
-    for summary in summaries:
-        if summary.removed or _in_the_past(summary):
-            _recompute_peak(cur, version, summary)
-        else:
-            _extend_peak(summary)
-        cur.execute(
-            sql.SQL(
-                "INSERT INTO {} VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s) "
-                "ON CONFLICT (slug) DO UPDATE SET inside_now = excluded.inside_now, "
-                "peak = excluded.peak, peak_at = excluded.peak_at, "
-                "check_ins = excluded.check_ins, check_outs = excluded.check_outs, "
-                "repeated_check_ins = excluded.repeated_check_ins, "
-                "stray_check_outs = excluded.stray_check_outs, "
-                "ever_inside = excluded.ever_inside, last_change_at = excluded.last_change_at"
-            ).format(version.table("occupancy")),
-            (
-                summary.slug,
-                summary.inside_now,
-                summary.peak,
-                summary.peak_at,
-                summary.check_ins,
-                summary.check_outs,
-                summary.repeated_check_ins,
-                summary.stray_check_outs,
-                summary.ever_inside,
-                summary.last_change_at,
-            ),
-        )
-
-
-def _in_the_past(summary: _Summary) -> bool:
-    """Does any new change come at or before the latest change already counted?"""
-    if summary.last_change_at is None or not summary.added:
-        return False
-    return min(change.at for change in summary.added) <= summary.last_change_at
-
-
-def _extend_peak(summary: _Summary) -> None:
-    """All new changes come after every earlier one: continue the running count from now."""
-    steps = in_step_order(summary.added)
-    running = summary.inside_now - sum(change.delta for change in steps)
-    for change in steps:
-        running += change.delta
-        if running > summary.peak:
-            summary.peak, summary.peak_at = running, change.at
-    if steps:
-        summary.last_change_at = steps[-1].at
-
-
-def _recompute_peak(cur: psycopg.Cursor[Any], version: Version, summary: _Summary) -> None:
-    row = cur.execute(
+def _store_counters(
+    cur: psycopg.Cursor[Any], version: Version, counters: dict[str, dict[str, int]]
+) -> None:
+    names = ("inside_now", *_COUNTERS, "ever_inside")
+    rows = [(slug, *(values.get(name, 0) for name in names)) for slug, values in counters.items()]
+    cur.executemany(
         sql.SQL(
-            "SELECT running, at, last_at FROM (SELECT at, max(at) OVER () AS last_at, "
-            "sum(delta) OVER (ORDER BY at, delta ROWS UNBOUNDED PRECEDING) AS running "
-            "FROM {} WHERE slug = %s) s ORDER BY running DESC, at LIMIT 1"
-        ).format(version.table("occupancy_changes")),
-        (summary.slug,),
-    ).fetchone()
-    if row is None or row[0] <= 0:
-        last = row[2] if row else None
-        summary.peak, summary.peak_at, summary.last_change_at = 0, None, last
-    else:
-        summary.peak, summary.peak_at, summary.last_change_at = int(row[0]), row[1], row[2]
+            "INSERT INTO {0} AS t (slug, {1}) VALUES (%s, {2}) ON CONFLICT (slug) DO UPDATE SET {3}"
+        ).format(
+            version.table("occupancy"),
+            sql.SQL(", ").join(map(sql.Identifier, names)),
+            sql.SQL(", ").join(sql.Placeholder() for _ in names),
+            sql.SQL(", ").join(
+                sql.SQL("{0} = t.{0} + excluded.{0}").format(sql.Identifier(name)) for name in names
+            ),
+        ),
+        rows,
+    )

@@ -31,10 +31,14 @@ class PaymentsView:
                 "method text NOT NULL, reference text, paid_at timestamptz NOT NULL, "
                 "order_token text NOT NULL, position bigint NOT NULL, "
                 "PRIMARY KEY (slug, entry_key))"
-            ).format(table),
-            sql.SQL("CREATE INDEX {} ON {} (slug, paid_at, entry_key)").format(
-                sql.Identifier(f"payments_v{version.version}_paid_at"), table
-            ),
+            ).format(table)
+        ]
+
+    def indexes(self, version: Version) -> list[sql.Composed]:
+        return [
+            sql.SQL("CREATE INDEX IF NOT EXISTS {} ON {} (slug, paid_at, entry_key)").format(
+                sql.Identifier(f"payments_v{version.version}_paid_at"), version.table("payments")
+            )
         ]
 
     def analytics(self, version: Version) -> list[tuple[str, sql.Composed]]:
@@ -57,14 +61,18 @@ class PaymentsView:
             ),
         ]
 
-    def apply(
-        self,
-        cur: psycopg.Cursor[Any],
-        version: Version,
-        events: Sequence[AttendeeEvent],
-        poison: Poison,
-    ) -> None:
-        """Record each confirmation; a later one for the same reference replaces it."""
+    def keys(self, events: Sequence[AttendeeEvent]) -> set[tuple[str, str]]:
+        return set()  # each confirmation is decided in SQL: the later order wins
+
+    def load(
+        self, cur: psycopg.Cursor[Any], version: Version, keys: list[tuple[str, str]]
+    ) -> dict[tuple[str, str], None]:
+        return {}
+
+    def fold(
+        self, states: dict[tuple[str, str], None], events: Sequence[AttendeeEvent], poison: Poison
+    ) -> tuple[dict[tuple[str, str], None], list[LedgerEntry]]:
+        """The batch's ledger entries, the latest per payment reference."""
         entries: list[LedgerEntry] = []
         for event in events:
             if event.event_type != PAYMENT_CONFIRMED:
@@ -73,14 +81,17 @@ class PaymentsView:
                 entries.append(ledger_entry(event))
             except Exception as error:
                 poison(event, error)
-        latest = list(merge(entries).values())
+        return {}, list(merge(entries).values())
+
+    def write(self, cur: psycopg.Cursor[Any], version: Version, latest: list[LedgerEntry]) -> None:
+        """Record each confirmation; a later one for the same reference replaces it."""
         if not latest:
             return
         cur.execute(
             sql.SQL(
-                "INSERT INTO {0} AS t SELECT * FROM unnest(%s::text[], %s::text[], %s::text[], "
-                "%s::numeric[], %s::text[], %s::text[], %s::text[], %s::timestamptz[], "
-                "%s::text[], %s::bigint[]) ON CONFLICT (slug, entry_key) DO UPDATE SET "
+                "INSERT INTO {0} AS t SELECT * FROM unnest(%b::text[], %b::text[], %b::text[], "
+                "%b::numeric[], %b::text[], %b::text[], %b::text[], %b::timestamptz[], "
+                "%b::text[], %b::bigint[]) ON CONFLICT (slug, entry_key) DO UPDATE SET "
                 "attendee_id = excluded.attendee_id, amount = excluded.amount, "
                 "currency = excluded.currency, method = excluded.method, "
                 "reference = excluded.reference, paid_at = excluded.paid_at, "

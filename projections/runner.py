@@ -57,6 +57,8 @@ def ensure_views(database_url: str) -> None:
             if live_version(conn, name) is None:
                 with conn.transaction():
                     version = create_version(conn, name, "live", VIEWS[name].ddl)
+                    for statement in VIEWS[name].indexes(version):
+                        conn.execute(statement)
                     publish_views(conn, "analytics", VIEWS[name].analytics(version))
     tracking_recorder(database_url)
 

@@ -16,10 +16,21 @@ from psycopg import sql
 
 from domain.events import AttendeeEvent, attendee_event
 from domain.interpret import Interpreted, interpret
-from service.store import EVENTS_TABLE, SCHEMA, DeliveryState
+from service.store import EVENTS_TABLE, SCHEMA
 
 _EVENTS: Final = sql.Identifier(SCHEMA, EVENTS_TABLE)
-_decode_state: Final = msgspec.json.Decoder(DeliveryState).decode
+
+
+class _Stored(msgspec.Struct):
+    """The parts of a stored delivery the views need (decoding skips the rest)."""
+
+    timestamp: datetime
+    slug: str
+    body: bytes
+    quarantine_reason: str | None
+
+
+_decode_state: Final = msgspec.json.Decoder(_Stored).decode
 
 
 class _ReceivedAt(msgspec.Struct):

@@ -18,6 +18,7 @@ from starlette.types import Receive, Scope, Send
 
 from domain.interpret import PARSER_VERSION, Interpreted, interpret
 from service.config import DEFAULT_SLUG, EventConfig, Settings
+from service.metrics import METRICS
 from service.store import DeliveryRecorded, StoreUnavailable, delivery_key
 from service.verification import Rejected, verify
 
@@ -96,6 +97,7 @@ class Intake:
             # A bug of ours, not the sender's: nothing was stored, so ask JTE to retry.
             log.exception("intake failed unexpectedly")
             answer = self._unavailable("intake failed unexpectedly; retry later")
+        METRICS.delivery(answer.body.get("status") or answer.body.get("error", "unknown"))
         await _send_json(send, answer)
 
     async def _answer(self, scope: Scope, receive: Receive) -> Answer:
@@ -122,8 +124,9 @@ class Intake:
         verdict = verify(event, headers, body, time.time())
         if isinstance(verdict, Rejected):
             log.info("rejected delivery for %s: %s", event.slug, verdict.reason)
+            METRICS.verification_failed(verdict.reason)
             return _error(401, "unauthorized", verdict.reason)
-        return await self._store(_delivery(event, headers, body, verdict.method))
+        return await self._store(delivery_record(event, headers, body, verdict.method))
 
     async def _store(self, delivery: DeliveryRecorded) -> Answer:
         if self.writer is None:
@@ -183,9 +186,10 @@ def _slug(path: str) -> str | None:
     return rest if rest and "/" not in rest else None
 
 
-def _delivery(
+def delivery_record(
     event: EventConfig, headers: dict[str, bytes], body: bytes, method: str
 ) -> DeliveryRecorded:
+    """What the store keeps of a verified delivery: its bytes, kept headers, and reading."""
     reading = interpret(body)
     delivery_id = reading.delivery_id or _header_delivery_id(event, headers)
     interpreted = reading if isinstance(reading, Interpreted) else None

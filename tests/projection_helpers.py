@@ -7,6 +7,7 @@ from typing import Any
 
 import psycopg
 from psycopg import sql
+from psycopg.types.json import set_json_loads
 
 from projections.status import read_status
 
@@ -42,6 +43,8 @@ def snapshot(database_url: str, schema: str = "analytics") -> dict[str, list[tup
     """Every analytics view's rows, sorted, so two builds can be compared."""
     result = {}
     with psycopg.connect(database_url) as conn:
+        # JSON as the text PostgreSQL holds: 12.50 and 12.5 must not compare equal.
+        set_json_loads(lambda text: text, conn)
         for view in ANALYTICS_VIEWS:
             exists = conn.execute("SELECT to_regclass(%s)", (f"{schema}.{view}",)).fetchone()
             if not exists or exists[0] is None:

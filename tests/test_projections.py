@@ -43,6 +43,8 @@ from service.store import DeliveryStore
 from tests.helpers import (
     SECRET,
     RunningService,
+    api_token,
+    bearer,
     delivery,
     make_settings,
     recorded,
@@ -392,7 +394,9 @@ async def test_status_endpoint_and_readiness(
     async with httpx.AsyncClient(base_url=service.url) as client:
         await client.post("/webhooks/jte", content=delivery(), headers=token_headers())
         wait_until_caught_up(database_url)
-        body = (await client.get("/v1/projections")).json()
+        assert (await client.get("/v1/projections")).status_code == 401
+        answer = await client.get("/v1/projections", headers=bearer(api_token(database_url)))
+        body = answer.json()
         assert {v["view"] for v in body["views"]} == {"roster", "occupancy", "payments"}
         for view in body["views"]:
             assert view["state"] == "live" and view["lag_events"] == 0 and view["position"] >= 1
@@ -404,3 +408,26 @@ async def test_status_endpoint_and_readiness(
             )
         answer = await client.get("/readyz")
         assert answer.status_code == 503 and answer.json()["failed_views"] == ["roster"]
+
+
+def test_fields_keep_their_exact_numbers_when_a_row_is_rewritten(database_url: str) -> None:
+    paid = (
+        b'{"event": "AttendeePaymentConfirmed", "id": "p-1", "occurredAt": "2026-05-14T09:00:00Z",'
+        b' "attendee": {"id": "a-1", "payment": {"amount": 499.00, "currency": "PLN"}}}'
+    )
+    later = delivery("AttendeeCheckedIn", attendee_id="a-1", occurredAt="2026-05-14T10:00:00Z")
+    store = DeliveryStore(database_url)
+    try:
+        store.append([recorded(paid, "p-1")])
+        Runner(database_url).catch_up()  # one batch writes the row...
+        store.append([recorded(later)])
+        Runner(database_url).catch_up()  # ...and the next one reads it back and rewrites it
+    finally:
+        store.close()
+    with psycopg.connect(database_url) as conn:
+        row = conn.execute(
+            "SELECT fields::text, amount FROM analytics.roster WHERE attendee_id = 'a-1'"
+        ).fetchone()
+    assert row is not None
+    assert '"amount": 499.00' in row[0]
+    assert row[1] == Decimal("499.00")
