@@ -8,10 +8,10 @@ import threading
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import Any, Final
 
 import asyncpg
-import psycopg
+import msgspec
 from starlette.applications import Starlette
 from starlette.datastructures import State
 from starlette.exceptions import HTTPException
@@ -21,11 +21,12 @@ from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
 from projections.runner import Runner
-from projections.status import ViewStatus, read_status
+from service import api, metrics, openapi
 from service.config import ConfigError, Settings, ensure_secrets, load_settings
 from service.database import redacted
 from service.http import json_response
 from service.intake import Intake, is_webhook_path
+from service.logs import RequestIdMiddleware
 from service.store import SCHEMA, DeliveryStore, StoreUnavailable
 from service.writer import DirectWriter, GroupCommitWriter
 
@@ -40,12 +41,16 @@ class Rollcall:
     def __init__(self, intake: Intake, routes: Starlette) -> None:
         self.intake = intake
         self.routes = routes
+        self._with_request_id = RequestIdMiddleware(self._dispatch)
 
     @property
     def state(self) -> State:
         return self.routes.state
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await self._with_request_id(scope, receive, send)
+
+    async def _dispatch(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and is_webhook_path(scope["path"]):
             await self.intake(scope, receive, send)
         else:
@@ -87,7 +92,9 @@ def create_app(settings: Settings | None = None) -> Rollcall:
     routes = [
         Route("/healthz", _healthz, methods=["GET"]),
         Route("/readyz", _readyz, methods=["GET"]),
-        Route("/v1/projections", _projections, methods=["GET"]),
+        Route("/openapi.json", _openapi, methods=["GET"]),
+        Route("/metrics", metrics.endpoint, methods=["GET"]),
+        *api.routes(settings),
     ]
     starlette = Starlette(
         routes=routes,
@@ -190,22 +197,11 @@ async def _failed_views(pool: asyncpg.Pool) -> list[str]:
     return [row["view"] for row in rows]
 
 
-async def _projections(request: Request) -> Response:
-    url: str = request.app.state.database_url
-    try:
-        statuses = await asyncio.to_thread(_read_status, url)
-    except psycopg.Error as error:
-        return json_response(
-            {"error": "unavailable", "message": f"database unavailable ({type(error).__name__})"},
-            status_code=503,
-            headers={"Retry-After": "5"},
-        )
-    return json_response({"views": statuses})
+_OPENAPI: Final = msgspec.json.encode(openapi.document())
 
 
-def _read_status(database_url: str) -> list[ViewStatus]:
-    with psycopg.connect(database_url, connect_timeout=5) as conn:
-        return read_status(conn)
+async def _openapi(request: Request) -> Response:
+    return Response(_OPENAPI, media_type="application/json")
 
 
 async def _http_error(request: Request, error: HTTPException) -> Response:

@@ -30,7 +30,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `rollcall` console script."""
     parser = _parser()
     args = parser.parse_args(argv)
-    logging.config.dictConfig(logging_config(args.log_level))
+    logging.config.dictConfig(logging_config(args.log_level, args.log_format))
     try:
         settings = load_settings()
         result: int = args.run(settings, args)
@@ -44,6 +44,12 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="rollcall", description=__doc__)
     parser.add_argument(
         "--log-level", default="info", choices=["debug", "info", "warning", "error"]
+    )
+    parser.add_argument(
+        "--log-format",
+        default=os.environ.get("ROLLCALL_LOG_FORMAT", "text"),
+        choices=["text", "json"],
+        help="text lines, or JSON lines (also ROLLCALL_LOG_FORMAT)",
     )
     commands = parser.add_subparsers(required=True, metavar="COMMAND")
 
@@ -127,7 +133,7 @@ def _serve(settings: Settings, args: argparse.Namespace) -> int:
             port=args.port,
             workers=args.workers,
             lifespan="on",
-            log_config=logging_config(args.log_level),
+            log_config=logging_config(args.log_level, args.log_format),
             access_log=args.access_log,
             timeout_keep_alive=5,
         )

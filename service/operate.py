@@ -1,4 +1,4 @@
-"""Operator commands on the views and the store: project, rebuild, status, replay."""
+"""Operator commands: project, rebuild, status, replay, token, grant-analyst."""
 
 from __future__ import annotations
 
@@ -21,10 +21,13 @@ from projections.rebuild import BuildBusy, Progress, build_as_of, rebuild
 from projections.runner import Runner
 from projections.schema import VIEW_NAMES
 from projections.status import ViewStatus, read_status
+from service import tokens
+from service.analysts import BadRoleName, grant_analyst
 from service.config import Settings
 from service.database import EmbeddedPostgres
 from service.replay import replay_quarantined
 from service.store import DeliveryStore
+from service.tokens import SCOPES
 
 
 @contextmanager
@@ -66,6 +69,21 @@ def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
         "replay", help="append the quarantined deliveries the current parser can now read"
     )
     replay.set_defaults(run=run_replay)
+
+    token = commands.add_parser("token", help="issue an API token (shown once, stored hashed)")
+    token.add_argument("--scope", choices=SCOPES, default="read")
+    token.add_argument("--name", default="token", help="a label, to revoke it by later")
+    token.add_argument("--revoke", action="store_true", help="revoke every token of --name")
+    token.set_defaults(run=run_token)
+
+    analyst = commands.add_parser(
+        "grant-analyst", help="create or update a PostgreSQL login that can read analytics only"
+    )
+    analyst.add_argument("name", help="the role name (lowercase letters, digits, _)")
+    analyst.add_argument(
+        "--password-stdin", action="store_true", help="read the password from stdin"
+    )
+    analyst.set_defaults(run=run_grant_analyst)
 
 
 def run_project(settings: Settings, args: argparse.Namespace) -> int:
@@ -137,6 +155,27 @@ def run_replay(settings: Settings, args: argparse.Namespace) -> int:
         f"{report.readable_now} readable now, {report.appended} appended, "
         f"{report.already_replayed} replayed before"
     )
+    return 0
+
+
+def run_token(settings: Settings, args: argparse.Namespace) -> int:
+    with database(settings) as url, psycopg.connect(url, autocommit=True) as conn:
+        if args.revoke:
+            print(f"revoked {tokens.revoke(conn, args.name)} token(s) named {args.name!r}")
+        else:
+            print(tokens.issue(conn, args.scope, args.name))
+    return 0
+
+
+def run_grant_analyst(settings: Settings, args: argparse.Namespace) -> int:
+    password = sys.stdin.readline().strip() if args.password_stdin else None
+    try:
+        with database(settings) as url, psycopg.connect(url, autocommit=True) as conn:
+            password = grant_analyst(conn, args.name, password)
+    except BadRoleName as error:
+        print(f"rollcall: {error}", file=sys.stderr)
+        return 2
+    print(f"role {args.name} can read the analytics schema; password: {password}")
     return 0
 
 

@@ -17,6 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TypeVar
 
+from service.metrics import METRICS
 from service.store import DeliveryRecorded, DeliveryStore, StoreUnavailable
 
 log = logging.getLogger("rollcall.writer")
@@ -39,6 +40,7 @@ class WriterStats:
     batch_sizes: dict[int, int] = field(default_factory=dict)
 
     def record(self, size: int, seconds: float) -> None:
+        METRICS.appended(size, seconds)
         self.batches += 1
         self.deliveries += size
         self.largest_batch = max(self.largest_batch, size)

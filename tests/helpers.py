@@ -23,9 +23,11 @@ import psycopg
 import uvicorn
 
 from domain.interpret import PARSER_VERSION
+from service import tokens
 from service.app import create_app
 from service.config import EventConfig, Settings
 from service.store import DeliveryRecorded, delivery_key
+from service.tokens import Scope
 
 SECRET = "organiser-chosen secret: zażółć 42"
 
@@ -150,3 +152,13 @@ def recorded(body: bytes, delivery_id: str | None = None) -> DeliveryRecorded:
         parser_version=PARSER_VERSION,
         quarantine_reason=None,
     )
+
+
+def api_token(database_url: str, scope: Scope = "read") -> str:
+    """A fresh API token of `scope` for the analyst API."""
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        return tokens.issue(conn, scope, f"test-{scope}")
+
+
+def bearer(token: str) -> dict[str, str]:
+    return {"authorization": f"Bearer {token}"}

@@ -1,0 +1,283 @@
+"""The OpenAPI 3.1 description of every route, served at /openapi.json.
+
+Schemas are generated from the msgspec Structs the routes really answer with, so the document
+and the answers cannot drift apart silently; CI checks them against each other with
+schemathesis.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Final, Literal
+
+import msgspec
+
+from service import api_models as m
+from service.api import BUCKETS, MAX_LIMIT, STATUSES
+
+VERSION: Final = "1.0.0"
+
+
+class IntakeAccepted(msgspec.Struct, frozen=True):
+    status: Literal["accepted"]
+    position: int
+
+
+class IntakeDuplicate(msgspec.Struct, frozen=True):
+    status: Literal["duplicate"]
+
+
+class IntakeQuarantined(msgspec.Struct, frozen=True):
+    status: Literal["quarantined"]
+
+
+class Health(msgspec.Struct, frozen=True):
+    status: Literal["ok"]
+
+
+class Readiness(msgspec.Struct, frozen=True, kw_only=True):
+    status: Literal["ready", "unavailable"]
+    database: str
+    failed_views: list[str] | None = None
+
+
+_MODELS: Final = (
+    m.Error, m.Events, m.RosterPage, m.AttendeeDetail, m.Occupancy, m.Timeline, m.CheckIns,
+    m.PaymentsPage, m.PaymentSummary, m.Projections, m.RebuildStarted, IntakeAccepted,
+    IntakeDuplicate, IntakeQuarantined, Health, Readiness,
+)  # fmt: skip
+
+
+def document() -> dict[str, Any]:
+    """The whole OpenAPI document."""
+    _, components = msgspec.json.schema_components(
+        _MODELS, ref_template="#/components/schemas/{name}"
+    )
+    return {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "rollcall",
+            "version": VERSION,
+            "description": (
+                "Keeps every JTE Panel attendee webhook as an immutable event and serves the "
+                "views built from them. Amounts are exact decimals as strings; times are ISO "
+                "8601 UTC. /v1 needs a bearer token (read scope; rebuild needs admin)."
+            ),
+        },
+        "components": {
+            "schemas": components,
+            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+        },
+        "paths": _paths(),
+    }
+
+
+def _ref(model: type) -> dict[str, str]:
+    return {"$ref": f"#/components/schemas/{model.__name__}"}
+
+
+def _json(model: type | dict[str, Any], description: str) -> dict[str, Any]:
+    schema = model if isinstance(model, dict) else _ref(model)
+    return {"description": description, "content": {"application/json": {"schema": schema}}}
+
+
+def _errors(*statuses: int) -> dict[str, Any]:
+    texts = {
+        400: "a parameter is not valid",
+        401: "no valid secret, signature or token",
+        403: "the token's scope is not enough",
+        404: "no such JTE event, attendee or view",
+        405: "method not allowed",
+        408: "the body did not arrive in time",
+        409: "already running",
+        413: "the body is over the limit",
+        415: "the body is not JSON",
+        503: "the database is unavailable; retry after Retry-After seconds",
+    }
+    return {str(status): _json(m.Error, texts[status]) for status in statuses}
+
+
+def _query(name: str, schema: dict[str, Any], description: str) -> dict[str, Any]:
+    return {
+        "name": name,
+        "in": "query",
+        "required": False,
+        "schema": schema,
+        "description": description,
+    }
+
+
+def _path(name: str, description: str) -> dict[str, Any]:
+    return {
+        "name": name,
+        "in": "path",
+        "required": True,
+        "schema": {"type": "string"},
+        "description": description,
+    }
+
+
+_EVENT = _path("event", "the JTE event's slug from configuration")
+_FORMAT = _query(
+    "format", {"type": "string", "enum": ["json", "csv"]}, "csv streams every row as CSV"
+)
+_LIMIT = _query(
+    "limit", {"type": "integer", "minimum": 1, "maximum": MAX_LIMIT}, "page size (default 50)"
+)
+_CURSOR = _query("cursor", {"type": "string"}, "next_cursor from the previous page")
+_TIME = {"type": "string", "format": "date-time"}
+_API_ERRORS = (400, 401, 403, 404, 503)
+_CSV = {"text/csv": {"schema": {"type": "string"}}}
+
+
+def _get(
+    summary: str, parameters: list[dict[str, Any]], model: type, csv: bool = False
+) -> dict[str, Any]:
+    ok = _json(model, "OK")
+    if csv:
+        ok["content"].update(_CSV)
+    return {
+        "get": {
+            "summary": summary,
+            "security": [{"bearer": []}],
+            "parameters": parameters,
+            "responses": {"200": ok, **_errors(*_API_ERRORS)},
+        }
+    }
+
+
+def _webhook(summary: str, parameters: list[dict[str, Any]]) -> dict[str, Any]:
+    answered = {"oneOf": [_ref(IntakeAccepted), _ref(IntakeDuplicate)]}
+    return {
+        "post": {
+            "summary": summary,
+            "parameters": parameters,
+            "requestBody": {
+                "required": True,
+                "content": {"application/json": {"schema": {}}},
+                "description": "JTE Panel's delivery, verified against the event's secret",
+            },
+            "responses": {
+                "200": _json(answered, "stored (accepted), or seen before (duplicate)"),
+                "202": _json(IntakeQuarantined, "verified but not readable: kept for replay"),
+                **_errors(400, 401, 404, 408, 413, 415, 503),
+            },
+        }
+    }
+
+
+def _paths() -> dict[str, Any]:
+    roster = [
+        _EVENT,
+        _query("status", {"type": "string", "enum": list(STATUSES)}, "default: all but deleted"),
+        _query("role", {"type": "string"}, "attendee, speaker, organizer"),
+        _query("checked_in", {"type": "boolean"}, "inside now"),
+        _query("paid", {"type": "boolean"}, "payment confirmed"),
+        _query("q", {"type": "string"}, "part of a first name, last name or email"),
+        _LIMIT,
+        _CURSOR,
+        _FORMAT,
+    ]
+    return {
+        "/webhooks/jte": _webhook("A delivery for the default JTE event", []),
+        "/webhooks/jte/{event}": _webhook("A delivery for a configured JTE event", [_EVENT]),
+        "/healthz": {
+            "get": {"summary": "The process is alive", "responses": {"200": _json(Health, "alive")}}
+        },
+        "/readyz": {
+            "get": {
+                "summary": "The database is reachable and no view has failed",
+                "responses": {
+                    "200": _json(Readiness, "ready"),
+                    "503": _json(Readiness, "not ready"),
+                },
+            }
+        },
+        "/metrics": {
+            "get": {
+                "summary": "Prometheus metrics",
+                "responses": {
+                    "200": {
+                        "description": "text exposition format",
+                        "content": {"text/plain": {"schema": {"type": "string"}}},
+                    }
+                },
+            }
+        },
+        "/dashboard": {
+            "get": {
+                "summary": "The live dashboard (asks for a read token)",
+                "responses": {
+                    "200": {
+                        "description": "HTML page",
+                        "content": {"text/html": {"schema": {"type": "string"}}},
+                    }
+                },
+            }
+        },
+        "/openapi.json": {
+            "get": {
+                "summary": "This document",
+                "responses": {"200": _json({"type": "object"}, "OpenAPI 3.1")},
+            }
+        },
+        "/v1/events": _get("Configured JTE events with headline numbers", [], m.Events),
+        "/v1/events/{event}/roster": _get("Current attendees", roster, m.RosterPage, csv=True),
+        "/v1/events/{event}/attendees/{attendee_id}": _get(
+            "One attendee, now and the deliveries about them",
+            [_EVENT, _path("attendee_id", "the attendee's id in JTE")],
+            m.AttendeeDetail,
+        ),
+        "/v1/events/{event}/occupancy": _get(
+            "Inside now (or at a past instant), peak and when, stays and check-ins",
+            [_EVENT, _query("at", _TIME, "a past instant")],
+            m.Occupancy,
+        ),
+        "/v1/events/{event}/occupancy/timeline": _get(
+            "Arrivals, departures and inside per bucket",
+            [
+                _EVENT,
+                _query("bucket", {"type": "string", "enum": list(BUCKETS)}, "default 5m"),
+                _query("from", _TIME, "start (default: the first change)"),
+                _query("to", _TIME, "end (default: after the last change)"),
+                _FORMAT,
+            ],
+            m.Timeline,
+            csv=True,
+        ),
+        "/v1/events/{event}/check-ins": _get(
+            "The latest check-ins",
+            [
+                _EVENT,
+                _query("limit", {"type": "integer", "minimum": 1, "maximum": 200}, "default 20"),
+            ],
+            m.CheckIns,
+        ),
+        "/v1/events/{event}/payments": _get(
+            "Ledger entries, one per payment reference",
+            [
+                _EVENT,
+                _query("currency", {"type": "string"}, "e.g. PLN"),
+                _query("method", {"type": "string"}, "payu, przelewy24, tpay, bank_transfer"),
+                _LIMIT,
+                _CURSOR,
+                _FORMAT,
+            ],
+            m.PaymentsPage,
+            csv=True,
+        ),
+        "/v1/events/{event}/payments/summary": _get(
+            "Totals by currency, method and day", [_EVENT], m.PaymentSummary
+        ),
+        "/v1/projections": _get("Where each view stands", [], m.Projections),
+        "/v1/projections/{name}/rebuild": {
+            "post": {
+                "summary": "Rebuild a view (or all) in the background, then swap it in (admin)",
+                "security": [{"bearer": []}],
+                "parameters": [_path("name", "roster, occupancy, payments or all")],
+                "responses": {
+                    "202": _json(m.RebuildStarted, "started"),
+                    **_errors(401, 403, 404, 409, 503),
+                },
+            }
+        },
+    }

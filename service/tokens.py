@@ -1,0 +1,72 @@
+"""API tokens: issued once, stored only as a SHA-256 hash, each with a scope (read or admin).
+
+A token is 32 random bytes; its hash is the key to its row, so checking one is a single lookup
+and the stored hashes are useless to someone who reads the table.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+from typing import Any, Final, Literal
+
+import asyncpg
+import psycopg
+
+Scope = Literal["read", "admin"]
+SCOPES: Final = ("read", "admin")
+_PREFIX: Final = "rc_"
+_DDL: Final = (
+    "CREATE TABLE IF NOT EXISTS rollcall.api_tokens ("
+    "hash text PRIMARY KEY, scope text NOT NULL CHECK (scope IN ('read', 'admin')), "
+    "name text NOT NULL, created_at timestamptz NOT NULL DEFAULT now(), revoked_at timestamptz)"
+)
+
+
+def ensure_table(conn: psycopg.Connection[Any]) -> None:
+    conn.execute("CREATE SCHEMA IF NOT EXISTS rollcall")
+    conn.execute(_DDL)
+
+
+def issue(conn: psycopg.Connection[Any], scope: Scope, name: str) -> str:
+    """A new token with `scope`; it is shown once and never stored in the clear."""
+    ensure_table(conn)
+    token = _PREFIX + secrets.token_urlsafe(32)
+    conn.execute(
+        "INSERT INTO rollcall.api_tokens (hash, scope, name) VALUES (%s, %s, %s)",
+        (_hash(token), scope, name),
+    )
+    return token
+
+
+def revoke(conn: psycopg.Connection[Any], name: str) -> int:
+    """Revoke every token issued under `name`; how many were."""
+    ensure_table(conn)
+    cur = conn.execute(
+        "UPDATE rollcall.api_tokens SET revoked_at = now() WHERE name = %s AND revoked_at IS NULL",
+        (name,),
+    )
+    return cur.rowcount
+
+
+async def scope_of(pool: asyncpg.Pool, token: str) -> Scope | None:
+    """The scope a presented token grants, or None if it is unknown or revoked."""
+    if not token.startswith(_PREFIX) or len(token) > 200:
+        return None
+    try:
+        scope = await pool.fetchval(
+            "SELECT scope FROM rollcall.api_tokens WHERE hash = $1 AND revoked_at IS NULL",
+            _hash(token),
+        )
+    except asyncpg.UndefinedTableError:
+        return None  # no token was ever issued
+    return scope if scope in SCOPES else None
+
+
+def allows(granted: Scope, needed: Scope) -> bool:
+    """Admin tokens can do what read tokens can."""
+    return granted == "admin" or granted == needed
+
+
+def _hash(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
