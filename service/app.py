@@ -21,8 +21,8 @@ from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
 from projections.runner import Runner
-from service import api, metrics, openapi
-from service.config import ConfigError, Settings, ensure_secrets, load_settings
+from service import api, dashboard, metrics, openapi
+from service.config import ConfigError, EventsWatcher, Settings, ensure_secrets, load_settings
 from service.database import redacted
 from service.http import json_response
 from service.intake import Intake, is_webhook_path
@@ -63,7 +63,9 @@ def create_app(settings: Settings | None = None) -> Rollcall:
     database_url = settings.database_url
     if database_url is None:
         raise ConfigError("no database: set DATABASE_URL, or start with `rollcall serve`")
-    intake = Intake(settings)
+    # Secrets can be rotated by editing ROLLCALL_CONFIG: intake re-reads it when it changes.
+    events = EventsWatcher(settings)
+    intake = Intake(settings, events)
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -94,7 +96,8 @@ def create_app(settings: Settings | None = None) -> Rollcall:
         Route("/readyz", _readyz, methods=["GET"]),
         Route("/openapi.json", _openapi, methods=["GET"]),
         Route("/metrics", metrics.endpoint, methods=["GET"]),
-        *api.routes(settings),
+        *api.routes(events),
+        *dashboard.routes(),
     ]
     starlette = Starlette(
         routes=routes,

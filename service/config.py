@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import logging
 import os
 import re
 import secrets
 import tempfile
+import time
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
@@ -23,6 +25,8 @@ Mode = Literal["default", "token", "hmac-sha256", "standard-webhooks"]
 MODES: Final = ("default", "token", "hmac-sha256", "standard-webhooks")
 DEFAULT_SLUG: Final = "default"
 SLUG_PATTERN: Final = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
+
+log = logging.getLogger("rollcall.config")
 
 
 class ConfigError(Exception):
@@ -276,3 +280,47 @@ def _check_limits(settings: Settings) -> None:
             raise ConfigError(f"{name} must be at least 1")
     if settings.body_timeout <= 0 or settings.store_timeout <= 0 or settings.batch_linger_ms < 0:
         raise ConfigError("timeouts must be positive and the batch linger not negative")
+
+
+class EventsWatcher:
+    """The JTE events of the TOML file, re-read when the file changes (checked at most once a
+    second): a secret can be added or retired without a restart. A file that no longer
+    parses is ignored, and the events in force stay as they were."""
+
+    def __init__(self, settings: Settings, environ: Mapping[str, str] | None = None) -> None:
+        self._environ = dict(os.environ if environ is None else environ)
+        self._path = self._environ.get("ROLLCALL_CONFIG")
+        self._data_dir = settings.data_dir
+        self.events = settings.events
+        self._checked = 0.0
+        self._stamp = self._stamp_now()
+
+    def event(self, slug: str) -> EventConfig | None:
+        self._maybe_reload()
+        return self.events.get(slug)
+
+    def _maybe_reload(self) -> None:
+        if self._path is None:
+            return
+        now = time.monotonic()
+        if now - self._checked < 1.0:
+            return
+        self._checked = now
+        stamp = self._stamp_now()
+        if stamp == self._stamp:
+            return
+        self._stamp = stamp
+        try:
+            settings = ensure_secrets(load_settings(self._environ))
+        except (ConfigError, OSError) as error:
+            log.error("configuration not reloaded, keeping the events in force: %s", error)
+            return
+        self.events = settings.events
+        log.info("configuration reloaded: events %s", ", ".join(self.events))
+
+    def _stamp_now(self) -> tuple[float, int] | None:
+        try:
+            stat = os.stat(self._path) if self._path else None
+        except OSError:
+            return None
+        return (stat.st_mtime, stat.st_size) if stat else None

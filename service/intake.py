@@ -17,7 +17,7 @@ import msgspec
 from starlette.types import Receive, Scope, Send
 
 from domain.interpret import PARSER_VERSION, Interpreted, interpret
-from service.config import DEFAULT_SLUG, EventConfig, Settings
+from service.config import DEFAULT_SLUG, EventConfig, EventsWatcher, Settings
 from service.metrics import METRICS
 from service.store import DeliveryRecorded, StoreUnavailable, delivery_key
 from service.verification import Rejected, verify
@@ -64,7 +64,9 @@ class Answer(msgspec.Struct, frozen=True):
 
 
 class _TooLarge(Exception):
-    pass
+    def __init__(self, *, drained: bool) -> None:
+        super().__init__()
+        self.drained = drained
 
 
 class _Disconnected(Exception):
@@ -83,8 +85,9 @@ class Intake:
     and middleware layers (a tenth of the CPU per delivery, measured by scripts/bench_intake.py).
     """
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, events: EventsWatcher | None = None) -> None:
         self._settings = settings
+        self._events = events or EventsWatcher(settings, environ={})
         self._retry_after = str(settings.retry_after_seconds).encode()
         self.writer: Writer | None = None  # set by the lifespan once the store is open
 
@@ -104,7 +107,7 @@ class Intake:
         if scope["method"] != "POST":
             return _error(405, "method_not_allowed", "deliveries are POSTed", (b"allow", b"POST"))
         slug = _slug(scope["path"])
-        event = self._settings.event(slug) if slug is not None else None
+        event = self._events.event(slug) if slug is not None else None
         if event is None:
             shown = (slug or scope["path"])[:_MAX_SLUG_ECHO]
             return _error(404, "unknown_event", f"no JTE event {shown!r} is configured")
@@ -113,11 +116,16 @@ class Intake:
             return _error(415, "unsupported_media_type", "the body must be application/json")
         try:
             body = await self._read_body(headers, receive)
-        except _TooLarge:
+        except _TooLarge as refused:
             limit = self._settings.body_limit
-            return _error(413, "body_too_large", f"the body is over the {limit}-byte limit")
+            # Unless the rest of the body was read (and dropped), close the connection so the
+            # sender stops sending it.
+            close = () if refused.drained else ((b"connection", b"close"),)
+            return _error(413, "body_too_large", f"the body is over the {limit}-byte limit", *close)
         except TimeoutError:
-            return _error(408, "body_timeout", "the body did not arrive in time")
+            return _error(
+                408, "body_timeout", "the body did not arrive in time", (b"connection", b"close")
+            )
         except ValueError:
             return _error(400, "bad_content_length", "Content-Length is not a number")
 
@@ -146,30 +154,34 @@ class Intake:
         return _error(503, "unavailable", message, (b"retry-after", self._retry_after))
 
     async def _read_body(self, headers: dict[str, bytes], receive: Receive) -> bytes:
-        """Read at most body_limit bytes; refuse early on the declared length."""
+        """Read at most body_limit bytes; refuse at once on a declared length over it."""
         limit = self._settings.body_limit
         declared = headers.get("content-length")
         if declared is not None:
             if not declared.strip().isdigit():
                 raise ValueError(declared)
             if int(declared) > limit:
-                raise _TooLarge
+                raise _TooLarge(drained=False)  # nothing of it is read
         # A small body usually arrives with the headers: no timer needed for that case.
         body, more = await _next_chunk(receive)
-        if len(body) > limit:
-            raise _TooLarge
-        if not more:
-            return body
-        chunks = [body]
-        size = len(body)
+        chunks, size = [body], len(body)
         async with asyncio.timeout(self._settings.body_timeout):
-            while more:
+            while more and size <= limit:
                 chunk, more = await _next_chunk(receive)
                 size += len(chunk)
-                if size > limit:
-                    raise _TooLarge
                 chunks.append(chunk)
+            if size > limit:
+                raise _TooLarge(drained=await _drain(receive, more, limit * 4))
         return b"".join(chunks)
+
+
+async def _drain(receive: Receive, more: bool, budget: int) -> bool:
+    """Read and drop the rest of an oversized body, up to `budget` bytes, so the sender can
+    finish sending and read the 413; True if the body ended within the budget."""
+    while more and budget > 0:
+        chunk, more = await _next_chunk(receive)
+        budget -= len(chunk)
+    return not more
 
 
 async def _next_chunk(receive: Receive) -> tuple[bytes, bool]:

@@ -26,6 +26,7 @@ from domain.interpret import PARSER_VERSION
 from service import tokens
 from service.app import create_app
 from service.config import EventConfig, Settings
+from service.protocol import GuardedHttpToolsProtocol
 from service.store import DeliveryRecorded, delivery_key
 from service.tokens import Scope
 
@@ -53,7 +54,13 @@ class RunningService:
         self.port: int = self._socket.getsockname()[1]
         self.url = f"http://127.0.0.1:{self.port}"
         self.app = create_app(settings)
-        config = uvicorn.Config(self.app, lifespan="on", log_config=None, timeout_keep_alive=5)
+        config = uvicorn.Config(
+            self.app,
+            lifespan="on",
+            log_config=None,
+            timeout_keep_alive=5,
+            http=GuardedHttpToolsProtocol,
+        )
         self._server = uvicorn.Server(config)
         self._thread = threading.Thread(target=self._run, daemon=True)
 
