@@ -41,7 +41,7 @@ from projections.schema import (
     try_lock,
 )
 from projections.source import read
-from service.store import EVENTS_TABLE
+from service.store import EVENTS_TABLE, DeliveryStore
 
 log = logging.getLogger("rollcall.projections")
 
@@ -50,7 +50,9 @@ _BACKOFF_MAX: Final = 5.0
 
 
 def ensure_views(database_url: str) -> None:
-    """Create the views' schemas and registry, and a live version of each view if none exists."""
+    """Create the views' schemas and registry, and a live version of each view if none exists
+    (and the event store's table, for a runner started before any intake ever ran)."""
+    DeliveryStore(database_url, pool_size=1).close()
     with psycopg.connect(database_url, autocommit=True) as conn, advisory_lock(conn, SETUP_LOCK):
         ensure_internal(conn)
         for name in VIEW_NAMES:

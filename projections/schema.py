@@ -62,6 +62,7 @@ TableDDL = Callable[[Version], list[sql.Composed]]
 AnalyticsDDL = Callable[[Version], list[tuple[str, sql.Composed]]]
 
 _INTERNAL_DDL: Final = [
+    f"CREATE SCHEMA IF NOT EXISTS {INTERNAL}",
     f"CREATE SCHEMA IF NOT EXISTS {VIEWS_SCHEMA}",
     f"CREATE SCHEMA IF NOT EXISTS {ANALYTICS}",
     f"""CREATE TABLE IF NOT EXISTS {INTERNAL}.view_versions (

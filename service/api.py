@@ -31,7 +31,7 @@ from projections.rebuild import BuildBusy, rebuild
 from projections.schema import VIEW_NAMES
 from projections.status import ViewStatus, read_status
 from service import api_models as m
-from service.config import Settings
+from service.config import EventsWatcher
 from service.http import json_response
 from service.tokens import Scope, allows, scope_of
 
@@ -72,9 +72,9 @@ class ApiError(Exception):
 Handler = Callable[[Request], Awaitable[Response]]
 
 
-def routes(settings: Settings) -> list[Route]:
+def routes(events: EventsWatcher) -> list[Route]:
     """The /v1 analyst routes (each checks its token and its event)."""
-    api = _Api(settings)
+    api = _Api(events)
     return [
         Route("/v1/events", api.handler(api.events), methods=["GET"]),
         Route("/v1/events/{event}/roster", api.handler(api.roster), methods=["GET"]),
@@ -121,8 +121,8 @@ def error_response(error: ApiError) -> Response:
 
 
 class _Api:
-    def __init__(self, settings: Settings) -> None:
-        self._settings = settings
+    def __init__(self, events: EventsWatcher) -> None:
+        self._events = events
         self._rebuild: threading.Thread | None = None
 
     def handler(self, endpoint: Handler, scope: Scope = "read") -> Handler:
@@ -143,7 +143,7 @@ class _Api:
 
     def _event(self, request: Request) -> str:
         slug: str = request.path_params["event"]
-        if self._settings.event(slug) is None:
+        if self._events.event(slug) is None:
             raise ApiError(404, "unknown_event", f"no JTE event {slug[:64]!r} is configured")
         return slug
 
@@ -178,7 +178,7 @@ class _Api:
             "AND r.status = 'registered') AS registered, coalesce((SELECT inside_now FROM "
             "analytics.occupancy o WHERE o.event = e.slug), 0) AS inside_now "
             "FROM unnest($1::text[]) AS e(slug) ORDER BY e.slug",
-            list(self._settings.events),
+            list(self._events.events),
         )
         events = [m.EventSummary(event=r[0], registered=r[1], inside_now=r[2]) for r in rows]
         return json_response(m.Events(events))
@@ -241,6 +241,8 @@ class _Api:
     async def attendee(self, request: Request) -> Response:
         slug = self._event(request)
         attendee_id = request.path_params["attendee_id"]
+        if len(attendee_id) > 200 or "\x00" in attendee_id:
+            raise ApiError(404, "unknown_attendee", "no such attendee")
         pool: asyncpg.Pool = request.app.state.pool
         row = await pool.fetchrow(
             f"SELECT {_ATTENDEE_COLUMNS} FROM analytics.roster "
@@ -639,7 +641,8 @@ def _limit(params: Any, default: int = 50, maximum: int = MAX_LIMIT) -> int:
     text = params.get("limit")
     if text is None:
         return default
-    if not text.isdigit() or not 1 <= int(text) <= maximum:
+    # isascii(): str.isdigit() also accepts digits like "²" that int() refuses.
+    if not (text.isascii() and text.isdigit()) or not 1 <= int(text) <= maximum:
         raise ApiError(400, "bad_parameter", f"`limit` must be a whole number from 1 to {maximum}")
     return int(text)
 
@@ -680,7 +683,9 @@ def _time(params: Any, name: str) -> datetime | None:
     text = params.get(name)
     if text is None:
         return None
-    when = parse_time(text) if not text.strip().lstrip("-").isdigit() else parse_time(int(text))
+    number = text.strip().lstrip("-")
+    is_number = number.isascii() and number.isdigit() and len(number) <= 18
+    when = parse_time(int(text)) if is_number else parse_time(text)
     if when is None or not datetime(1970, 1, 1, tzinfo=UTC) <= when <= datetime(
         9999, 1, 1, tzinfo=UTC
     ):

@@ -207,7 +207,7 @@ async def _post(
 
 def _retry_after(response: httpx.Response) -> float | None:
     value = response.headers.get("retry-after", "").strip()
-    return float(value) if value.isdigit() else None
+    return float(value) if value.isascii() and value.isdigit() else None
 
 
 def _backoff(attempts: int, answer: _Answer | None) -> float:
