@@ -1,0 +1,378 @@
+"""The dashboard: its files over HTTP (httpx), and the page itself in a real headless Chromium.
+
+The browser tests seed a JTE event through the real HTTP intake with numbers known here, sign in
+through the page's form with a read token, and read the numbers off the page. They need Debian's
+`chromium` at /usr/bin/chromium (Playwright drives it; no browser is ever downloaded): without
+it they are skipped, unless ROLLCALL_REQUIRE_BROWSER=1 (as CI sets), when they fail.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from playwright.async_api import Browser, ConsoleMessage, Error, Page, async_playwright, expect
+
+from service.config import EventConfig
+from service.dashboard import STATIC
+from tests.helpers import SECRET, RunningService, api_token, bearer, token_headers
+from tests.projection_helpers import wait_until_caught_up
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = [
+    "--headless=new",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
+WAIT_MS = 15_000  # generous: CI shares two cores between PostgreSQL, rollcall and Chromium
+TIME_ZONE = "Europe/Warsaw"  # the browser's zone: 09:40Z shows as 11:40 (CEST) on 2026-05-14
+
+EVENTS = {
+    "default": EventConfig(slug="default", secrets=(SECRET,)),
+    "spring-conf": EventConfig(slug="spring-conf", secrets=(SECRET,)),
+}
+PEOPLE = {
+    "a-1": ("Ola", "Nowak"),
+    "a-2": ("Jan", "Kowalski"),
+    "a-3": ("Anna", "Wiśniewska"),
+    "a-4": ("Piotr", "Zieliński"),
+    "a-5": ("Ewa", "Wójcik"),
+}
+
+
+# ---- the files, over plain HTTP -----------------------------------------------------------
+
+
+async def test_page_and_assets_are_served_with_their_types_and_policy(
+    service: RunningService,
+) -> None:
+    async with httpx.AsyncClient(base_url=service.url) as client:
+        page = await client.get("/dashboard")  # no token: the page holds no data
+        assert page.status_code == 200
+        assert page.headers["content-type"] == "text/html; charset=utf-8"
+        policy = page.headers["content-security-policy"]
+        assert "default-src 'self'" in policy and "unsafe" not in policy
+        assert page.headers["cache-control"] == "no-cache"
+        assert page.headers["x-content-type-options"] == "nosniff"
+        html = page.text
+        assert '<form id="login-form"' in html
+        # All script in dashboard.js; every referenced file is rollcall's own (no CDN).
+        assert not re.search(r"<script(?![^>]*\bsrc=)", html)
+        assert not re.search(r"\son[a-z]+=", html), "no inline event handlers"
+        referenced = re.findall(r'(?:src|href)="([^"]+)"', html)
+        assert sorted(referenced) == [
+            "dashboard/dashboard.css",
+            "dashboard/dashboard.js",
+            "dashboard/favicon.svg",
+        ]
+
+        expected = {
+            "dashboard.js": "text/javascript; charset=utf-8",
+            "dashboard.css": "text/css; charset=utf-8",
+            "favicon.svg": "image/svg+xml",
+        }
+        for name, content_type in expected.items():
+            answer = await client.get(f"/dashboard/{name}")
+            assert answer.status_code == 200, name
+            assert answer.headers["content-type"] == content_type
+            assert answer.headers["cache-control"] == "no-cache"
+            assert answer.headers["x-content-type-options"] == "nosniff"
+            assert answer.content == (STATIC / name).read_bytes()
+            etag = answer.headers["etag"]
+            again = await client.get(f"/dashboard/{name}", headers={"if-none-match": etag})
+            assert again.status_code == 304 and again.content == b""
+        css = (await client.get("/dashboard/dashboard.css")).text
+        assert "@import" not in css and not re.search(r"url\(\s*['\"]?(https?:)?//", css)
+        js = (await client.get("/dashboard/dashboard.js")).text
+        assert not re.search(r"fetch\(\s*['\"`](https?:)?//", js)
+
+        head = await client.head("/dashboard")
+        assert head.status_code == 200 and head.headers["content-type"].startswith("text/html")
+
+        openapi = (await client.get("/openapi.json")).json()
+        assert "text/html" in openapi["paths"]["/dashboard"]["get"]["responses"]["200"]["content"]
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/dashboard/nope.js",
+        "/dashboard/dashboard.html",  # the page is /dashboard itself
+        "/dashboard/..%2Fdashboard.py",
+        "/dashboard/%2E%2E%2F%2E%2E%2Fpyproject.toml",
+        "/dashboard/static%2Fdashboard.js",
+        "/dashboard/DASHBOARD.JS",
+        "/dashboard/a/b",
+    ],
+)
+async def test_unknown_assets_are_404_json(service: RunningService, path: str) -> None:
+    async with httpx.AsyncClient(base_url=service.url) as client:
+        answer = await client.get(path)
+    assert answer.status_code == 404
+    assert answer.headers["content-type"] == "application/json"
+    assert answer.json()["error"] == "not_found"
+
+
+# ---- the page, in Chromium ----------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def chromium_path() -> Path:
+    """Debian's Chromium; without it the browser tests skip, or fail where CI requires them."""
+    if not CHROMIUM.exists():
+        reason = f"{CHROMIUM} is missing (apt-get install -y chromium): browser tests not run"
+        if os.environ.get("ROLLCALL_REQUIRE_BROWSER") == "1":
+            pytest.fail(f"ROLLCALL_REQUIRE_BROWSER=1 but {reason}")
+        pytest.skip(reason)
+    return CHROMIUM
+
+
+@pytest.fixture(scope="module")
+async def browser(chromium_path: Path) -> AsyncIterator[Browser]:
+    """Chromium, headless, driven by Playwright (never a browser Playwright downloads)."""
+    async with async_playwright() as playwright:
+        chromium = await playwright.chromium.launch(
+            executable_path=str(chromium_path), args=CHROMIUM_ARGS, timeout=60_000
+        )
+        try:
+            yield chromium
+        finally:
+            await chromium.close()
+
+
+class Watched:
+    """A page in a fresh context, with everything it logs and requests collected."""
+
+    def __init__(self, page: Page) -> None:
+        self.page = page
+        self.console: list[ConsoleMessage] = []
+        self.errors: list[Error] = []
+        self.requests: list[str] = []
+        page.on("console", lambda message: self.console.append(message))
+        page.on("pageerror", lambda error: self.errors.append(error))
+        page.on("request", lambda request: self.requests.append(request.url))
+
+    def console_errors(self) -> list[str]:
+        return [f"{m.text} ({m.location})" for m in self.console if m.type == "error"]
+
+
+@pytest.fixture
+async def open_page(browser: Browser) -> AsyncIterator[Callable[[], Awaitable[Watched]]]:
+    contexts = []
+
+    async def open_() -> Watched:
+        context = await browser.new_context(
+            timezone_id=TIME_ZONE, locale="en-GB", viewport={"width": 1280, "height": 900}
+        )
+        context.set_default_timeout(WAIT_MS)
+        contexts.append(context)
+        return Watched(await context.new_page())
+
+    yield open_
+    for context in contexts:
+        await context.close()
+
+
+def jte(event: str, attendee_id: str, delivery_id: str, at: str, **attendee: Any) -> bytes:
+    first, last = PEOPLE[attendee_id]
+    body = {
+        "event": event,
+        "id": delivery_id,
+        "occurredAt": at,
+        "attendee": {
+            "id": attendee_id,
+            "email": f"{first.lower()}@example.com",
+            "firstName": first,
+            "lastName": last,
+            **attendee,
+        },
+    }
+    return json.dumps(body).encode()
+
+
+def paid(amount: str, currency: str, method: str, reference: str) -> dict[str, Any]:
+    return {
+        "payment": {
+            "amount": amount,
+            "currency": currency,
+            "method": method,
+            "reference": reference,
+        }
+    }
+
+
+# 5 registered; 349.00 PLN (199.00 by Przelewy24 + 150.00 by PayU) and 100.50 EUR by bank
+# transfer; Ola, Jan and Anna check in, Jan leaves: 2 inside now, peak 3 at 09:40:12Z.
+SEED = [
+    *(
+        jte("AttendeeRegistered", aid, f"reg-{aid}", f"2026-05-0{n}T08:00:00Z")
+        for n, aid in enumerate(PEOPLE, start=1)
+    ),
+    jte(
+        "AttendeePaymentConfirmed", "a-1", "pay-1", "2026-05-06T10:00:00Z",
+        **paid("199.00", "PLN", "przelewy24", "P24-1"),
+    ),
+    jte(
+        "AttendeePaymentConfirmed", "a-2", "pay-2", "2026-05-06T11:00:00Z",
+        **paid("150.00", "PLN", "payu", "PAYU-2"),
+    ),
+    jte(
+        "AttendeePaymentConfirmed", "a-3", "pay-3", "2026-05-07T09:00:00Z",
+        **paid("100.50", "EUR", "bank transfer", "BT-3"),
+    ),
+    jte("AttendeeCheckedIn", "a-1", "in-1", "2026-05-14T09:05:00Z"),
+    jte("AttendeeCheckedIn", "a-2", "in-2", "2026-05-14T09:20:00Z"),
+    jte("AttendeeCheckedIn", "a-3", "in-3", "2026-05-14T09:40:12Z"),
+    jte("AttendeeCheckedOut", "a-2", "out-2", "2026-05-14T10:10:00Z"),
+]  # fmt: skip
+
+
+async def seed(service: RunningService, bodies: list[bytes], slug: str = "spring-conf") -> None:
+    async with httpx.AsyncClient(base_url=service.url) as client:
+        for body in bodies:
+            answer = await client.post(
+                f"/webhooks/jte/{slug}", content=body, headers=token_headers()
+            )
+            assert answer.status_code == 200 and answer.json()["status"] == "accepted", answer.text
+
+
+async def sign_in(page: Page, url: str, token: str) -> None:
+    await page.goto(f"{url}/dashboard")
+    await expect(page.locator("#login-form")).to_be_visible()
+    await page.locator("#token").fill(token)
+    await page.locator("#login-submit").click()
+
+
+async def test_dashboard_shows_a_seeded_event_live(
+    open_page: Callable[[], Awaitable[Watched]],  # first: no browser, skip before starting
+    start_service: Callable[..., RunningService],
+    database_url: str,
+) -> None:
+    service = start_service(events=EVENTS)
+    await seed(service, SEED)
+    wait_until_caught_up(database_url)
+    token = api_token(database_url, "read")
+    async with httpx.AsyncClient(base_url=service.url, headers=bearer(token)) as client:
+        api_peak_at = (await client.get("/v1/events/spring-conf/occupancy")).json()["peak_at"]
+    assert api_peak_at == "2026-05-14T09:40:12Z"
+
+    watched = await open_page()
+    page = watched.page
+    try:
+        await sign_in(page, service.url, token)
+        await expect(page.locator("#board")).to_be_visible(timeout=WAIT_MS)
+        await expect(page.locator("#login")).to_be_hidden()
+        # Two events are configured: the first (default, empty) is shown; pick spring-conf.
+        await expect(page.locator("#registered")).to_have_text("0", timeout=WAIT_MS)
+        await expect(page.locator("#paid")).to_have_text("No payments yet")
+        await page.locator("#event").select_option("spring-conf")
+
+        await expect(page.locator("#registered")).to_have_text("5", timeout=WAIT_MS)
+        await expect(page.locator("#inside")).to_have_text("2", timeout=WAIT_MS)
+        await expect(page.locator("#peak")).to_have_text("3", timeout=WAIT_MS)
+        peak_time = page.locator("#peak-at time")
+        await expect(peak_time).to_have_text("2026-05-14 11:40")  # local time: Warsaw, CEST
+        await expect(peak_time).to_have_attribute("title", api_peak_at)
+
+        totals = page.locator("#paid li")
+        await expect(totals).to_have_count(2)
+        await expect(page.locator('#paid li[data-currency="PLN"] .amount')).to_have_text("349.00")
+        await expect(page.locator('#paid li[data-currency="EUR"] .amount')).to_have_text("100.50")
+        await expect(page.locator('#paid li[data-currency="PLN"]')).to_contain_text("2 payments")
+
+        payments = page.locator("#payments tbody tr")
+        await expect(payments).to_have_count(3)
+        assert [await row.inner_text() for row in await payments.all()] == [
+            "Bank transfer\tEUR\t1\t100.50",
+            "PayU\tPLN\t1\t150.00",
+            "Przelewy24\tPLN\t1\t199.00",
+        ]
+
+        check_ins = page.locator("#checkins tbody tr")
+        await expect(check_ins).to_have_count(3)
+        await expect(check_ins.locator("td.name")).to_have_text(
+            ["Anna Wiśniewska", "Jan Kowalski", "Ola Nowak"]
+        )
+        await expect(check_ins.locator(".badge")).to_have_text(["inside", "left", "inside"])
+        first_time = check_ins.first.locator("time")
+        await expect(first_time).to_have_text("2026-05-14 11:40")
+        await expect(first_time).to_have_attribute("title", "2026-05-14T09:40:12Z")
+
+        # 15-minute buckets 09:00 to 10:15 UTC: inside at each bucket's end.
+        points = page.locator("#chart svg circle.point")
+        await expect(points).to_have_count(5)
+        insides = [await p.get_attribute("data-inside") for p in await points.all()]
+        assert insides == ["1", "2", "3", "3", "2"]
+        await expect(page.locator("#chart svg polyline.line")).to_have_count(1)
+
+        # Live: a new check-in shows up on its own within a refresh or two.
+        await seed(service, [jte("AttendeeCheckedIn", "a-4", "in-4", "2026-05-14T10:20:00Z")])
+        await expect(page.locator("#inside")).to_have_text("3", timeout=WAIT_MS)
+        await expect(check_ins.locator("td.name").first).to_have_text(
+            "Piotr Zieliński", timeout=WAIT_MS
+        )
+        await expect(page.locator("#status")).to_contain_text("updated")
+
+        ARTIFACTS.mkdir(exist_ok=True)
+        await page.screenshot(path=ARTIFACTS / "dashboard.png", full_page=True)
+
+        # The token lives in the tab: a reload needs no new sign-in, and the event is kept.
+        await page.reload()
+        await expect(page.locator("#registered")).to_have_text("5", timeout=WAIT_MS)
+        await expect(page.locator("#login")).to_be_hidden()
+        await page.locator("#logout").click()
+        await expect(page.locator("#login-form")).to_be_visible()
+        assert await page.evaluate("sessionStorage.getItem('rollcall.token')") is None
+    except Exception:
+        ARTIFACTS.mkdir(exist_ok=True)
+        await page.screenshot(path=ARTIFACTS / "dashboard-failure.png", full_page=True)
+        raise
+
+    assert watched.console_errors() == []
+    assert [str(error) for error in watched.errors] == []
+    foreign = [url for url in watched.requests if not url.startswith(service.url + "/")]
+    assert foreign == [], "everything the page needs comes from rollcall itself"
+
+
+async def test_a_wrong_token_leads_back_to_the_login_form(
+    open_page: Callable[[], Awaitable[Watched]],  # first: no browser, skip before starting
+    start_service: Callable[..., RunningService],
+    database_url: str,
+) -> None:
+    service = start_service()
+    watched = await open_page()
+    page = watched.page
+    await sign_in(page, service.url, "rc_this-is-not-a-token")
+
+    message = page.locator("#login-message")
+    await expect(message).to_be_visible(timeout=WAIT_MS)
+    await expect(message).to_contain_text("not accepted")
+    await expect(message).to_contain_text("the API token is not valid")
+    await expect(page.locator("#login-form")).to_be_visible()
+    await expect(page.locator("#board")).to_be_hidden()
+    assert await page.evaluate("sessionStorage.getItem('rollcall.token')") is None
+    ARTIFACTS.mkdir(exist_ok=True)
+    await page.screenshot(path=ARTIFACTS / "dashboard-login.png")
+
+    # The only errors are the browser's own notes about the refused request.
+    assert [str(error) for error in watched.errors] == []
+    for text in watched.console_errors():
+        assert "401" in text, text
+
+    # A good token then gets in.
+    await page.locator("#token").fill(api_token(database_url, "read"))
+    await page.locator("#login-submit").click()
+    await expect(page.locator("#board")).to_be_visible(timeout=WAIT_MS)
+    await expect(page.locator("#registered")).to_have_text("0", timeout=WAIT_MS)
+    await expect(page.locator("#login-message")).to_be_hidden()
