@@ -24,6 +24,12 @@ _Stored = tuple[RosterEntry, list[str], dict[str, int]]
 _encode_stored: Final = msgspec.json.Encoder(decimal_format="number").encode
 _decode_stored: Final = msgspec.json.Decoder(_Stored, float_hook=Decimal).decode
 
+# What `q=` searches: names and email in one text, so "Anna Nowak" finds her too. The API's
+# search condition repeats this expression exactly, so the trigram index serves it.
+SEARCH_TEXT: Final = (
+    "coalesce(first_name, '') || ' ' || coalesce(last_name, '') || ' ' || coalesce(email, '')"
+)
+
 _COLUMNS: Final = (
     "slug text NOT NULL",
     "attendee_id text NOT NULL",
@@ -88,12 +94,17 @@ class RosterView:
         ]
 
     def indexes(self, version: Version) -> list[sql.Composed]:
-        # The roster's reading order: by name, then id (ORDER_KEY in service/api.py).
+        table = version.table("roster")
         return [
+            # The roster's reading order: by name, then id (ORDER_KEY in service/api.py).
             sql.SQL(
                 "CREATE INDEX IF NOT EXISTS {} ON {} (slug, coalesce(lower(last_name), ''), "
                 "coalesce(lower(first_name), ''), attendee_id)"
-            ).format(sql.Identifier(f"roster_v{version.version}_name"), version.table("roster"))
+            ).format(sql.Identifier(f"roster_v{version.version}_name"), table),
+            # The roster's search text (SEARCH_TEXT in service/api.py), for `q=` with ILIKE.
+            sql.SQL("CREATE INDEX IF NOT EXISTS {} ON {} USING gin (({}) gin_trgm_ops)").format(
+                sql.Identifier(f"roster_v{version.version}_search"), table, sql.SQL(SEARCH_TEXT)
+            ),
         ]
 
     def analytics(self, version: Version) -> list[tuple[str, sql.Composed]]:

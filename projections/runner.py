@@ -56,12 +56,17 @@ def ensure_views(database_url: str) -> None:
     with psycopg.connect(database_url, autocommit=True) as conn, advisory_lock(conn, SETUP_LOCK):
         ensure_internal(conn)
         for name in VIEW_NAMES:
-            if live_version(conn, name) is None:
+            live = live_version(conn, name)
+            if live is None:
                 with conn.transaction():
                     version = create_version(conn, name, "live", VIEWS[name].ddl)
                     for statement in VIEWS[name].indexes(version):
                         conn.execute(statement)
                     publish_views(conn, "analytics", VIEWS[name].analytics(version))
+            else:
+                # IF NOT EXISTS: a no-op unless this release added an index to a live view.
+                for statement in VIEWS[name].indexes(live):
+                    conn.execute(statement)
     tracking_recorder(database_url)
 
 

@@ -65,6 +65,9 @@ _INTERNAL_DDL: Final = [
     f"CREATE SCHEMA IF NOT EXISTS {INTERNAL}",
     f"CREATE SCHEMA IF NOT EXISTS {VIEWS_SCHEMA}",
     f"CREATE SCHEMA IF NOT EXISTS {ANALYTICS}",
+    # Trigram indexes make the roster's `q=` search an index lookup (projections/roster.py).
+    # pg_trgm ships with PostgreSQL (contrib) and is trusted: database CREATE rights suffice.
+    "CREATE EXTENSION IF NOT EXISTS pg_trgm",
     f"""CREATE TABLE IF NOT EXISTS {INTERNAL}.view_versions (
         view text NOT NULL,
         version integer NOT NULL,

@@ -172,7 +172,7 @@ def _paths() -> dict[str, Any]:
         _query("role", {"type": "string"}, "attendee, speaker, organizer"),
         _query("checked_in", {"type": "boolean"}, "inside now"),
         _query("paid", {"type": "boolean"}, "payment confirmed"),
-        _query("q", {"type": "string"}, "part of a first name, last name or email"),
+        _query("q", {"type": "string"}, 'part of the name or email ("Anna Nowak" works too)'),
         _LIMIT,
         _CURSOR,
         _FORMAT,

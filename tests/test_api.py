@@ -121,6 +121,17 @@ async def test_roster_filters(seeded: tuple[httpx.AsyncClient, str]) -> None:
     assert await ids(client, "?q=nowak") == ["a-1"]
     assert await ids(client, "?q=WIŚ") == ["a-4"]
     assert await ids(client, "?q=%25") == []  # a literal %, not a wildcard
+    assert await ids(client, "?q=anna%20nowak") == ["a-1"]  # the whole name
+    assert await ids(client, "?q=ni") == ["a-4"]  # too short for the trigram path
+    assert await ids(client, "?q=example.com&status=all") == ["a-2", "a-3", "a-1", "a-4", "a-5"]
+    walked, cursor = [], None
+    while True:  # a search pages by the same cursor as the plain list
+        query = "?q=example.com&limit=2" + (f"&cursor={cursor}" if cursor else "")
+        page = (await client.get(f"/v1/events/default/roster{query}")).json()
+        walked += [item["attendee_id"] for item in page["items"]]
+        if (cursor := page["next_cursor"]) is None:
+            break
+    assert walked == ["a-2", "a-1", "a-4", "a-5"]
     first = (await client.get("/v1/events/default/roster?q=nowak")).json()["items"][0]
     assert first["amount"] == "349.00" and first["currency"] == "PLN"
     assert first["payment_method"] == "payu" and first["checked_in"] is True
@@ -275,6 +286,8 @@ async def test_csv_equals_json(seeded: tuple[httpx.AsyncClient, str]) -> None:
             assert from_csv[key] == (from_json[key] or ""), key
         assert from_csv["checked_in"] == str(from_json["checked_in"]).lower()
         assert json.loads(from_csv["fields"]) == from_json["fields"]
+        for key in ("first_seen_at", "registered_at", "deleted_at", "last_check_in_at"):
+            assert from_csv[key] == (from_json[key] or ""), key  # the same time text as JSON
     payments_csv = (await client.get("/v1/events/default/payments?format=csv")).text
     assert [r["amount"] for r in csv.DictReader(io.StringIO(payments_csv))] == [
         "349.00",
