@@ -21,15 +21,13 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from uuid import uuid4
 
 import httpx
 import msgspec
 import psycopg
-from psycopg import sql
 
 from service.config import EventConfig
-from service.database import EmbeddedPostgres, with_database
+from service.database import EmbeddedPostgres, drop_database, new_database
 from service.simulator import (
     SignedDelivery,
     SimulatedDelivery,
@@ -156,12 +154,12 @@ def main() -> int:
             configurations.insert(1, ("a2", label, workers, intake_only))
         runs = []
         for name, label, command, env in configurations:
-            database_url = _fresh_database(server_url, f"bench_intake_{name}_{uuid4().hex[:8]}")
+            database_url = new_database(server_url, f"bench_intake_{name}")
             run = _measure(work, name, label, command, env, database_url, args)
             if name == "a":
                 check = _exactly_once(database_url, run.positions)
             runs.append(run)
-            _drop_database(server_url, database_url)
+            drop_database(server_url, database_url)
         _print_table(runs, check, args)
         return 0 if check.ok else 1
     finally:
@@ -377,20 +375,6 @@ def _print_table(runs: list[Run], check: ExactlyOnce, args: argparse.Namespace) 
     )
     machine = f"{os.cpu_count()} cores, {_memory_gb():.0f} GiB"
     print(f"machine: {machine}, PostgreSQL {check.server_version}")
-
-
-def _fresh_database(server_url: str, name: str) -> str:
-    with psycopg.connect(server_url, autocommit=True) as conn:
-        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-    return with_database(server_url, name)
-
-
-def _drop_database(server_url: str, database_url: str) -> None:
-    name = psycopg.conninfo.conninfo_to_dict(database_url)["dbname"]
-    with psycopg.connect(server_url, autocommit=True) as conn:
-        conn.execute(
-            sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(str(name)))
-        )
 
 
 def _wait_listening(port: int, server: subprocess.Popen[bytes]) -> None:

@@ -28,7 +28,6 @@ import threading
 import time
 from pathlib import Path
 from typing import Any
-from uuid import uuid4
 
 import httpx
 import psycopg
@@ -36,14 +35,18 @@ from eventsourcing.dispatch import singledispatchmethod
 from eventsourcing.persistence import Tracking
 from eventsourcing.postgres import PostgresTrackingRecorder
 from eventsourcing.projection import Projection, ProjectionRunner
-from psycopg import sql
 
 from domain.events import attendee_event
 from domain.interpret import Interpreted, interpret
 from domain.roster import RosterEntry, apply
 from projections.source import head
 from service.config import EventConfig
-from service.database import EmbeddedPostgres, connection_params, with_database
+from service.database import (
+    EmbeddedPostgres,
+    connection_params,
+    drop_database,
+    new_database,
+)
 from service.intake import delivery_record
 from service.signing import sign
 from service.simulator import SignedDelivery, SimulationOptions, sign_all, simulate
@@ -68,7 +71,7 @@ def main() -> int:
             lags = _live_lag(server_url, work, args.lag_seconds, args.rate)
             _print_lag(lags, args)
             return 0
-        database_url = _fresh_database(server_url, f"bench_projections_{uuid4().hex[:8]}")
+        database_url = new_database(server_url, "bench_projections")
         print(f"appending {args.events:,} simulator deliveries, rebuilding at each stage\n")
         stages = [args.events // 4, args.events // 2, args.events]
         rebuilds = []
@@ -85,7 +88,7 @@ def main() -> int:
         print(f"  baseline ProjectionRunner: {baseline:,.0f} events/s", flush=True)
         lag = _live_lag(server_url, work, args.lag_seconds, args.rate)
         _print_report(rebuilds, baseline, lag, args)
-        _drop_database(server_url, database_url)
+        drop_database(server_url, database_url)
         return 0
     finally:
         if embedded is not None:
@@ -256,7 +259,7 @@ def _baseline(database_url: str, events: int) -> float:
 
 def _live_lag(server_url: str, work: Path, seconds: int, rate: int) -> list[float]:
     """Lags (seconds) between acknowledging a delivery and all views having applied it."""
-    database_url = _fresh_database(server_url, f"bench_lag_{uuid4().hex[:8]}")
+    database_url = new_database(server_url, "bench_lag")
     port = 8331
     env = {
         **os.environ,
@@ -282,7 +285,7 @@ def _live_lag(server_url: str, work: Path, seconds: int, rate: int) -> list[floa
     finally:
         server.terminate()
         server.wait(timeout=30)
-        _drop_database(server_url, database_url)
+        drop_database(server_url, database_url)
 
 
 def _paced_deliveries(count: int) -> list[SignedDelivery]:
@@ -404,20 +407,6 @@ def _print_lag(lags: list[float], args: argparse.Namespace) -> None:
         f"p50 {1000 * q[49]:.0f} ms, p99 {1000 * q[98]:.0f} ms, max {1000 * max(lags):.0f} ms"
         f"   (target p99 <= 250 ms; {len(lags):,} deliveries)"
     )
-
-
-def _fresh_database(server_url: str, name: str) -> str:
-    with psycopg.connect(server_url, autocommit=True) as conn:
-        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-    return with_database(server_url, name)
-
-
-def _drop_database(server_url: str, database_url: str) -> None:
-    name = str(psycopg.conninfo.conninfo_to_dict(database_url)["dbname"])
-    with psycopg.connect(server_url, autocommit=True) as conn:
-        conn.execute(
-            sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
-        )
 
 
 if __name__ == "__main__":

@@ -12,6 +12,7 @@ import warnings
 from pathlib import Path
 from typing import Any, Final
 from urllib.parse import urlsplit, urlunsplit
+from uuid import uuid4
 
 import psycopg
 from psycopg import sql
@@ -75,6 +76,23 @@ class EmbeddedPostgres:
             self._server.cleanup()
             self._server = None
             log.info("embedded PostgreSQL stopped")
+
+
+def new_database(admin_url: str, prefix: str) -> str:
+    """Create an empty database with a fresh name starting with `prefix`; return its URL."""
+    name = f"{prefix}_{uuid4().hex[:8]}"
+    with psycopg.connect(admin_url, autocommit=True) as conn:
+        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    return with_database(admin_url, name)
+
+
+def drop_database(admin_url: str, database_url: str) -> None:
+    """Drop the database `database_url` names, disconnecting whoever still uses it."""
+    name = str(psycopg.conninfo.conninfo_to_dict(database_url)["dbname"])
+    with psycopg.connect(admin_url, autocommit=True) as conn:
+        conn.execute(
+            sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
+        )
 
 
 def create_database(admin_url: str, name: str) -> None:

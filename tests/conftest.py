@@ -8,14 +8,12 @@ import shutil
 import tempfile
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
-from uuid import uuid4
 
-import psycopg
 import pytest
 from hypothesis import HealthCheck, settings
-from psycopg import sql
 
-from service.database import EmbeddedPostgres, with_database
+from service import database
+from service.database import EmbeddedPostgres
 from tests.helpers import RunningService, make_settings
 
 # Generation speed varies with machine load (CI shares two cores with PostgreSQL); what the
@@ -44,20 +42,15 @@ def server_url() -> Iterator[str]:
 @pytest.fixture
 def new_database(server_url: str) -> Iterator[Callable[[], str]]:
     """Make new, empty databases for one test; all are dropped afterwards."""
-    names: list[str] = []
+    urls: list[str] = []
 
     def create() -> str:
-        name = f"rollcall_test_{uuid4().hex[:12]}"
-        with psycopg.connect(server_url, autocommit=True) as conn:
-            conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-        names.append(name)
-        return with_database(server_url, name)
+        urls.append(database.new_database(server_url, "rollcall_test"))
+        return urls[-1]
 
     yield create
-    with psycopg.connect(server_url, autocommit=True) as conn:
-        for name in names:
-            drop = sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)")
-            conn.execute(drop.format(sql.Identifier(name)))
+    for url in urls:
+        database.drop_database(server_url, url)
 
 
 @pytest.fixture
