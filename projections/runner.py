@@ -9,6 +9,7 @@ so a lost notification never stalls it; after losing the database it reconnects 
 from __future__ import annotations
 
 import logging
+import os
 import threading
 from collections.abc import Sequence
 from typing import Any, Final
@@ -115,8 +116,8 @@ class Runner:
         ensure_views(self._url)
         self._recorder = tracking_recorder(self._url)
         with (
-            psycopg.connect(self._url, autocommit=True) as locks,
-            psycopg.connect(self._url) as work,
+            psycopg.connect(self._url, autocommit=True, application_name=_name()) as locks,
+            psycopg.connect(self._url, application_name=_name()) as work,
         ):
             self._take_locks(locks)
             total = 0
@@ -128,8 +129,8 @@ class Runner:
         ensure_views(self._url)
         self._recorder = tracking_recorder(self._url)
         with (
-            psycopg.connect(self._url, autocommit=True) as locks,
-            psycopg.connect(self._url) as work,
+            psycopg.connect(self._url, autocommit=True, application_name=_name()) as locks,
+            psycopg.connect(self._url, application_name=_name()) as work,
         ):
             locks.execute(sql.SQL("LISTEN {}").format(sql.Identifier(EVENTS_TABLE)))
             log.info("projection runner connected")
@@ -197,3 +198,8 @@ class Runner:
                 ([v.view for v in versions],),
             )
         self._failing = False
+
+
+def _name() -> str:
+    # Shown in pg_stat_activity, so an operator can tell which process holds which view.
+    return f"rollcall runner pid={os.getpid()}"

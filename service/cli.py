@@ -12,6 +12,7 @@ import sys
 import time
 from collections.abc import Sequence
 from datetime import date
+from pathlib import Path
 from types import FrameType
 
 import uvicorn
@@ -68,6 +69,16 @@ def _parser() -> argparse.ArgumentParser:
 
     _simulate_parser(commands)
     add_commands(commands)
+
+    drill = commands.add_parser(
+        "drill", help="run the reliability and security drill; exit 1 if a promise broke"
+    )
+    drill.add_argument(
+        "scenarios", nargs="*", metavar="SCENARIO", help="which (default: all, in order)"
+    )
+    drill.add_argument("--quick", action="store_true", help="CI-sized loads")
+    drill.add_argument("--markdown", metavar="FILE", help="also write the table to FILE")
+    drill.set_defaults(run=_drill)
     return parser
 
 
@@ -147,6 +158,27 @@ def _serve(settings: Settings, args: argparse.Namespace) -> int:
         if embedded is not None:
             embedded.stop()
     return 0
+
+
+def _drill(settings: Settings, args: argparse.Namespace) -> int:
+    # Imported here: the drill pulls in the sender and the simulator, which serve never needs.
+    from service import drill
+
+    names = args.scenarios or list(drill.SCENARIOS)
+    unknown = [n for n in names if n not in drill.SCENARIOS]
+    if unknown:
+        print(
+            f"rollcall drill: no scenario {', '.join(unknown)}; "
+            f"there are {', '.join(drill.SCENARIOS)}",
+            file=sys.stderr,
+        )
+        return 2
+    findings = drill.run(names, drill.QUICK if args.quick else drill.FULL)
+    text = drill.table(findings)
+    print("\n" + text)
+    if args.markdown:
+        Path(args.markdown).write_text(text + "\n")
+    return 0 if all(f.held for f in findings) else 1
 
 
 def _raise_system_exit(signum: int, frame: FrameType | None) -> None:

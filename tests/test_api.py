@@ -13,11 +13,11 @@ import httpx
 import psycopg
 import pytest
 
+from projections.snapshot import wait_until_caught_up
 from service.analysts import grant_analyst
 from service.app import create_app
 from service.openapi import document
 from tests.helpers import RunningService, api_token, bearer, make_settings, token_headers
-from tests.projection_helpers import wait_until_caught_up
 
 DAY = "2026-05-14T"
 

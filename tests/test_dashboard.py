@@ -19,10 +19,10 @@ import httpx
 import pytest
 from playwright.async_api import Browser, ConsoleMessage, Error, Page, async_playwright, expect
 
+from projections.snapshot import wait_until_caught_up
 from service.config import EventConfig
 from service.dashboard import STATIC
 from tests.helpers import SECRET, RunningService, api_token, bearer, token_headers
-from tests.projection_helpers import wait_until_caught_up
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [

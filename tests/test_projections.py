@@ -33,6 +33,7 @@ from projections.batch import (
 from projections.rebuild import build_as_of, rebuild
 from projections.runner import Runner, ensure_views
 from projections.schema import live_version, versions
+from projections.snapshot import snapshot, wait_until_caught_up
 from projections.source import read
 from projections.status import read_status
 from service.config import EventConfig
@@ -51,7 +52,6 @@ from tests.helpers import (
     stored_rows,
     token_headers,
 )
-from tests.projection_helpers import snapshot, wait_until_caught_up
 
 DEFAULT_EVENT = EventConfig(slug="default", secrets=(SECRET,))
 

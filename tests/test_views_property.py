@@ -16,10 +16,10 @@ from hypothesis import strategies as st
 from psycopg import sql
 
 from projections.runner import Runner
+from projections.snapshot import snapshot
 from service.database import with_database
 from service.store import DeliveryStore
 from tests.helpers import recorded
-from tests.projection_helpers import snapshot
 
 TYPES = [
     "AttendeeRegistered",

