@@ -7,7 +7,9 @@ a second delivery with the same key conflicts and is reported as a duplicate, ne
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterator, Sequence
+import threading
+import time
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
@@ -36,6 +38,10 @@ SCHEMA: Final = "rollcall"
 EVENTS_TABLE: Final = "deliveries_events"
 _KEY_NAMESPACE: Final = UUID("6f1d2c4e-7a3b-5e8f-9c0d-1b2a3c4d5e6f")
 _SETUP_LOCK: Final = 0x726F6C6C  # advisory lock id: one process sets the schema up at a time
+# While the database is unreachable, ask it again at most this often (seconds).
+_PROBE_INTERVAL: Final = 0.25
+# How many unacknowledged keys (see DeliveryStore.unacknowledged) are remembered at most.
+_UNACKNOWLEDGED_MAX: Final = 65_536
 
 
 class StoreUnavailable(Exception):
@@ -153,14 +159,14 @@ class IntakeRecorder(PostgresApplicationRecorder):
         )
         curs.execute(self._insert_arrays, columns)
 
-    def existing_ids(self, ids: Sequence[UUID]) -> set[UUID]:
-        """Which of these event ids are already stored."""
-        query = sql.SQL("SELECT originator_id FROM {}.{} WHERE originator_id = ANY(%s)").format(
-            sql.Identifier(self.datastore.schema), sql.Identifier(self.events_table_name)
-        )
+    def existing_positions(self, ids: Sequence[UUID]) -> dict[UUID, int]:
+        """Which of these event ids are already stored, and where."""
+        query = sql.SQL(
+            "SELECT originator_id, notification_id FROM {}.{} WHERE originator_id = ANY(%s)"
+        ).format(sql.Identifier(self.datastore.schema), sql.Identifier(self.events_table_name))
         with self.datastore.get_connection() as conn, conn.cursor() as curs:
             curs.execute(query, (list(ids),))
-            return {row["originator_id"] for row in curs.fetchall()}
+            return {row["originator_id"]: row["notification_id"] for row in curs.fetchall()}
 
 
 class Deliveries(Application[UUID]):
@@ -204,13 +210,18 @@ class DeliveryStore:
             conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(SCHEMA)))
             self._app = Deliveries(env=env)
             _protect_events_table(conn)
-        recorder = self._app.recorder
-        assert isinstance(recorder, IntakeRecorder)
-        self._recorder = recorder
+        self._recorder = _recorder(self._app)
         self._decoder = msgspec.json.Decoder(DeliveryState)
+        self._params = params
+        self._reopen_env = {**env, "CREATE_TABLE": "n"}
+        self._health = threading.Lock()
+        self._unreachable_at: float | None = None  # when the database last failed to answer
+        self._unacknowledged: dict[UUID, None] = {}  # oldest first
+        self._unacknowledged_lock = threading.Lock()
 
     def append(self, deliveries: Sequence[DeliveryRecorded]) -> list[int | None]:
         """Store deliveries in one transaction; a position each, or None where it is a duplicate."""
+        self._check_reachable()
         first: dict[UUID, DeliveryRecorded] = {}
         for delivery in deliveries:
             first.setdefault(delivery.originator_id, delivery)
@@ -227,27 +238,99 @@ class DeliveryStore:
         # drop the ones that exist and save the rest. Another writer can only add keys, so
         # each retry strictly shrinks the batch.
         connection_retries = 1
+        settled: dict[UUID, int] = {}  # stored before, but never acknowledged
         while pending:
+            app = self._app
             try:
                 # The application's event store directly: Application.save() would add only
                 # a runtime Protocol check per event (a quarter of the CPU here on Python
                 # 3.11) before making this same call; no snapshots or notify hooks are used.
-                recordings = self._app.events.put(pending)
+                recordings = app.events.put(pending)
             except IntegrityError:
                 existing = self._call(
-                    self._recorder.existing_ids, [d.originator_id for d in pending]
+                    self._recorder.existing_positions, [d.originator_id for d in pending]
                 )
                 if not existing:
                     raise
+                settled.update(self._settle(existing))
                 pending = [d for d in pending if d.originator_id not in existing]
             except (OperationalError, InterfaceError) as error:
-                # A pooled connection may have died with a database restart: one fresh try.
-                if connection_retries == 0:
+                # The connection broke: perhaps after the commit, with only its answer lost.
+                self.unacknowledged(d.originator_id for d in pending)
+                # A pooled connection may have died with a database restart: one more try,
+                # on fresh connections, if the database answers at all.
+                if connection_retries == 0 or not self._reconnect(app):
                     raise StoreUnavailable(str(error)) from error
                 connection_retries -= 1
             else:
-                return {r.domain_event.originator_id: r.notification.id for r in recordings}
-        return {}
+                stored = {r.domain_event.originator_id: r.notification.id for r in recordings}
+                self._settle(stored)  # those earlier attempts had not committed after all
+                return settled | stored
+        return settled
+
+    def unacknowledged(self, keys: Iterable[UUID]) -> None:
+        """Remember deliveries whose sender was told 503 although they are (or may be) stored:
+        a commit whose answer was lost with the connection, or one that came after intake
+        had stopped waiting. A retry is then answered with the position, as accepted: the
+        503 said nothing was stored, so "duplicate" would contradict it."""
+        with self._unacknowledged_lock:
+            for key in keys:
+                self._unacknowledged[key] = None
+            while len(self._unacknowledged) > _UNACKNOWLEDGED_MAX:
+                del self._unacknowledged[next(iter(self._unacknowledged))]
+
+    def _settle(self, stored: dict[UUID, int]) -> dict[UUID, int]:
+        """Forget these keys as unacknowledged; the positions of those that were."""
+        with self._unacknowledged_lock:
+            return {
+                key: position
+                for key, position in stored.items()
+                if self._unacknowledged.pop(key, False) is None
+            }
+
+    def _check_reachable(self) -> None:
+        """Fail at once while the database is known to be unreachable, asking it again at
+        most every _PROBE_INTERVAL: waiting on the pool would hold every delivery for the
+        whole store timeout, and its reconnection backoff would delay the recovery."""
+        if self._unreachable_at is None:
+            return
+        with self._health:
+            if self._unreachable_at is None:
+                return  # another thread found it back
+            if time.monotonic() - self._unreachable_at < _PROBE_INTERVAL or not self._answers():
+                raise StoreUnavailable("the database is unreachable")
+            self._reopen()
+
+    def _reconnect(self, failed: Deliveries) -> bool:
+        """After `failed`'s connection broke: True once fresh connections are ready (another
+        thread may have made them), False if the database does not answer."""
+        with self._health:
+            if self._app is not failed:
+                return True
+            if not self._answers():
+                return False
+            self._reopen()
+            return True
+
+    def _answers(self) -> bool:
+        """Whether a new connection to the database works (marking it unreachable if not)."""
+        try:
+            with psycopg.connect(**self._params, connect_timeout=2) as conn:  # type: ignore[arg-type]
+                conn.execute("SELECT 1")
+        except psycopg.Error:
+            self._unreachable_at = time.monotonic()
+            return False
+        return True
+
+    def _reopen(self) -> None:
+        """Replace the connection pool: the old one's connections may all be dead, and it
+        would reconnect only on its own exponential backoff."""
+        old, self._app = self._app, Deliveries(env=self._reopen_env)
+        self._recorder = _recorder(self._app)
+        self._unreachable_at = None
+        # In the background: closing waits for the pool's workers, which may be connecting.
+        # Connections another thread still uses are closed when it gives them back.
+        threading.Thread(target=old.close, name="old-pool", daemon=True).start()
 
     def head(self) -> int:
         """The highest position stored (0 when empty)."""
@@ -272,6 +355,12 @@ class DeliveryStore:
             return function(*args, **kwargs)
         except (OperationalError, InterfaceError) as error:
             raise StoreUnavailable(str(error)) from error
+
+
+def _recorder(app: Deliveries) -> IntakeRecorder:
+    recorder = app.recorder
+    assert isinstance(recorder, IntakeRecorder)
+    return recorder
 
 
 @contextmanager

@@ -218,9 +218,14 @@ class GroupCommitWriter:
             await self._append(batch[middle:])
             return
         self.stats.record(len(batch), time.perf_counter() - started)
+        late = []
         for item, position in zip(batch, positions, strict=True):
             if not item.answer.done():
                 item.answer.set_result(position)
+            elif position is not None:
+                late.append(item.delivery.originator_id)  # answered 503, yet stored
+        if late:
+            self._store.unacknowledged(late)
 
 
 def _expire(answer: asyncio.Future[int | None]) -> None:

@@ -151,3 +151,30 @@ async def test_group_commit_can_be_switched_off(
     assert {a.json()["status"] for a in answers} == {"accepted"}
     stats = service.app.state.writer.stats
     assert (stats.batches, stats.largest_batch) == (20, 1)
+
+
+async def test_stored_after_its_503_the_retry_is_answered_accepted(
+    store: DeliveryStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Found by the drill's outage scenario: a batch that committed after its deliveries had
+    # been answered 503 (nothing stored) made their retries "duplicate".
+    writer = GroupCommitWriter(store, batch_max=8, linger=0, queue_max=10, timeout=0.2, writers=1)
+    writer.start()
+    append = store.append
+
+    def slow_append(deliveries: list[DeliveryRecorded]) -> list[int | None]:
+        time.sleep(0.6)
+        return append(deliveries)
+
+    monkeypatch.setattr(store, "append", slow_append)
+    late = recorded(delivery(attendee_id="late"))
+    try:
+        with pytest.raises(StoreUnavailable):
+            await writer.submit(late)
+        await asyncio.sleep(1.0)  # the batch commits after all
+        monkeypatch.setattr(store, "append", append)
+        position = await writer.submit(recorded(late.body))
+        assert position == store.head()
+        assert await writer.submit(recorded(late.body)) is None
+    finally:
+        await writer.close()

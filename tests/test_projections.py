@@ -9,6 +9,7 @@ from __future__ import annotations
 import random
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -267,6 +268,30 @@ def test_runner_killed_mid_batch_ends_with_the_views_of_a_clean_build(
     survived = snapshot(database_url)
     rebuild(database_url, ["roster", "occupancy", "payments"])
     assert snapshot(database_url) == survived
+
+
+def test_runner_retries_a_lost_database_at_least_every_second() -> None:
+    # Found by the drill's outage scenario: backing off to 5 s, the views resumed up to 5 s
+    # after PostgreSQL was back; and a store that could not open was logged as a crash.
+    class Waits(threading.Event):
+        def __init__(self) -> None:
+            super().__init__()
+            self.seconds: list[float] = []
+
+        def wait(self, timeout: float | None = None) -> bool:
+            self.seconds.append(timeout or 0.0)
+            if len(self.seconds) >= 8:
+                self.set()
+            return self.is_set()
+
+    stop = Waits()
+    runner = Runner("postgresql://rollcall@127.0.0.1:1/nothing-listens-here")
+    crashes: list[Exception] = []
+    runner._record_failure = lambda error, views: crashes.append(error)  # type: ignore[method-assign]
+    runner.run(stop)
+    assert len(stop.seconds) == 8
+    assert max(stop.seconds) <= 1.0
+    assert crashes == []
 
 
 def test_two_runners_never_apply_an_event_twice(database_url: str) -> None:

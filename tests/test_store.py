@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 import psycopg
 import pytest
+from eventsourcing.persistence import OperationalError
+from psycopg import sql
 
-from service.store import DeliveryStore
+from service.store import DeliveryStore, StoreUnavailable
 from tests.helpers import delivery, recorded, stored_rows
 
 
@@ -107,3 +111,79 @@ def test_a_batch_far_larger_than_a_socket_buffer_is_stored(store: DeliveryStore)
     threading.Thread(target=append, daemon=True).start()
     assert done.wait(60), "the append hung"
     assert all(p is not None for p in results[0])
+
+
+def test_while_the_database_is_down_appends_fail_fast_and_resume_as_it_returns(
+    store: DeliveryStore, database_url: str, server_url: str
+) -> None:
+    # Found by the drill's outage scenario: every append waited out the pool's timeout (5 s)
+    # while the database was down, and after it came back the pool reconnected only on its
+    # own exponential backoff, several seconds later.
+    store.append([recorded(delivery(attendee_id="before"))])
+    name = str(psycopg.conninfo.conninfo_to_dict(database_url)["dbname"])
+    _allow_connections(server_url, name, allowed=False)
+    try:
+        for n in range(4):
+            started = time.monotonic()
+            with pytest.raises(StoreUnavailable):
+                store.append([recorded(delivery(attendee_id=f"during-{n}"))])
+            assert time.monotonic() - started < 1
+            time.sleep(0.3)
+    finally:
+        _allow_connections(server_url, name, allowed=True)
+    time.sleep(0.3)
+    started = time.monotonic()
+    assert store.append([recorded(delivery(attendee_id="after"))])[0] is not None
+    assert time.monotonic() - started < 1
+    bodies = [row["body"] for row in stored_rows(database_url)]
+    assert bodies == [delivery(attendee_id="before"), delivery(attendee_id="after")]
+
+
+def _allow_connections(server_url: str, name: str, *, allowed: bool) -> None:
+    """An outage of one database without stopping the shared server."""
+    with psycopg.connect(server_url, autocommit=True) as conn:
+        conn.execute(
+            sql.SQL("ALTER DATABASE {} ALLOW_CONNECTIONS {}").format(
+                sql.Identifier(name), sql.Literal(allowed)
+            )
+        )
+        if not allowed:
+            conn.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s", (name,)
+            )
+
+
+def test_a_commit_whose_answer_was_lost_is_answered_accepted_not_duplicate(
+    store: DeliveryStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Found by the drill's outage scenario: PostgreSQL stopped after a batch's commit but
+    # before its answer; intake said 503 ("nothing stored") and then "duplicate" to the retry.
+    put = store._app.events.put
+    calls = []
+
+    def commit_then_lose_the_answer(events: Any, **kwargs: Any) -> Any:
+        calls.append(put(events, **kwargs))
+        raise OperationalError("server closed the connection unexpectedly")
+
+    monkeypatch.setattr(store._app.events, "put", commit_then_lose_the_answer)
+    lost = recorded(delivery(attendee_id="lost"))
+    # The database still answers: the retry on fresh connections finds it stored.
+    [position] = store.append([lost])
+    assert len(calls) == 1
+    assert position == calls[0][0].notification.id
+    assert store.append([recorded(lost.body)]) == [None]  # from now on, a duplicate
+
+
+def test_a_delivery_answered_503_but_stored_is_accepted_on_its_retry(
+    store: DeliveryStore,
+) -> None:
+    first = recorded(delivery(attendee_id="late"))
+    [position] = store.append([first])
+    store.unacknowledged([first.originator_id])  # as the writer does when it gave up waiting
+    assert store.append([recorded(first.body)]) == [position]
+    assert store.append([recorded(first.body)]) == [None]
+    fresh = recorded(delivery(attendee_id="fresh"))
+    store.unacknowledged([fresh.originator_id])  # a failed attempt that had not committed
+    [stored] = store.append([fresh])
+    assert stored is not None
+    assert store.append([recorded(fresh.body)]) == [None]
