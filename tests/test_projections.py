@@ -456,3 +456,25 @@ def test_fields_keep_their_exact_numbers_when_a_row_is_rewritten(database_url: s
     assert row is not None
     assert '"amount": 499.00' in row[0]
     assert row[1] == Decimal("499.00")
+
+
+def test_a_batch_is_bounded_by_the_bytes_it_reads(database_url: str) -> None:
+    # Regression (found by `rollcall drill hostile` beyond its full size): batches were bounded
+    # by rows alone, and a rebuild over 300 verified ~900 KB bodies peaked at 1.2 GB.
+    pad = "x" * 100_000
+    store = DeliveryStore(database_url)
+    try:
+        store.append([recorded(delivery(attendee_id=f"big-{n}", pad=pad)) for n in range(5)])
+    finally:
+        store.close()
+    with psycopg.connect(database_url) as conn, conn.cursor() as cur:
+        # Each state holds its body in base64 (~133 KB): two fit under 250 KB, and one always
+        # comes however large it is.
+        assert [r.position for r in read(cur, 0, 100, budget=250_000)] == [1, 2]
+        assert [r.position for r in read(cur, 2, 100, budget=1)] == [3]
+        walked, after = [], 0
+        while batch := read(cur, after, 100, budget=250_000):
+            walked += [r.position for r in batch]
+            after = batch[-1].position
+        assert walked == [1, 2, 3, 4, 5]
+        assert [r.position for r in read(cur, 0, 100)] == [1, 2, 3, 4, 5]
