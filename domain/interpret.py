@@ -103,11 +103,13 @@ def parse_time(value: object) -> datetime | None:
             parsed = datetime.fromtimestamp(float(seconds), tz=UTC)
         else:
             return None
+        if parsed.tzinfo is None:
+            parsed = parsed.replace(tzinfo=UTC)
+        # Inside the try: an offset can carry a time past datetime's range in UTC
+        # ("0001-01-01T00:00:00+14:00").
+        return parsed.astimezone(UTC)
     except (ValueError, OverflowError, OSError, ArithmeticError):
         return None
-    if parsed.tzinfo is None:
-        parsed = parsed.replace(tzinfo=UTC)
-    return parsed.astimezone(UTC)
 
 
 def _first(envelope: dict[str, Any], keys: tuple[str, ...]) -> Any:

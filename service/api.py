@@ -40,6 +40,7 @@ log = logging.getLogger("rollcall.api")
 
 MAX_LIMIT: Final = 1000
 MAX_BUCKETS: Final = 10_000
+_LATEST: Final = datetime(9999, 1, 1, tzinfo=UTC)  # the latest `at`, `from`, `to` or bucket end
 BUCKETS: Final = {
     "5m": timedelta(minutes=5),
     "15m": timedelta(minutes=15),
@@ -312,6 +313,9 @@ class _Api:
                 "WHERE event = $1",
                 slug,
             ) or (None, None)
+            # Clamped as `from` and `to` are: a stored time near datetime's end (a sender's
+            # bogus one) must not overflow the last bucket's end.
+            first, last = (min(t, _LATEST - width) if t else None for t in (first, last))
             start = start or (_floor(first, width) if first else None)
             end = end or (_floor(last, width) + width if last else None)
         if start is None or end is None:
@@ -760,9 +764,7 @@ def _time(params: Any, name: str) -> datetime | None:
     number = text.strip().lstrip("-")
     is_number = number.isascii() and number.isdigit() and len(number) <= 18
     when = parse_time(int(text)) if is_number else parse_time(text)
-    if when is None or not datetime(1970, 1, 1, tzinfo=UTC) <= when <= datetime(
-        9999, 1, 1, tzinfo=UTC
-    ):
+    if when is None or not datetime(1970, 1, 1, tzinfo=UTC) <= when <= _LATEST:
         raise ApiError(400, "bad_parameter", f"`{name}` must be an ISO 8601 time")
     return when
 
@@ -784,6 +786,7 @@ def _decode_cursor(text: str | None, size: int) -> list[str] | None:
         values = msgspec.json.decode(raw, type=list[str])
     except (ValueError, msgspec.DecodeError):
         raise ApiError(400, "bad_parameter", "`cursor` is not one this API gave out") from None
-    if len(values) != size:
+    # A NUL cannot reach PostgreSQL's text: no cursor this API gave out has one.
+    if len(values) != size or any("\x00" in value for value in values):
         raise ApiError(400, "bad_parameter", "`cursor` is not one this API gave out")
     return values

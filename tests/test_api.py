@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import csv
 import io
 import json
@@ -99,6 +100,11 @@ async def seeded(
         token = api_token(database_url, "read")
         client.headers.update(bearer(token))
         yield client, database_url
+
+
+def cursor(values: list[str]) -> str:
+    """A cursor as the API encodes one, holding any `values`."""
+    return base64.urlsafe_b64encode(json.dumps(values).encode()).decode().rstrip("=")
 
 
 async def ids(client: httpx.AsyncClient, query: str) -> list[str]:
@@ -252,6 +258,11 @@ async def test_check_ins_and_payments(seeded: tuple[httpx.AsyncClient, str]) -> 
         f"/v1/events/default/occupancy/timeline?from={DAY}10:00:00Z&to={DAY}09:00:00Z",
         "/v1/events/default/occupancy/timeline?bucket=5m&from=1970-01-01T00:00:00Z&to=2026-01-01T00:00:00Z",
         "/v1/events/default/payments?cursor=WyJ4Il0",
+        # Regressions (found by `rollcall drill hostile`): each of these was a 500.
+        "/v1/events/default/roster?cursor=" + cursor(["\u0000", "a", "b"]),
+        "/v1/events/default/payments?cursor=" + cursor([DAY + "08:10:00Z", "a\u0000"]),
+        "/v1/events/default/payments?cursor=" + cursor(["0001-01-01T00:00:00+14:00", "x"]),
+        "/v1/events/default/occupancy?at=0001-01-01T00:00:00%2B14:00",
     ],
 )
 async def test_bad_parameters_are_400_json(
@@ -261,6 +272,25 @@ async def test_bad_parameters_are_400_json(
     answer = await client.get(path)
     assert answer.status_code == 400, answer.text
     assert answer.json()["error"] == "bad_parameter"
+
+
+async def test_timeline_of_a_time_at_the_calendars_end_is_no_500(
+    start_service: Callable[..., RunningService], database_url: str
+) -> None:
+    # Regression (found by `rollcall drill hostile`): a signed check-in at the end of year
+    # 9999 made the default timeline's last bucket overflow datetime, a 500.
+    service = start_service()
+    async with httpx.AsyncClient(base_url=service.url, timeout=30) as client:
+        late = body("AttendeeCheckedIn", {"id": "a-9"}, "09:00:00", "late")
+        late = late.replace(DAY.encode() + b"09:00:00Z", b"9999-12-31T23:59:59.999999Z")
+        answer = await client.post("/webhooks/jte", content=late, headers=token_headers())
+        assert answer.json()["status"] == "accepted"
+        wait_until_caught_up(database_url)
+        client.headers.update(bearer(api_token(database_url)))
+        for bucket in ("5m", "1h"):
+            timeline = await client.get(f"/v1/events/default/occupancy/timeline?bucket={bucket}")
+            assert timeline.status_code == 200, timeline.text
+            assert timeline.json()["end"] == "9999-01-01T00:00:00Z"
 
 
 async def test_unknown_event_is_404(seeded: tuple[httpx.AsyncClient, str]) -> None:

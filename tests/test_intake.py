@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
+import socket
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Callable
@@ -15,7 +17,9 @@ import pytest
 from psycopg import sql
 from standardwebhooks import Webhook
 
+from service import protocol
 from service.config import EventConfig
+from service.protocol import DEFAULT_HEADER_LIMIT
 from tests.helpers import (
     SECRET,
     RunningService,
@@ -363,3 +367,81 @@ async def test_wrong_method_and_unknown_path_answer_json(client: httpx.AsyncClie
 async def test_health_and_readiness(client: httpx.AsyncClient) -> None:
     assert (await client.get("/healthz")).json() == {"status": "ok"}
     assert (await client.get("/readyz")).json() == {"status": "ready", "database": "ok"}
+
+
+async def test_out_of_range_occurrence_time_is_accepted_without_one(
+    client: httpx.AsyncClient, database_url: str
+) -> None:
+    # Regression (found by `rollcall drill hostile`): converting the time to UTC overflowed
+    # and a verified delivery was answered 503.
+    body = delivery(delivery_id="d-late", occurredAt="0001-01-01T00:00:00+14:00")
+    answer = await client.post("/webhooks/jte", content=body, headers=hmac_headers(body))
+    assert answer.status_code == 200 and answer.json()["status"] == "accepted"
+    assert stored_rows(database_url)[0]["occurred_at"] is None
+
+
+def _raw_exchange(url: str, wire: bytes, timeout: float = 10) -> tuple[bytes, float]:
+    """Send raw bytes on a new connection; what came back before the close, and when."""
+    host, port = url.removeprefix("http://").split(":")
+    started = time.monotonic()
+    with socket.create_connection((host, int(port)), timeout=timeout) as sock:
+        received = b""
+        with contextlib.suppress(ConnectionError):
+            sock.sendall(wire)
+        with contextlib.suppress(ConnectionError):
+            while chunk := sock.recv(65536):
+                received += chunk
+    return received, time.monotonic() - started
+
+
+async def test_headers_over_the_limit_are_431_and_nothing_is_stored(
+    service: RunningService, database_url: str
+) -> None:
+    # Regression (found by `rollcall drill hostile`): headers of any size were buffered (and
+    # a 1 MB one accepted), so a sender could grow the process by whatever it sent.
+    body = delivery(delivery_id="d-huge")
+    signature = dict(hmac_headers(body))["x-webhook-signature"].encode()
+    head = (
+        b"POST /webhooks/jte HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        b"X-Webhook-Signature: " + signature + b"\r\nContent-Length: %d\r\n" % len(body)
+    )
+    padding = b"X-Padding: " + b"p" * (DEFAULT_HEADER_LIMIT + 1) + b"\r\n"
+    received, _ = await asyncio.to_thread(
+        _raw_exchange, service.url, head + padding + b"\r\n" + body
+    )
+    assert received.startswith(b"HTTP/1.1 431 ")
+    assert b'"error":"headers_too_large"' in received
+    # Many small headers count the same; and just under the limit is fine.
+    many = b"".join(b"X-P%d: pppp\r\n" % i for i in range(DEFAULT_HEADER_LIMIT // 10))
+    received, _ = await asyncio.to_thread(_raw_exchange, service.url, head + many + b"\r\n" + body)
+    assert received.startswith(b"HTTP/1.1 431 ")
+    assert stored_rows(database_url) == []
+    fits = b"X-Padding: " + b"p" * (DEFAULT_HEADER_LIMIT - len(head) - 100) + b"\r\n"
+    received, _ = await asyncio.to_thread(_raw_exchange, service.url, head + fits + b"\r\n" + body)
+    assert received.startswith(b"HTTP/1.1 200 ") and b'"accepted"' in received
+
+
+async def test_a_body_that_never_starts_is_cut_off_at_the_header_deadline(
+    start_service: Callable[..., RunningService],
+    database_url: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Regression (found by `rollcall drill hostile`): intake's body deadline starts with the
+    # body's first chunk, so headers followed by nothing held the connection forever.
+    monkeypatch.setattr(protocol, "HEADER_TIMEOUT", 0.5)
+    service = start_service(body_timeout=0.5)
+    head = (
+        b"POST /webhooks/jte HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        b"X-Webhook-Secret: x\r\nContent-Length: 100\r\n\r\n"
+    )
+    received, seconds = await asyncio.to_thread(_raw_exchange, service.url, head)
+    assert received == b"" and seconds < 5
+    # A body that has begun is the body deadline's: 408 from intake, not a silent close.
+    body = delivery()
+    slow = (
+        b"POST /webhooks/jte HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        b"X-Webhook-Secret: x\r\nContent-Length: %d\r\n\r\n" % (len(body) + 10)
+    ) + body
+    received, _ = await asyncio.to_thread(_raw_exchange, service.url, slow)
+    assert received.startswith(b"HTTP/1.1 408 ")
+    assert stored_rows(database_url) == []

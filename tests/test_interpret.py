@@ -139,6 +139,16 @@ def test_parse_time_is_utc_and_tolerant() -> None:
     assert parse_time([1]) is None
 
 
+@pytest.mark.parametrize("text", ["0001-01-01T00:00:00+14:00", "9999-12-31T23:59:59-14:00"])
+def test_a_time_beyond_the_calendar_in_utc_is_no_time(text: str) -> None:
+    # Regression (found by `rollcall drill hostile`): the UTC conversion overflowed, and intake
+    # answered a verified delivery 503 while the API answered 500 for `at=`.
+    assert parse_time(text) is None
+    body = json.dumps({"event": "AttendeeCheckedIn", "occurredAt": text, "attendee": {"id": "a"}})
+    reading = interpret(body.encode())
+    assert isinstance(reading, Interpreted) and reading.occurred_at is None
+
+
 @given(st.binary(max_size=300))
 def test_interpret_never_raises_on_any_bytes(body: bytes) -> None:
     assert isinstance(interpret(body), Interpreted | Unreadable)
