@@ -18,7 +18,14 @@ import msgspec
 import psycopg
 from eventsourcing.postgres import PostgresTrackingRecorder
 
-from projections.batch import VIEWS, Target, apply_records, positions, tracking_recorder
+from projections.batch import (
+    VIEWS,
+    PoisonError,
+    Target,
+    apply_records,
+    positions,
+    tracking_recorder,
+)
 from projections.runner import ensure_views
 from projections.schema import (
     ANALYTICS,
@@ -83,9 +90,15 @@ def rebuild(
     recorder = tracking_recorder(database_url)
     with psycopg.connect(database_url, autocommit=True) as conn, _build_locks(conn, views):
         building = [_resume_or_create(conn, view) for view in views]
-        targets = _fill(conn, recorder, building, skip_poison, on_progress, batch_size)
-        _index(conn, targets)
-        _swap(conn, recorder, targets, skip_poison)
+        _note_error(conn, building, None)
+        try:
+            targets = _fill(conn, recorder, building, skip_poison, on_progress, batch_size)
+            _index(conn, targets)
+            _swap(conn, recorder, targets, skip_poison)
+        except PoisonError as error:
+            # Kept with the unfinished versions: status shows why the build stopped.
+            _note_error(conn, building, str(error))
+            raise
     return [Version(t.version.view, t.version.version, "live") for t in targets]
 
 
@@ -142,6 +155,15 @@ def _resume_or_create(conn: psycopg.Connection[Any], view: str) -> Version:
         return resumable[-1]
     with conn.transaction():
         return create_version(conn, view, "building", VIEWS[view].ddl)
+
+
+def _note_error(conn: psycopg.Connection[Any], building: list[Version], error: str | None) -> None:
+    for version in building:
+        conn.execute(
+            "UPDATE rollcall.view_versions SET last_error = %s "
+            "WHERE view = %s AND version = %s AND state = 'building'",
+            (error, version.view, version.version),
+        )
 
 
 def _as_of(conn: psycopg.Connection[Any], version: Version) -> datetime | None:

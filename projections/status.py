@@ -20,6 +20,7 @@ class Rebuilding(msgspec.Struct, frozen=True):
 
     version: int
     position: int
+    error: str | None = None  # what stopped it, if it stopped (a strict build hit poison)
 
 
 class ViewStatus(msgspec.Struct, frozen=True, kw_only=True):
@@ -47,7 +48,7 @@ def read_status(conn: psycopg.Connection[Any]) -> list[ViewStatus]:
             ((r[0], r[1]), r[2])
             for r in cur.execute(
                 f"SELECT view, version, last_error FROM {INTERNAL}.view_versions "
-                "WHERE failed_at IS NOT NULL"
+                "WHERE last_error IS NOT NULL"
             ).fetchall()
         )
         letters = dict(
@@ -74,7 +75,10 @@ def _view_status(
 ) -> ViewStatus:
     live = next((v for v in registered if v.view == name and v.state == "live"), None)
     building = [v for v in registered if v.view == name and v.state == "building"]
-    rebuilding = Rebuilding(building[-1].version, tracked[building[-1]]) if building else None
+    rebuilding = None
+    if building:
+        last = building[-1]
+        rebuilding = Rebuilding(last.version, tracked[last], errors.get((name, last.version)))
     if live is None:
         return ViewStatus(
             view=name, version=None, state="missing", position=0, head=top, lag_events=top,

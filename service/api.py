@@ -164,10 +164,13 @@ class _Api:
         if name not in (*VIEW_NAMES, "all"):
             raise ApiError(404, "unknown_view", f"views are {', '.join(VIEW_NAMES)} or all")
         views = list(VIEW_NAMES) if name == "all" else [name]
+        skip_poison = _flag(request.query_params, "skip_poison") or False
         if self._rebuild is not None and self._rebuild.is_alive():
             raise ApiError(409, "busy", "a rebuild started here is still running")
         self._rebuild = threading.Thread(
-            target=_rebuild_in_background, args=(request.app.state.database_url, views), daemon=True
+            target=_rebuild_in_background,
+            args=(request.app.state.database_url, views, skip_poison),
+            daemon=True,
         )
         self._rebuild.start()
         body = m.RebuildStarted(status="rebuilding", views=views)
@@ -437,10 +440,11 @@ def _read_status(database_url: str) -> list[ViewStatus]:
         return read_status(conn)
 
 
-def _rebuild_in_background(database_url: str, views: list[str]) -> None:
-    """A rebuild asked for over HTTP; its progress shows in GET /v1/projections."""
+def _rebuild_in_background(database_url: str, views: list[str], skip_poison: bool) -> None:
+    """A rebuild asked for over HTTP; its progress (or what stopped it) shows in
+    GET /v1/projections."""
     try:
-        built = rebuild(database_url, views)
+        built = rebuild(database_url, views, skip_poison=skip_poison)
     except (BuildBusy, PoisonError) as error:
         log.warning("rebuild of %s did not run: %s", ", ".join(views), error)
     except Exception:

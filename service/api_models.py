@@ -194,6 +194,7 @@ class PaymentSummary(msgspec.Struct, frozen=True, kw_only=True):
 class Rebuilding(msgspec.Struct, frozen=True):
     version: int
     position: int
+    error: str | None
 
 
 class ViewStatus(msgspec.Struct, frozen=True, kw_only=True):

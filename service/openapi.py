@@ -273,10 +273,17 @@ def _paths() -> dict[str, Any]:
             "post": {
                 "summary": "Rebuild a view (or all) in the background, then swap it in (admin)",
                 "security": [{"bearer": []}],
-                "parameters": [_path("name", "roster, occupancy, payments or all")],
+                "parameters": [
+                    _path("name", "roster, occupancy, payments or all"),
+                    _query(
+                        "skip_poison",
+                        {"type": "boolean", "default": False},
+                        "dead-letter events a view cannot apply instead of stopping the build",
+                    ),
+                ],
                 "responses": {
                     "202": _json(m.RebuildStarted, "started"),
-                    **_errors(401, 403, 404, 409, 503),
+                    **_errors(400, 401, 403, 404, 409, 503),
                 },
             }
         },

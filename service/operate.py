@@ -193,6 +193,8 @@ def _status_table(statuses: list[ViewStatus]) -> str:
     ]
     for s in statuses:
         extra = f"v{s.rebuilding.version} at {s.rebuilding.position}" if s.rebuilding else ""
+        if s.rebuilding and s.rebuilding.error:
+            extra += f" stopped: {s.rebuilding.error}"
         if s.last_error:
             extra = (extra + "  " if extra else "") + s.last_error
         lines.append(

@@ -382,7 +382,13 @@ async def test_tokens_and_scopes(seeded: tuple[httpx.AsyncClient, str]) -> None:
         assert (await anonymous.get("/v1/events", headers=admin)).status_code == 200
         unknown = await anonymous.post("/v1/projections/everything/rebuild", headers=admin)
         assert unknown.status_code == 404
-        started = await anonymous.post("/v1/projections/payments/rebuild", headers=admin)
+        odd = await anonymous.post(
+            "/v1/projections/payments/rebuild?skip_poison=maybe", headers=admin
+        )
+        assert odd.status_code == 400 and "skip_poison" in odd.json()["message"]
+        started = await anonymous.post(
+            "/v1/projections/payments/rebuild?skip_poison=true", headers=admin
+        )
         assert started.status_code == 202 and started.json()["views"] == ["payments"]
         # The webhook route needs only its signature, never a token.
         assert (

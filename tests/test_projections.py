@@ -359,9 +359,14 @@ def test_poison_is_dead_lettered_live_and_strict_in_a_rebuild(database_url: str)
     assert paid == [("p-1", True, None), ("p-2", True, Decimal("10.50"))]
     with pytest.raises(PoisonError, match="not a decimal"):
         rebuild(database_url, ["payments"])
+    with psycopg.connect(database_url) as conn:
+        stopped = {s.view: s for s in read_status(conn)}["payments"]
+    assert stopped.rebuilding and "not a decimal" in (stopped.rebuilding.error or "")
+    assert stopped.state == "rebuilding" and stopped.last_error is None, "live is not failed"
     rebuild(database_url, ["payments"], skip_poison=True)
     with psycopg.connect(database_url) as conn:
         assert conn.execute("SELECT count(*) FROM analytics.payments").fetchone() == (1,)
+        assert {s.view: s for s in read_status(conn)}["payments"].rebuilding is None
 
 
 def test_replay_appends_what_now_parses_once(database_url: str) -> None:
