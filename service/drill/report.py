@@ -20,6 +20,8 @@ class Size(msgspec.Struct, frozen=True, kw_only=True):
     hostile_requests: int
     big_body_mb: int
     slow_clients: int
+    big_deliveries: int
+    forgery_rounds: int
 
 
 FULL = Size(
@@ -33,18 +35,22 @@ FULL = Size(
     hostile_requests=10_000,
     big_body_mb=100,
     slow_clients=200,
+    big_deliveries=200,
+    forgery_rounds=40,
 )
 QUICK = Size(
     crash_deliveries=3_000,
     kills=2,
     outage_deliveries=1_500,
     outage_seconds=4.0,
-    projection_deliveries=6_000,
+    projection_deliveries=10_000,  # five batches of the runner's 2,000: kills in the middle
     projection_kills=2,
     replica_deliveries=2_000,
     hostile_requests=2_000,
     big_body_mb=100,
     slow_clients=50,
+    big_deliveries=60,
+    forgery_rounds=4,
 )
 
 

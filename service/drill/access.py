@@ -1,0 +1,134 @@
+"""Secrets and access: what an analyst may not do, and what no log line may hold.
+
+Run last, so its log scan covers every process the drill started before it."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any, Final
+
+import httpx
+import psycopg
+
+from service.analysts import grant_analyst
+from service.drill.harness import EMAIL, Workspace
+from service.drill.report import Finding, Size
+from service.sender import post_all
+from service.simulator import SimulationOptions
+
+ANALYST: Final = "drill_analyst"
+# Every JTE body has these keys; no log line should.
+_BODY_MARKERS: Final = ('"attendee"', '"occurredAt"', '"firstName"')
+# What the analyst role must not be able to do, each on its own.
+_FORBIDDEN_SQL: Final = (
+    "SELECT state FROM rollcall.deliveries_events LIMIT 1",
+    "SELECT * FROM rollcall.api_tokens LIMIT 1",
+    "SELECT * FROM rollcall_views.roster_v1 LIMIT 1",
+    "SELECT pg_read_file('postgresql.conf')",
+    "INSERT INTO analytics.payments (event, entry_key) VALUES ('x', 'y')",
+    "DELETE FROM analytics.roster",
+    "CREATE TABLE analytics.mine (x int)",
+)
+
+
+def access(ws: Workspace, size: Size) -> Finding:
+    """Analyst tokens cannot operate, the analyst role cannot read raw deliveries, and no log
+    line of the whole drill holds a secret, a token or a raw body."""
+    finding = Finding(scenario="access", load="", faults="analyst token and SQL role probes")
+    with ws.database("access") as url:
+        server = ws.serve("access", url).start()
+        deliveries = ws.day(SimulationOptions(seed=7, attendees=100))
+        asyncio.run(post_all(server.url, deliveries, concurrency=4, retry=True, timeout=10))
+        http_probes = _token_probes(finding, ws, server.url, url)
+        sql_probes = _role_probes(finding, ws, url)
+        server.stop()
+    lines, files = _scan_logs(finding, ws)
+    finding.bad_inputs = http_probes + sql_probes
+    finding.load = f"{lines:,} log lines in {files} files"
+    finding.figures = (
+        f"{http_probes} HTTP probes with read/no/forged tokens, {sql_probes} SQL probes as "
+        f"the analyst role; {lines:,} log lines searched for {len(ws.secrets)} secrets, "
+        f"{len(ws.tokens)} tokens, {len(ws.emails):,} attendee emails and body keys: none found"
+        if finding.held
+        else "; ".join(finding.broken)
+    )
+    return finding
+
+
+def _token_probes(finding: Finding, ws: Workspace, base: str, database_url: str) -> int:
+    read, admin = ws.token(database_url, "read"), ws.token(database_url, "admin")
+    forged = read[:-4] + ("AAAA" if not read.endswith("AAAA") else "BBBB")
+    rebuild = "/v1/projections/roster/rebuild"
+    probes: list[tuple[str, str, str | None, int]] = [
+        ("POST", rebuild, read, 403),
+        ("POST", rebuild, None, 401),
+        ("POST", rebuild, forged, 401),
+        ("POST", rebuild, admin.upper(), 401),
+        ("GET", "/v1/events/default/roster", None, 401),
+        ("GET", "/v1/events/default/roster", forged, 401),
+        ("GET", "/v1/events/default/roster", read, 200),
+        ("GET", "/v1/projections", read, 200),
+    ]
+    with httpx.Client(base_url=base, timeout=10) as client:
+        for method, path, token, expected in probes:
+            headers = {"authorization": f"Bearer {token}"} if token else {}
+            answer = client.request(method, path, headers=headers)
+            finding.check(
+                answer.status_code == expected,
+                f"{method} {path} with {_which(token, read, admin)} token: "
+                f"{answer.status_code}, not {expected}",
+            )
+            for secret in ws.secrets | ws.tokens:
+                finding.check(secret not in answer.text, f"{method} {path} answered a secret")
+    return len(probes)
+
+
+def _which(token: str | None, read: str, admin: str) -> str:
+    return {None: "no", read: "a read"}.get(token, "a forged")
+
+
+def _role_probes(finding: Finding, ws: Workspace, database_url: str) -> int:
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        password = grant_analyst(conn, ANALYST)
+    ws.secrets.add(password)
+    params: dict[str, Any] = psycopg.conninfo.conninfo_to_dict(database_url)
+    params.update(user=ANALYST, password=password)
+    try:
+        with psycopg.connect(**params, autocommit=True) as analyst:
+            rows = analyst.execute("SELECT count(*) FROM analytics.roster").fetchone()
+            finding.check(bool(rows and rows[0] > 0), "the analyst role cannot read the roster")
+            for statement in _FORBIDDEN_SQL:
+                try:
+                    analyst.execute(statement)
+                    finding.check(False, f"the analyst role may run: {statement}")
+                except psycopg.errors.Error:
+                    pass  # refused, as it should be
+    finally:
+        with psycopg.connect(database_url, autocommit=True) as conn:
+            conn.execute(f"DROP OWNED BY {ANALYST}")
+            conn.execute(f"DROP ROLE {ANALYST}")
+    return 1 + len(_FORBIDDEN_SQL)
+
+
+def _scan_logs(finding: Finding, ws: Workspace) -> tuple[int, int]:
+    """Every line of every log the drill's processes and its PostgreSQL wrote."""
+    files = [*ws.logs(), *_postgres_logs(ws)]
+    needles = sorted(ws.secrets | ws.tokens)
+    lines = 0
+    for path in files:
+        for number, line in enumerate(path.read_text(errors="replace").splitlines(), 1):
+            lines += 1
+            where = f"{path.name}:{number}"
+            if any(needle in line for needle in needles):
+                finding.check(False, f"{where} holds a secret or token")
+            if any(marker in line for marker in _BODY_MARKERS):
+                finding.check(False, f"{where} holds a raw body")
+            if any(email in ws.emails for email in EMAIL.findall(line)):
+                finding.check(False, f"{where} holds an attendee's email")
+    return lines, len(files)
+
+
+def _postgres_logs(ws: Workspace) -> list[Path]:
+    log = ws.root / "pg" / "postgres" / "log"
+    return [log] if log.exists() else []

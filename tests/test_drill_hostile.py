@@ -1,0 +1,125 @@
+"""The drill's hostile and forgery scenarios at CI size (a real serve process and PostgreSQL),
+and proof that their checks bite and their generator is deterministic."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from service.drill import QUICK, Finding, run
+from service.drill.fuzz import ANY, ApiFacts, Generator, Probe, Tally, is_json_type
+from service.drill.harness import Workspace
+from service.drill.hostile import check_answers
+from service.drill.wire import NO_ANSWER, Answer, parse_answer
+
+
+@pytest.fixture(scope="module")
+def findings() -> Iterator[dict[str, Finding]]:
+    """Both scenarios, once, on one workspace (forgery restores the secret it rotates). Not
+    under pytest's tmp_path: see the `root` fixture in test_drill_faults.py."""
+    root = Path(tempfile.mkdtemp(prefix="rollcall-drill-test-"))
+    try:
+        ran = run(["hostile", "forgery"], QUICK, root=root)
+        yield {finding.scenario: finding for finding in ran}
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def _held(finding: Finding) -> Finding:
+    assert finding.held, finding.broken
+    assert finding.lost == 0 and finding.duplicated == 0
+    return finding
+
+
+def _figure(finding: Finding, pattern: str) -> float:
+    found = re.search(pattern, finding.figures)
+    assert found, finding.figures
+    return float(found.group(1).replace(",", ""))
+
+
+def test_hostile_holds(findings: dict[str, Finding]) -> None:
+    finding = _held(findings["hostile"])
+    generated = _figure(finding, r"^([\d,]+) generated requests")
+    assert generated >= QUICK.hostile_requests
+    assert finding.bad_inputs >= generated + QUICK.slow_clients
+    assert "0 5xx, 0 hangs" in finding.figures
+    assert _figure(finding, r"named cases (\d+)/13 as DESIGN says") == 13
+    assert _figure(finding, r"body declared -> 413 in (\d+) ms") < 2000
+    assert _figure(finding, r"chunked -> 413 in (\d+) ms") < 2000
+    assert _figure(finding, r"(\d+) slow clients let go") == QUICK.slow_clients
+    assert _figure(finding, r"([\d,]+) stored = accepted \+ quarantined") > 0
+
+
+def test_forgery_holds(findings: dict[str, Finding]) -> None:
+    finding = _held(findings["forgery"])
+    assert finding.bad_inputs >= QUICK.forgery_rounds * 26
+    assert _figure(finding, r"old one refused ([\d.]+) s after") <= 5
+    assert _figure(finding, r"new secret accepted ([\d.]+) s after") <= 5
+    assert "0 genuine deliveries failed meanwhile" in finding.figures
+
+
+def _probe(expect: frozenset[int] = ANY, genuine: tuple[str, bytes] | None = None) -> Probe:
+    return Probe(kind="test", wire=b"GET / HTTP/1.1\r\n\r\n", expect=expect, genuine=genuine)
+
+
+def test_the_answer_checks_bite() -> None:
+    tally = Tally()
+    tally.add(_probe(), Answer(status=500, seconds=0.1, body=b"Internal Server Error"))
+    tally.add(_probe(), Answer(status=NO_ANSWER, seconds=15, hung=True))
+    tally.add(_probe(frozenset({401})), Answer(status=200, seconds=0.1, body=b"{}"))
+    # uvicorn's connection cap is the service saying it is full: allowed, and counted.
+    tally.add(_probe(), Answer(status=503, seconds=0.1, body=b"Service Unavailable"))
+    # Stored though the drill had not signed it: the store check must fail.
+    accepted = b'{"status":"accepted","position":7}'
+    tally.add(_probe(), Answer(status=200, seconds=0.1, body=accepted))
+    finding = Finding(scenario="hostile", load="", faults="")
+    check_answers(finding, tally, tally.sent, QUICK)
+    assert tally.overloaded == 1 and tally.unsigned_stored == 1 and tally.stored_answers == 1
+    assert [b.split(" ", 2)[:2] for b in finding.broken] == [
+        ["only", "5"],
+        ["1", "5xx"],
+        ["1", "requests"],
+        ["1", "answers"],
+    ]
+
+
+def test_metrics_text_is_not_an_acceptance() -> None:
+    tally = Tally()
+    metrics = b'rollcall_deliveries_total{status="accepted"} 3\n'
+    tally.add(_probe(), Answer(status=200, seconds=0.1, body=metrics))
+    assert tally.stored_answers == 0
+
+
+def test_parse_answer_skips_interim_answers_and_sees_closes() -> None:
+    interim = b"HTTP/1.1 100 Continue\r\n\r\n"
+    final = b"HTTP/1.1 401 Unauthorized\r\ncontent-length: 2\r\n\r\n{}"
+    assert parse_answer(interim + final) == (401, b"{}")
+    assert parse_answer(b"") == (NO_ANSWER, b"")
+    assert parse_answer(b"HTTP/1.1 2") == (NO_ANSWER, b"")
+
+
+def test_json_content_types_as_design_says() -> None:
+    for value in ("application/json", "Application/JSON; charset=utf-8", "application/x+json"):
+        assert is_json_type(value)
+    for value in ("", "text/json", "application/jsonx", "json", "text/x+json"):
+        assert not is_json_type(value)
+
+
+def test_generator_is_deterministic_for_a_seed(tmp_path: Path) -> None:
+    ws = Workspace(tmp_path)  # not started: only its events and secrets are used
+    facts = ApiFacts(read="rc_read", admin="rc_admin", cursors=("abc",), attendees=("a-1",))
+    first = list(Generator(5, ws, facts, material=60).probes(300))
+    again = list(Generator(5, ws, facts, material=60).probes(300))
+    other = list(Generator(6, ws, facts, material=60).probes(300))
+    assert [(p.kind, p.expect, p.genuine) for p in first] == [
+        (p.kind, p.expect, p.genuine) for p in again
+    ]
+    assert [p.kind for p in first] != [p.kind for p in other]
+    kinds = {p.kind for p in first}
+    assert {"genuine", "altered body", "api query", "wrong auth"} <= kinds
+    assert sum(p.kind.startswith("api") for p in first) > 50  # the analyst API is hit too
