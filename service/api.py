@@ -34,7 +34,7 @@ from projections.status import ViewStatus, read_status
 from service import api_models as m
 from service.config import EventsWatcher
 from service.http import json_response
-from service.tokens import Scope, allows, scope_of
+from service.tokens import Scope, TokenCache, allows
 
 log = logging.getLogger("rollcall.api")
 
@@ -103,13 +103,13 @@ def routes(events: EventsWatcher) -> list[Route]:
     ]
 
 
-async def authorize(request: Request, needed: Scope) -> None:
+async def authorize(request: Request, needed: Scope, tokens: TokenCache) -> None:
     """401 without a valid bearer token, 403 when its scope is not enough."""
     header = request.headers.get("authorization", "")
     scheme, _, token = header.partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
         raise ApiError(401, "unauthorized", "an API token is needed: Authorization: Bearer <token>")
-    granted = await scope_of(request.app.state.pool, token.strip())
+    granted = await tokens.scope(request.app.state.pool, token.strip())
     if granted is None:
         raise ApiError(401, "unauthorized", "the API token is not valid")
     if not allows(granted, needed):
@@ -126,11 +126,12 @@ class _Api:
     def __init__(self, events: EventsWatcher) -> None:
         self._events = events
         self._rebuild: threading.Thread | None = None
+        self._tokens = TokenCache()
 
     def handler(self, endpoint: Handler, scope: Scope = "read") -> Handler:
         async def handle(request: Request) -> Response:
             try:
-                await authorize(request, scope)
+                await authorize(request, scope, self._tokens)
                 return await endpoint(request)
             except ApiError as error:
                 return error_response(error)

@@ -15,6 +15,7 @@ import psycopg
 import pytest
 
 from projections.snapshot import wait_until_caught_up
+from service import tokens
 from service.analysts import grant_analyst
 from service.app import create_app
 from service.openapi import document
@@ -405,6 +406,23 @@ async def test_tokens_and_scopes(seeded: tuple[httpx.AsyncClient, str]) -> None:
         await asyncio.sleep(0.1)
     else:
         raise AssertionError("the rebuild did not swap in")
+
+
+async def test_a_revoked_token_stops_working_within_the_cache_time(
+    seeded: tuple[httpx.AsyncClient, str],
+) -> None:
+    client, database_url = seeded
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        leaver = tokens.issue(conn, "read", "leaver")
+    async with httpx.AsyncClient(base_url=str(client.base_url), headers=bearer(leaver)) as own:
+        assert (await own.get("/v1/events")).status_code == 200
+        with psycopg.connect(database_url, autocommit=True) as conn:
+            assert tokens.revoke(conn, "leaver") == 1
+        await asyncio.sleep(tokens.CACHE_SECONDS + 0.1)
+        refused = await own.get("/v1/events")
+        assert refused.status_code == 401 and refused.json()["error"] == "unauthorized"
+        # Other tokens are untouched.
+        assert (await client.get("/v1/events")).status_code == 200
 
 
 def test_analyst_role_reads_analytics_and_nothing_else(database_url: str, tmp_path: Any) -> None:
