@@ -23,7 +23,7 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from service.config import EventConfig
-from service.database import connection_params
+from service.database import eventsourcing_env
 from service.verification import Rejected, verify
 
 
@@ -47,17 +47,7 @@ class Deliveries(Application[UUID]):
 
 
 def create_app(database_url: str, secret: str) -> Starlette:
-    params = connection_params(database_url)
-    deliveries = Deliveries(
-        env={
-            "PERSISTENCE_MODULE": "eventsourcing.postgres",
-            "POSTGRES_DBNAME": params["dbname"],
-            "POSTGRES_HOST": params["host"],
-            "POSTGRES_PORT": params["port"],
-            "POSTGRES_USER": params["user"],
-            "POSTGRES_PASSWORD": params["password"],
-        }
-    )
+    deliveries = Deliveries(env=eventsourcing_env(database_url))
     jte_event = EventConfig(slug="default", secrets=(secret,))
 
     async def receive(request: Request) -> JSONResponse:

@@ -27,7 +27,7 @@ import msgspec
 import psycopg
 
 from service.config import EventConfig
-from service.database import EmbeddedPostgres, drop_database, new_database
+from service.database import drop_database, new_database, server
 from service.simulator import (
     SignedDelivery,
     SimulatedDelivery,
@@ -117,55 +117,53 @@ def main() -> int:
         print("bench_intake: wrk is not installed (apt-get install wrk)", file=sys.stderr)
         return 2
     work = Path(tempfile.mkdtemp(prefix="rollcall-bench-"))
-    embedded = None
-    server_url = os.environ.get("DATABASE_URL")
-    if not server_url:
-        embedded = EmbeddedPostgres(work / "data")
-        server_url = embedded.start()
     try:
-        threads = args.threads
-        deliveries = _signed_deliveries(args.deliveries)
-        _write_requests(work, deliveries, threads, args.port)
-        (work / "bench.lua").write_text(WRK_SCRIPT)
-        print(
-            f"{len(deliveries)} pre-signed deliveries from the simulator; wrk -t{threads} "
-            f"-c{args.connections} -d{args.duration}s against each configuration\n"
-        )
-        intake_only = {"ROLLCALL_GROUP_COMMIT": "on", "ROLLCALL_PROJECTIONS": "off"}
-        configurations = [
-            ("a", "rollcall, group commit (intake only)", ["serve"], intake_only),
-            (
-                "ap",
-                "rollcall, group commit, live views in-process",
-                ["serve"],
-                {"ROLLCALL_GROUP_COMMIT": "on", "ROLLCALL_PROJECTIONS": "on"},
-            ),
-            (
-                "b",
-                "rollcall, one transaction per delivery",
-                ["serve"],
-                {"ROLLCALL_GROUP_COMMIT": "off", "ROLLCALL_PROJECTIONS": "off"},
-            ),
-            ("c", "eventsourcing docs: verify + save() per request", ["baseline"], {}),
-        ]
-        if args.workers > 1:
-            workers = ["serve", "--workers", str(args.workers)]
-            label = f"rollcall, group commit, {args.workers} workers (intake only)"
-            configurations.insert(1, ("a2", label, workers, intake_only))
-        runs = []
-        for name, label, command, env in configurations:
-            database_url = new_database(server_url, f"bench_intake_{name}")
-            run = _measure(work, name, label, command, env, database_url, args)
-            if name == "a":
-                check = _exactly_once(database_url, run.positions)
-            runs.append(run)
-            drop_database(server_url, database_url)
-        _print_table(runs, check, args)
-        return 0 if check.ok else 1
+        with server(os.environ.get("DATABASE_URL") or None, work / "data") as server_url:
+            return _run(args, work, server_url)
     finally:
-        if embedded is not None:
-            embedded.stop()
         shutil.rmtree(work, ignore_errors=True)
+
+
+def _run(args: argparse.Namespace, work: Path, server_url: str) -> int:
+    threads = args.threads
+    deliveries = _signed_deliveries(args.deliveries)
+    _write_requests(work, deliveries, threads, args.port)
+    (work / "bench.lua").write_text(WRK_SCRIPT)
+    print(
+        f"{len(deliveries)} pre-signed deliveries from the simulator; wrk -t{threads} "
+        f"-c{args.connections} -d{args.duration}s against each configuration\n"
+    )
+    intake_only = {"ROLLCALL_GROUP_COMMIT": "on", "ROLLCALL_PROJECTIONS": "off"}
+    configurations = [
+        ("a", "rollcall, group commit (intake only)", ["serve"], intake_only),
+        (
+            "ap",
+            "rollcall, group commit, live views in-process",
+            ["serve"],
+            {"ROLLCALL_GROUP_COMMIT": "on", "ROLLCALL_PROJECTIONS": "on"},
+        ),
+        (
+            "b",
+            "rollcall, one transaction per delivery",
+            ["serve"],
+            {"ROLLCALL_GROUP_COMMIT": "off", "ROLLCALL_PROJECTIONS": "off"},
+        ),
+        ("c", "eventsourcing docs: verify + save() per request", ["baseline"], {}),
+    ]
+    if args.workers > 1:
+        workers = ["serve", "--workers", str(args.workers)]
+        label = f"rollcall, group commit, {args.workers} workers (intake only)"
+        configurations.insert(1, ("a2", label, workers, intake_only))
+    runs = []
+    for name, label, command, env in configurations:
+        database_url = new_database(server_url, f"bench_intake_{name}")
+        run = _measure(work, name, label, command, env, database_url, args)
+        if name == "a":
+            check = _exactly_once(database_url, run.positions)
+        runs.append(run)
+        drop_database(server_url, database_url)
+    _print_table(runs, check, args)
+    return 0 if check.ok else 1
 
 
 def _arguments() -> argparse.Namespace:

@@ -42,10 +42,10 @@ from domain.roster import RosterEntry, apply
 from projections.source import head
 from service.config import EventConfig
 from service.database import (
-    EmbeddedPostgres,
-    connection_params,
     drop_database,
+    eventsourcing_env,
     new_database,
+    server,
 )
 from service.intake import delivery_record
 from service.signing import sign
@@ -61,39 +61,37 @@ BASELINE_EVENTS = 50_000
 def main() -> int:
     args = _arguments()
     work = Path(tempfile.mkdtemp(prefix="rollcall-bench-"))
-    embedded = None
-    server_url = os.environ.get("DATABASE_URL")
-    if not server_url:
-        embedded = EmbeddedPostgres(work / "data")
-        server_url = embedded.start()
     try:
-        if args.lag_only:
-            lags = _live_lag(server_url, work, args.lag_seconds, args.rate)
-            _print_lag(lags, args)
-            return 0
-        database_url = new_database(server_url, "bench_projections")
-        print(f"appending {args.events:,} simulator deliveries, rebuilding at each stage\n")
-        stages = [args.events // 4, args.events // 2, args.events]
-        rebuilds = []
-        appended, seed = 0, 1
-        for target in stages:
-            appended, seed = _append_until(database_url, appended, target, seed)
-            rebuilds.append(_rebuild(database_url, work))
-            print(
-                f"  rebuilt {rebuilds[-1][0]:,} events: {rebuilds[-1][1]:,.0f} events/s, "
-                f"peak RSS {rebuilds[-1][2]:.0f} MB",
-                flush=True,
-            )
-        baseline = _baseline(database_url, min(BASELINE_EVENTS, appended))
-        print(f"  baseline ProjectionRunner: {baseline:,.0f} events/s", flush=True)
-        lag = _live_lag(server_url, work, args.lag_seconds, args.rate)
-        _print_report(rebuilds, baseline, lag, args)
-        drop_database(server_url, database_url)
-        return 0
+        with server(os.environ.get("DATABASE_URL") or None, work / "data") as server_url:
+            return _run(args, work, server_url)
     finally:
-        if embedded is not None:
-            embedded.stop()
         shutil.rmtree(work, ignore_errors=True)
+
+
+def _run(args: argparse.Namespace, work: Path, server_url: str) -> int:
+    if args.lag_only:
+        lags = _live_lag(server_url, work, args.lag_seconds, args.rate)
+        _print_lag(lags, args)
+        return 0
+    database_url = new_database(server_url, "bench_projections")
+    print(f"appending {args.events:,} simulator deliveries, rebuilding at each stage\n")
+    stages = [args.events // 4, args.events // 2, args.events]
+    rebuilds = []
+    appended, seed = 0, 1
+    for target in stages:
+        appended, seed = _append_until(database_url, appended, target, seed)
+        rebuilds.append(_rebuild(database_url, work))
+        print(
+            f"  rebuilt {rebuilds[-1][0]:,} events: {rebuilds[-1][1]:,.0f} events/s, "
+            f"peak RSS {rebuilds[-1][2]:.0f} MB",
+            flush=True,
+        )
+    baseline = _baseline(database_url, min(BASELINE_EVENTS, appended))
+    print(f"  baseline ProjectionRunner: {baseline:,.0f} events/s", flush=True)
+    lag = _live_lag(server_url, work, args.lag_seconds, args.rate)
+    _print_report(rebuilds, baseline, lag, args)
+    drop_database(server_url, database_url)
+    return 0
 
 
 def _arguments() -> argparse.Namespace:
@@ -223,17 +221,7 @@ def _baseline(database_url: str, events: int) -> float:
     """Events/s of the library's ProjectionRunner building the roster from the first events."""
     from service.store import Deliveries
 
-    params = connection_params(database_url)
-    env = {
-        "PERSISTENCE_MODULE": "eventsourcing.postgres",
-        "POSTGRES_DBNAME": params["dbname"],
-        "POSTGRES_HOST": params["host"],
-        "POSTGRES_PORT": params["port"],
-        "POSTGRES_USER": params["user"],
-        "POSTGRES_PASSWORD": params["password"],
-        "POSTGRES_SCHEMA": "rollcall",
-        "CREATE_TABLE": "y",
-    }
+    env = eventsourcing_env(database_url, SCHEMA="rollcall") | {"CREATE_TABLE": "y"}
     with psycopg.connect(database_url) as conn:
         row = conn.execute(
             "SELECT notification_id FROM rollcall.deliveries_events ORDER BY notification_id "

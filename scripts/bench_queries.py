@@ -44,7 +44,7 @@ import psycopg
 
 from projections.runner import Runner
 from service.config import EventConfig
-from service.database import EmbeddedPostgres, drop_database, new_database
+from service.database import drop_database, new_database, server
 from service.intake import delivery_record
 from service.signing import sign
 from service.simulator import SimulatedDelivery, SimulationOptions, simulate
@@ -134,36 +134,38 @@ class Export:
 def main() -> int:
     args = _arguments()
     work = Path(tempfile.mkdtemp(prefix="rollcall-bench-"))
-    embedded = None
-    server_url = os.environ.get("DATABASE_URL")
-    if not server_url:
-        embedded = EmbeddedPostgres(work / "data")
-        server_url = embedded.start()
-    database_url = new_database(server_url, "bench_queries")
+    configured = os.environ.get("DATABASE_URL") or None
+    try:
+        with server(configured, work / "data") as server_url:
+            database_url = new_database(server_url, "bench_queries")
+            try:
+                return _run(args, work, database_url)
+            finally:
+                if args.keep and configured:
+                    print(f"\nkept the database: {database_url}")
+                else:
+                    drop_database(server_url, database_url)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def _run(args: argparse.Namespace, work: Path, database_url: str) -> int:
     try:
         seeded = _seed(database_url, args)
         facts = _facts(database_url, args.surname)
         _print_seeding(seeded, facts)
-        server = _start_server(database_url, work, args.port)
+        serving = _start_server(database_url, work, args.port)
         try:
             token = _read_token(database_url)
-            measurements, exports = _measure(args, server.pid, token, facts)
+            measurements, exports = _measure(args, serving.pid, token, facts)
         finally:
-            _stop_server(server)
+            _stop_server(serving)
         _print_report(measurements, exports, facts)
         return 0
     except BenchFailure as failure:
         print(f"\nbench_queries: FAILED: {failure}", file=sys.stderr)
         _print_log_tail(work / "serve.log")
         return 1
-    finally:
-        if args.keep and embedded is None:
-            print(f"\nkept the database: {database_url}")
-        else:
-            drop_database(server_url, database_url)
-        if embedded is not None:
-            embedded.stop()
-        shutil.rmtree(work, ignore_errors=True)
 
 
 def _arguments() -> argparse.Namespace:

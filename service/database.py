@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Final
 from urllib.parse import urlsplit, urlunsplit
@@ -32,6 +33,21 @@ def connection_params(database_url: str) -> dict[str, str]:
         "port": str(params.get("port") or "5432"),
         "user": str(params.get("user") or "postgres"),
         "password": str(params.get("password") or ""),
+    }
+
+
+def eventsourcing_env(database_url: str, **settings: str) -> dict[str, str]:
+    """The environment of an eventsourcing application stored in this PostgreSQL database,
+    plus `settings` (SCHEMA="rollcall" becomes POSTGRES_SCHEMA, and so on)."""
+    params = connection_params(database_url)
+    return {
+        "PERSISTENCE_MODULE": "eventsourcing.postgres",
+        "POSTGRES_DBNAME": params["dbname"],
+        "POSTGRES_HOST": params["host"],
+        "POSTGRES_PORT": params["port"],
+        "POSTGRES_USER": params["user"],
+        "POSTGRES_PASSWORD": params["password"],
+        **{f"POSTGRES_{name}": value for name, value in settings.items()},
     }
 
 
@@ -103,3 +119,17 @@ def create_database(admin_url: str, name: str) -> None:
             # Another process may create it at the same moment.
             with contextlib.suppress(psycopg.errors.DuplicateDatabase):
                 conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+
+
+@contextlib.contextmanager
+def server(database_url: str | None, data_dir: Path) -> Iterator[str]:
+    """`database_url` if given, else the embedded server in `data_dir`, started for the block
+    (and stopped after it, unless another rollcall process still uses it)."""
+    if database_url is not None:
+        yield database_url
+        return
+    embedded = EmbeddedPostgres(data_dir)
+    try:
+        yield embedded.start()
+    finally:
+        embedded.stop()

@@ -7,8 +7,7 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from datetime import datetime
 from types import FrameType
 
@@ -24,23 +23,15 @@ from projections.status import ViewStatus, read_status
 from service import tokens
 from service.analysts import BadRoleName, grant_analyst
 from service.config import Settings
-from service.database import EmbeddedPostgres
+from service.database import server
 from service.replay import replay_quarantined
 from service.store import DeliveryStore
 from service.tokens import SCOPES
 
 
-@contextmanager
-def database(settings: Settings) -> Iterator[str]:
+def database(settings: Settings) -> AbstractContextManager[str]:
     """DATABASE_URL, or the embedded server of the data directory (started if it is not)."""
-    if settings.database_url is not None:
-        yield settings.database_url
-        return
-    embedded = EmbeddedPostgres(settings.data_dir)
-    try:
-        yield embedded.start()
-    finally:
-        embedded.stop()  # only stops it if no other rollcall process uses it
+    return server(settings.database_url, settings.data_dir)
 
 
 def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

@@ -32,7 +32,7 @@ from eventsourcing.utils import Environment, EnvType
 from psycopg import Cursor, sql
 from psycopg.rows import DictRow
 
-from service.database import connection_params
+from service.database import connection_params, eventsourcing_env
 
 SCHEMA: Final = "rollcall"
 EVENTS_TABLE: Final = "deliveries_events"
@@ -187,25 +187,20 @@ class DeliveryStore:
 
     def __init__(self, database_url: str, *, pool_size: int = 4, timeout: float = 5.0) -> None:
         params = connection_params(database_url)
-        env = {
-            "PERSISTENCE_MODULE": "eventsourcing.postgres",
-            "POSTGRES_DBNAME": params["dbname"],
-            "POSTGRES_HOST": params["host"],
-            "POSTGRES_PORT": params["port"],
-            "POSTGRES_USER": params["user"],
-            "POSTGRES_PASSWORD": params["password"],
-            "POSTGRES_SCHEMA": SCHEMA,
-            "POSTGRES_POOL_SIZE": str(pool_size),
-            "POSTGRES_MAX_OVERFLOW": "0",
-            "POSTGRES_CONNECT_TIMEOUT": str(max(1, round(timeout))),
-            "POSTGRES_LOCK_TIMEOUT": str(max(1, round(timeout))),
+        seconds = str(max(1, round(timeout)))
+        env = eventsourcing_env(
+            database_url,
+            SCHEMA=SCHEMA,
+            POOL_SIZE=str(pool_size),
+            MAX_OVERFLOW="0",
+            CONNECT_TIMEOUT=seconds,
+            LOCK_TIMEOUT=seconds,
             # No ping before each use: a connection gone stale is retried once instead.
-            "POSTGRES_PRE_PING": "n",
+            PRE_PING="n",
             # The database-functions path skips the table lock; keep it off (DESIGN.md).
-            "POSTGRES_ENABLE_DB_FUNCTIONS": "n",
-            "APPLICATION_RECORDER_TOPIC": "service.store:IntakeRecorder",
-            "CREATE_TABLE": "y",
-        }
+            ENABLE_DB_FUNCTIONS="n",
+        )
+        env |= {"APPLICATION_RECORDER_TOPIC": "service.store:IntakeRecorder", "CREATE_TABLE": "y"}
         with _setup_lock(params) as conn:
             conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(SCHEMA)))
             self._app = Deliveries(env=env)

@@ -13,7 +13,6 @@ import pytest
 from hypothesis import HealthCheck, settings
 
 from service import database
-from service.database import EmbeddedPostgres
 from tests.helpers import RunningService, make_settings
 
 # Generation speed varies with machine load (CI shares two cores with PostgreSQL); what the
@@ -25,17 +24,11 @@ settings.load_profile("rollcall")
 @pytest.fixture(scope="session")
 def server_url() -> Iterator[str]:
     """An admin URL on the test server: DATABASE_URL's, or an embedded one for the session."""
-    configured = os.environ.get("DATABASE_URL")
-    if configured:
-        yield configured
-        return
     data_dir = Path(tempfile.mkdtemp(prefix="rollcall-test-"))
-    embedded = EmbeddedPostgres(data_dir)
-    url = embedded.start()
     try:
-        yield url
+        with database.server(os.environ.get("DATABASE_URL") or None, data_dir) as url:
+            yield url
     finally:
-        embedded.stop()
         shutil.rmtree(data_dir, ignore_errors=True)
 
 
