@@ -156,9 +156,7 @@ class _Api:
             statuses = await asyncio.to_thread(_read_status, url)
         except psycopg.Error as error:
             raise _Unavailable from error
-        return json_response(
-            m.Projections([m.ViewStatus(**msgspec.structs.asdict(s)) for s in statuses])
-        )
+        return json_response(m.Projections(statuses))
 
     async def rebuild(self, request: Request) -> Response:
         name = request.path_params["name"]

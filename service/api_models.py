@@ -11,6 +11,9 @@ from typing import Literal
 
 import msgspec
 
+# What GET /v1/projections reports per view is what `rollcall status --json` prints.
+from projections.status import ViewStatus
+
 
 class Error(msgspec.Struct, frozen=True):
     """Every error: a short code and a sentence for a person."""
@@ -189,25 +192,6 @@ class PaymentSummary(msgspec.Struct, frozen=True, kw_only=True):
     by_currency: list[CurrencyTotal]
     by_method: list[MethodTotal]
     by_day: list[DayTotal]
-
-
-class Rebuilding(msgspec.Struct, frozen=True):
-    version: int
-    position: int
-    error: str | None
-
-
-class ViewStatus(msgspec.Struct, frozen=True, kw_only=True):
-    view: str
-    version: int | None
-    state: Literal["live", "rebuilding", "failed", "missing"]
-    position: int
-    head: int
-    lag_events: int
-    lag_seconds: float
-    dead_letters: int
-    last_error: str | None
-    rebuilding: Rebuilding | None
 
 
 class Projections(msgspec.Struct, frozen=True):

@@ -7,11 +7,11 @@ exactly what `service.verification.verify` checks.
 from __future__ import annotations
 
 import base64
-import binascii
 import hashlib
 import hmac
 
 from service.config import EventConfig
+from service.verification import standard_key
 
 
 def sign(
@@ -60,23 +60,12 @@ def _standard_webhooks(
         raise ValueError("standard-webhooks signing needs a delivery id (webhook-id)")
     timestamp = str(int(now))
     message = f"{delivery_id}.{timestamp}.".encode() + body
-    digest = hmac.new(_standard_key(secret), message, hashlib.sha256).digest()
+    digest = hmac.new(standard_key(secret), message, hashlib.sha256).digest()
     return {
         "webhook-id": _wire(delivery_id),
         "webhook-timestamp": timestamp,
         "webhook-signature": "v1," + base64.b64encode(digest).decode(),
     }
-
-
-def _standard_key(secret: str) -> bytes:
-    # As the Standard Webhooks spec (and verification) reads it: base64 after "whsec_", else
-    # the secret's own bytes.
-    if secret.startswith("whsec_"):
-        try:
-            return base64.b64decode(secret.removeprefix("whsec_"), validate=True)
-        except (binascii.Error, ValueError):
-            pass
-    return secret.encode()
 
 
 def _wire(value: str) -> str:

@@ -130,7 +130,7 @@ def _verify_standard(
     message = msg_id + b"." + timestamp + b"." + body
     expected = [
         base64.b64encode(hmac.new(key, message, hashlib.sha256).digest())
-        for key in (_standard_key(secret) for secret in event.secrets)
+        for key in (standard_key(secret) for secret in event.secrets)
     ]
     presented = []
     for entry in signature_header.split():
@@ -142,7 +142,8 @@ def _verify_standard(
     return Rejected("signature does not match")
 
 
-def _standard_key(secret: str) -> bytes:
+def standard_key(secret: str) -> bytes:
+    """A Standard Webhooks signing key: base64 after "whsec_", else the secret's own bytes."""
     if secret.startswith("whsec_"):
         try:
             return base64.b64decode(secret.removeprefix("whsec_"), validate=True)
