@@ -11,9 +11,14 @@ import base64
 import hashlib
 import hmac
 import json
+import re
+import shutil
 import socket
+import tempfile
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -26,6 +31,7 @@ from domain.interpret import PARSER_VERSION
 from service import tokens
 from service.app import create_app
 from service.config import EventConfig, Settings
+from service.drill.report import Finding
 from service.protocol import GuardedHttpToolsProtocol
 from service.store import DeliveryRecorded, delivery_key
 from service.tokens import Scope
@@ -169,3 +175,29 @@ def api_token(database_url: str, scope: Scope = "read") -> str:
 
 def bearer(token: str) -> dict[str, str]:
     return {"authorization": f"Bearer {token}"}
+
+
+@contextmanager
+def drill_directory() -> Iterator[Path]:
+    """A drill's workspace directory: not under tmp_path, whose parent every new pytest session
+    (a concurrent one too) makes private again, leaving the embedded PostgreSQL's own system
+    user unable to reach its data directory."""
+    path = Path(tempfile.mkdtemp(prefix="rollcall-drill-test-"))
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def held(finding: Finding) -> Finding:
+    """`finding`, once asserted to have held with nothing lost or duplicated."""
+    assert finding.held, finding.broken
+    assert finding.lost == 0 and finding.duplicated == 0
+    return finding
+
+
+def figure(finding: Finding, pattern: str) -> float:
+    """The number `pattern`'s first group finds in the finding's figures (commas allowed)."""
+    found = re.search(pattern, finding.figures)
+    assert found, finding.figures
+    return float(found.group(1).replace(",", ""))

@@ -4,8 +4,6 @@ and proof that their timing and lock checks bite."""
 from __future__ import annotations
 
 import re
-import shutil
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -23,48 +21,33 @@ from service.drill.faults import (
     check_locks,
     check_outage,
 )
+from tests.helpers import drill_directory, figure, held
 
 
 @pytest.fixture
 def root() -> Iterator[Path]:
-    """The drill's directory: not under tmp_path, whose parent every new pytest session (a
-    concurrent one too) makes private again, leaving the embedded PostgreSQL's own system
-    user unable to reach its data directory."""
-    path = Path(tempfile.mkdtemp(prefix="rollcall-drill-test-"))
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
-
-
-def _held(finding: Finding) -> Finding:
-    assert finding.held, finding.broken
-    assert finding.lost == 0 and finding.duplicated == 0
-    return finding
-
-
-def _figure(finding: Finding, pattern: str) -> float:
-    found = re.search(pattern, finding.figures)
-    assert found, finding.figures
-    return float(found.group(1))
+    with drill_directory() as path:
+        yield path
 
 
 def test_crash_holds(root: Path) -> None:
     [finding] = run(["crash"], QUICK, root=root)
-    assert f"{QUICK.kills} kills, each back up" in _held(finding).figures
+    assert f"{QUICK.kills} kills, each back up" in held(finding).figures
 
 
 def test_outage_holds(root: Path) -> None:
     [finding] = run(["outage"], QUICK, root=root)
-    _held(finding)
-    assert _figure(finding, r"slowest 503 during the outage (\d+) ms") <= BOUND * 1000
-    assert _figure(finding, r"first accept ([\d.]+) s after") <= BOUND
-    assert _figure(finding, r"views caught up with it ([\d.]+) s after") <= BOUND
+    held(finding)
+    assert figure(finding, r"slowest 503 during the outage (\d+) ms") <= BOUND * 1000
+    assert figure(finding, r"first accept ([\d.]+) s after") <= BOUND
+    assert figure(finding, r"views caught up with it ([\d.]+) s after") <= BOUND
     probes = re.search(r"(\d+) probes", finding.load)
     assert probes and int(probes.group(1)) > QUICK.outage_seconds * 5, finding.load  # ~10/s
 
 
 def test_projection_crash_holds(root: Path) -> None:
     [finding] = run(["projection-crash"], QUICK, root=root)
-    assert f"{QUICK.projection_kills} kills mid-batch" in _held(finding).figures
+    assert f"{QUICK.projection_kills} kills mid-batch" in held(finding).figures
     positions = re.search(r"at positions ([\d, ]+) of ([\d,]+)", finding.figures)
     assert positions, finding.figures
     head = int(positions.group(2).replace(",", ""))
@@ -73,10 +56,11 @@ def test_projection_crash_holds(root: Path) -> None:
 
 def test_replicas_hold(root: Path) -> None:
     [finding] = run(["replicas"], QUICK, root=root)
-    assert _figure(_held(finding), r"held (\d) of 3 views and was killed") >= 1
-    assert _figure(finding, r"took over every view ([\d.]+) s later") <= BOUND
-    held = re.search(r"(\d+) of (\d+) lock samples", finding.figures)
-    assert held and held.group(1) == held.group(2) and int(held.group(2)) >= 5, finding.figures
+    assert figure(held(finding), r"held (\d) of 3 views and was killed") >= 1
+    assert figure(finding, r"took over every view ([\d.]+) s later") <= BOUND
+    samples = re.search(r"(\d+) of (\d+) lock samples", finding.figures)
+    assert samples, finding.figures
+    assert samples.group(1) == samples.group(2) and int(samples.group(2)) >= 5, finding.figures
 
 
 def test_the_outage_check_catches_slow_wrong_and_impossible_answers() -> None:

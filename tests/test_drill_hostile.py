@@ -3,9 +3,6 @@ and proof that their checks bite and their generator is deterministic."""
 
 from __future__ import annotations
 
-import re
-import shutil
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,50 +13,36 @@ from service.drill.fuzz import ANY, ApiFacts, Generator, Probe, Tally, is_json_t
 from service.drill.harness import Workspace
 from service.drill.hostile import check_answers
 from service.drill.wire import NO_ANSWER, Answer, parse_answer
+from tests.helpers import drill_directory, figure, held
 
 
 @pytest.fixture(scope="module")
 def findings() -> Iterator[dict[str, Finding]]:
     """Both scenarios, once, on one workspace (forgery restores the secret it rotates). Not
     under pytest's tmp_path: see the `root` fixture in test_drill_faults.py."""
-    root = Path(tempfile.mkdtemp(prefix="rollcall-drill-test-"))
-    try:
+    with drill_directory() as root:
         ran = run(["hostile", "forgery"], QUICK, root=root)
         yield {finding.scenario: finding for finding in ran}
-    finally:
-        shutil.rmtree(root, ignore_errors=True)
-
-
-def _held(finding: Finding) -> Finding:
-    assert finding.held, finding.broken
-    assert finding.lost == 0 and finding.duplicated == 0
-    return finding
-
-
-def _figure(finding: Finding, pattern: str) -> float:
-    found = re.search(pattern, finding.figures)
-    assert found, finding.figures
-    return float(found.group(1).replace(",", ""))
 
 
 def test_hostile_holds(findings: dict[str, Finding]) -> None:
-    finding = _held(findings["hostile"])
-    generated = _figure(finding, r"^([\d,]+) generated requests")
+    finding = held(findings["hostile"])
+    generated = figure(finding, r"^([\d,]+) generated requests")
     assert generated >= QUICK.hostile_requests
     assert finding.bad_inputs >= generated + QUICK.slow_clients
     assert "0 5xx, 0 hangs" in finding.figures
-    assert _figure(finding, r"named cases (\d+)/13 as DESIGN says") == 13
-    assert _figure(finding, r"body declared -> 413 in (\d+) ms") < 2000
-    assert _figure(finding, r"chunked -> 413 in (\d+) ms") < 2000
-    assert _figure(finding, r"(\d+) slow clients let go") == QUICK.slow_clients
-    assert _figure(finding, r"([\d,]+) stored = accepted \+ quarantined") > 0
+    assert figure(finding, r"named cases (\d+)/13 as DESIGN says") == 13
+    assert figure(finding, r"body declared -> 413 in (\d+) ms") < 2000
+    assert figure(finding, r"chunked -> 413 in (\d+) ms") < 2000
+    assert figure(finding, r"(\d+) slow clients let go") == QUICK.slow_clients
+    assert figure(finding, r"([\d,]+) stored = accepted \+ quarantined") > 0
 
 
 def test_forgery_holds(findings: dict[str, Finding]) -> None:
-    finding = _held(findings["forgery"])
+    finding = held(findings["forgery"])
     assert finding.bad_inputs >= QUICK.forgery_rounds * 26
-    assert _figure(finding, r"old one refused ([\d.]+) s after") <= 5
-    assert _figure(finding, r"new secret accepted ([\d.]+) s after") <= 5
+    assert figure(finding, r"old one refused ([\d.]+) s after") <= 5
+    assert figure(finding, r"new secret accepted ([\d.]+) s after") <= 5
     assert "0 genuine deliveries failed meanwhile" in finding.figures
 
 
