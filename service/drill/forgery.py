@@ -17,10 +17,11 @@ import httpx
 import msgspec
 
 from service.config import EventConfig
+from service.drill.access import scan_logs
 from service.drill.fuzz import TOLERANCE
-from service.drill.harness import Workspace, wait_for
-from service.drill.hostile import SEED, check_logs, fresh_deliveries, stored_deliveries, top
-from service.drill.report import Finding, Size
+from service.drill.harness import Workspace, fresh_deliveries, stored_deliveries, wait_for
+from service.drill.hostile import SEED
+from service.drill.report import Finding, Size, top
 from service.drill.wire import Headers, webhook_path, wire_headers
 from service.signing import sign
 from service.simulator import SimulatedDelivery
@@ -75,7 +76,7 @@ def forgery(ws: Workspace, size: Size) -> Finding:
             bad_inputs=book.refused,
         )
         _check_forgery(finding, url, book, rotation, restored)
-        check_logs(finding, ws, server)
+        scan_logs(finding, ws, [server.log])
         server.stop()
         finding.figures = (
             f"{book.sent:,} requests; {size.forgery_rounds} rounds of replays (inside and "

@@ -32,7 +32,13 @@ from service import tokens
 from service.config import EventConfig
 from service.database import EmbeddedPostgres, drop_database, new_database
 from service.drill.report import Finding
-from service.simulator import SignedDelivery, SimulationOptions, sign_all, simulate
+from service.simulator import (
+    SignedDelivery,
+    SimulatedDelivery,
+    SimulationOptions,
+    sign_all,
+    simulate,
+)
 from service.tokens import Scope
 
 PYTHON_ROLLCALL: Final = [sys.executable, "-m", "service.cli"]
@@ -258,14 +264,31 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def stored_ids(database_url: str) -> Counter[str]:
+def stored_ids(database_url: str) -> Counter[str | None]:
     """How many times each delivery id is in the store."""
+    return Counter(d.delivery_id for d in stored_deliveries(database_url))
+
+
+class StoredDelivery(msgspec.Struct, frozen=True):
+    slug: str
+    body: bytes
+    delivery_id: str | None = None
+
+
+def stored_deliveries(database_url: str) -> list[StoredDelivery]:
+    """Every stored delivery's slug, exact body and delivery id."""
+    decode = msgspec.json.Decoder(StoredDelivery).decode
     with psycopg.connect(database_url) as conn:
-        rows = conn.execute(
-            "SELECT convert_from(state, 'UTF8')::jsonb ->> 'delivery_id' "
-            "FROM rollcall.deliveries_events"
-        ).fetchall()
-    return Counter(row[0] for row in rows)
+        rows = conn.execute("SELECT state FROM rollcall.deliveries_events").fetchall()
+    return [decode(bytes(row[0])) for row in rows]
+
+
+def fresh_deliveries(seed: int, count: int) -> list[SimulatedDelivery]:
+    """Deliveries of a day of their own (ids no other part of the drill uses)."""
+    day = simulate(SimulationOptions(seed=seed, attendees=max(10, count // 3 + 10)))
+    if len(day) < count:
+        raise DrillError(f"the simulator made {len(day)} deliveries, not {count}")
+    return day[:count]
 
 
 class Comparison(msgspec.Struct, frozen=True, kw_only=True):

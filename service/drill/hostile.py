@@ -23,13 +23,20 @@ from typing import Final
 
 import httpx
 import msgspec
-import psycopg
 
 from projections.snapshot import wait_until_caught_up
 from service.config import EventConfig
+from service.drill.access import scan_logs
 from service.drill.fuzz import OK, ApiFacts, Generator, Probe, Tally, fire, stored_answer
-from service.drill.harness import DrillError, Serve, Workspace, wait_for
-from service.drill.report import Finding, Size
+from service.drill.harness import (
+    DrillError,
+    Serve,
+    Workspace,
+    fresh_deliveries,
+    stored_deliveries,
+    wait_for,
+)
+from service.drill.report import Finding, Size, top
 from service.drill.wire import (
     HANG,
     NO_ANSWER,
@@ -44,7 +51,7 @@ from service.drill.wire import (
 )
 from service.protocol import DEFAULT_HEADER_LIMIT
 from service.signing import sign
-from service.simulator import SimulatedDelivery, SimulationOptions, simulate
+from service.simulator import SimulatedDelivery
 
 DEADLINE: Final = 2  # seconds: the hostile server's header and body deadlines
 CONNECTIONS: Final = 16
@@ -345,21 +352,13 @@ def hostile(ws: Workspace, size: Size) -> Finding:
         _check_named(finding, named)
         finding.check(not healthy, "not healthy afterwards: " + "; ".join(healthy))
         _check_store(finding, url, tally)
-        check_logs(finding, ws, server)
+        scan_logs(finding, ws, [server.log])
         rss_after = memory_mb(server.pid)[0]
         server.stop()
         finding.figures = _hostile_figures(
             tally, generated, elapsed, big, heavy, slow, named, rss_after, size
         )
         return finding
-
-
-def fresh_deliveries(seed: int, count: int) -> list[SimulatedDelivery]:
-    """Deliveries of a day of their own (ids no other part of the drill uses)."""
-    day = simulate(SimulationOptions(seed=seed, attendees=max(10, count // 3 + 10)))
-    if len(day) < count:
-        raise DrillError(f"the simulator made {len(day)} deliveries, not {count}")
-    return day[:count]
 
 
 def delivery_probe(event: EventConfig, delivery: SimulatedDelivery, kind: str) -> Probe:
@@ -557,20 +556,6 @@ def _check_named(finding: Finding, named: Sequence[tuple[Named, Answer]]) -> Non
         )
 
 
-class StoredDelivery(msgspec.Struct, frozen=True):
-    slug: str
-    body: bytes
-    delivery_id: str | None = None
-
-
-def stored_deliveries(database_url: str) -> list[StoredDelivery]:
-    """Every stored delivery's slug, exact body and delivery id."""
-    decode = msgspec.json.Decoder(StoredDelivery).decode
-    with psycopg.connect(database_url) as conn:
-        rows = conn.execute("SELECT state FROM rollcall.deliveries_events").fetchall()
-    return [decode(bytes(row[0])) for row in rows]
-
-
 def _check_store(finding: Finding, url: str, tally: Tally) -> None:
     """Nothing unverified stored; every acknowledged delivery stored; rows = 200s + 202s."""
     stored = stored_deliveries(url)
@@ -590,16 +575,6 @@ def _check_store(finding: Finding, url: str, tally: Tally) -> None:
         len(stored) == tally.stored_answers,
         f"{len(stored)} stored but {tally.stored_answers} answered accepted or quarantined",
     )
-
-
-def check_logs(finding: Finding, ws: Workspace, server: Serve) -> None:
-    text = server.log.read_text(errors="replace")
-    leaked = [s for s in ws.secrets | ws.tokens if s in text or s.removeprefix("whsec_") in text]
-    finding.check(not leaked, f"{len(leaked)} secrets or tokens in {server.log.name}")
-
-
-def top(counter: Counter[str], n: int = 3) -> str:
-    return ", ".join(f"{name} x{count}" for name, count in counter.most_common(n))
 
 
 def _hostile_figures(

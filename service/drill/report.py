@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Sequence
 
 import msgspec
@@ -103,3 +104,8 @@ def table(findings: Sequence[Finding]) -> str:
 
 def _line(cells: Sequence[str], widths: list[int]) -> str:
     return "| " + " | ".join(c.ljust(w) for c, w in zip(cells, widths, strict=True)) + " |"
+
+
+def top(counter: Counter[str], n: int = 3) -> str:
+    """The n most common entries, for a finding's message: "a x3, b x1"."""
+    return ", ".join(f"{name} x{count}" for name, count in counter.most_common(n))
