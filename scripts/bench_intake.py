@@ -2,6 +2,12 @@
 baseline receiver (c), driven by wrk with pre-signed simulator deliveries, all in one run.
 
     .venv/bin/python scripts/bench_intake.py [--duration 15] [--connections 64]
+    .venv/bin/python scripts/bench_intake.py --against HEAD~1 [--rounds 2]
+
+With `--against REF` it instead measures rollcall's own configurations, intake only (a) and
+the default `rollcall serve` with live views (ap), for this checkout and for the commit REF
+(exported with `git archive`, run with this venv), alternating between the two so that both
+see the same machine, and prints each one's median beside the other with the ratio.
 
 Needs wrk (`apt-get install wrk`). Uses DATABASE_URL's server if set, else an embedded
 PostgreSQL; every configuration gets a fresh database. Prints deliveries/s, p50/p99 latency and
@@ -15,6 +21,7 @@ import argparse
 import os
 import shutil
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -119,6 +126,8 @@ def main() -> int:
     work = Path(tempfile.mkdtemp(prefix="rollcall-bench-"))
     try:
         with server(os.environ.get("DATABASE_URL") or None, work / "data") as server_url:
+            if args.against:
+                return _compare(args, work, server_url)
             return _run(args, work, server_url)
     finally:
         shutil.rmtree(work, ignore_errors=True)
@@ -133,15 +142,9 @@ def _run(args: argparse.Namespace, work: Path, server_url: str) -> int:
         f"{len(deliveries)} pre-signed deliveries from the simulator; wrk -t{threads} "
         f"-c{args.connections} -d{args.duration}s against each configuration\n"
     )
-    intake_only = {"ROLLCALL_GROUP_COMMIT": "on", "ROLLCALL_PROJECTIONS": "off"}
     configurations = [
-        ("a", "rollcall, group commit (intake only)", ["serve"], intake_only),
-        (
-            "ap",
-            "rollcall, group commit, live views in-process",
-            ["serve"],
-            {"ROLLCALL_GROUP_COMMIT": "on", "ROLLCALL_PROJECTIONS": "on"},
-        ),
+        ("a", "rollcall, group commit (intake only)", ["serve"], INTAKE_ONLY),
+        ("ap", "rollcall, group commit, live views in-process", ["serve"], DEFAULT_SERVE),
         (
             "b",
             "rollcall, one transaction per delivery",
@@ -153,7 +156,7 @@ def _run(args: argparse.Namespace, work: Path, server_url: str) -> int:
     if args.workers > 1:
         workers = ["serve", "--workers", str(args.workers)]
         label = f"rollcall, group commit, {args.workers} workers (intake only)"
-        configurations.insert(1, ("a2", label, workers, intake_only))
+        configurations.insert(1, ("a2", label, workers, INTAKE_ONLY))
     runs = []
     for name, label, command, env in configurations:
         database_url = new_database(server_url, f"bench_intake_{name}")
@@ -164,6 +167,56 @@ def _run(args: argparse.Namespace, work: Path, server_url: str) -> int:
         drop_database(server_url, database_url)
     _print_table(runs, check, args)
     return 0 if check.ok else 1
+
+
+INTAKE_ONLY = {"ROLLCALL_GROUP_COMMIT": "on", "ROLLCALL_PROJECTIONS": "off"}
+DEFAULT_SERVE = {"ROLLCALL_GROUP_COMMIT": "on", "ROLLCALL_PROJECTIONS": "on"}
+
+
+def _compare(args: argparse.Namespace, work: Path, server_url: str) -> int:
+    """Configurations (a) and (ap) for this checkout and for `args.against`, alternating."""
+    other = _export(args.against, work / "against")
+    deliveries = _signed_deliveries(args.deliveries)
+    _write_requests(work, deliveries, args.threads, args.port)
+    (work / "bench.lua").write_text(WRK_SCRIPT)
+    checkouts = {"this checkout": ROOT, args.against: other}
+    print(
+        f"{len(deliveries)} pre-signed deliveries; wrk -t{args.threads} -c{args.connections} "
+        f"-d{args.duration}s; {args.rounds} rounds, alternating this checkout and {args.against}\n"
+    )
+    runs: dict[tuple[str, str], list[Run]] = {}
+    for round_ in range(args.rounds):
+        for name, env in (("a", INTAKE_ONLY), ("ap", DEFAULT_SERVE)):
+            for label, root in checkouts.items():
+                database_url = new_database(server_url, f"bench_intake_{name}")
+                run = _measure(work, name, label, ["serve"], env, database_url, args, root)
+                drop_database(server_url, database_url)
+                runs.setdefault((name, label), []).append(run)
+                print(f"  round {round_ + 1} ({name}) {label:24} {run.per_second:9,.0f}/s")
+    print()
+    header = f"{'configuration':44}{'this checkout':>16}{args.against:>16}{'ratio':>9}"
+    print(header + "\n" + "-" * len(header))
+    for name, title in (("a", "(a) intake only"), ("ap", "(ap) default serve, live views")):
+        mine = statistics.median(r.per_second for r in runs[(name, "this checkout")])
+        theirs = statistics.median(r.per_second for r in runs[(name, args.against)])
+        print(f"{title + ', deliveries/s':44}{mine:16,.0f}{theirs:16,.0f}{mine / theirs:9.3f}")
+        mine_p99 = statistics.median(r.p99_ms for r in runs[(name, "this checkout")])
+        theirs_p99 = statistics.median(r.p99_ms for r in runs[(name, args.against)])
+        print(f"{'    p99 ms':44}{mine_p99:16.1f}{theirs_p99:16.1f}{mine_p99 / theirs_p99:9.3f}")
+    print(f"(medians of {args.rounds} rounds; machine: {os.cpu_count()} cores)")
+    return 0
+
+
+def _export(ref: str, target: Path) -> Path:
+    """The tree of commit `ref`, written to `target` (run there with this venv)."""
+    target.mkdir(parents=True)
+    archive = subprocess.run(
+        ["git", "-C", str(ROOT), "archive", "--format=tar", ref],
+        check=True,
+        capture_output=True,
+    ).stdout
+    subprocess.run(["tar", "-x", "-C", str(target)], input=archive, check=True)
+    return target
 
 
 def _arguments() -> argparse.Namespace:
@@ -180,6 +233,10 @@ def _arguments() -> argparse.Namespace:
         "--workers", type=int, default=2, help="also measure (a) with this many workers"
     )
     parser.add_argument("--port", type=int, default=8321)
+    parser.add_argument(
+        "--against", metavar="REF", help="compare (a) and (ap) with this git commit, same run"
+    )
+    parser.add_argument("--rounds", type=int, default=2, help="with --against: rounds each")
     return parser.parse_args()
 
 
@@ -216,6 +273,7 @@ def _measure(
     env: dict[str, str],
     database_url: str,
     args: argparse.Namespace,
+    root: Path = ROOT,
 ) -> Run:
     if command[0] == "baseline":
         argv = [
@@ -243,7 +301,8 @@ def _measure(
         "ROLLCALL_DATA_DIR": str(work / f"rollcall-{name}"),
     }
     log = (work / f"{name}.log").open("wb")
-    server = subprocess.Popen(argv, env=server_env, stdout=log, stderr=log, cwd=ROOT)
+    # `python -m` puts the working directory first on sys.path: `root`'s packages are the ones run.
+    server = subprocess.Popen(argv, env=server_env, stdout=log, stderr=log, cwd=root)
     try:
         _wait_listening(args.port, server)
         cpu_before = _tree_cpu(server.pid)
