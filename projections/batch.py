@@ -22,7 +22,7 @@ from domain.events import AttendeeEvent
 from projections.occupancy import OccupancyView
 from projections.payments import PaymentsView
 from projections.roster import RosterView
-from projections.schema import INTERNAL, TRACKING_TABLE, Version
+from projections.schema import INTERNAL, TRACKING_TABLE, Version, may_migrate
 from projections.source import Record
 from service.database import connection_params
 
@@ -100,7 +100,8 @@ class LetterRow(msgspec.Struct, frozen=True):
 
 
 def tracking_recorder(database_url: str) -> PostgresTrackingRecorder:
-    """eventsourcing's tracking recorder for the views, its table created if missing."""
+    """eventsourcing's tracking recorder for the views, its table created if missing (by a
+    session that migrates the schema: the runtime role of `rollcall db setup` finds it made)."""
     params = connection_params(database_url)
     datastore = PostgresDatastore(
         dbname=params["dbname"],
@@ -113,7 +114,10 @@ def tracking_recorder(database_url: str) -> PostgresTrackingRecorder:
         lock_timeout=5,
     )
     recorder = PostgresTrackingRecorder(datastore, tracking_table_name=TRACKING_TABLE)
-    recorder.create_table()
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        migrate = may_migrate(conn)
+    if migrate:
+        recorder.create_table()
     datastore.close()
     return recorder
 

@@ -8,6 +8,7 @@ serves, then swaps the `analytics` views in one transaction.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any, Final, Literal
@@ -16,12 +17,18 @@ import msgspec
 import psycopg
 from psycopg import sql
 
+log = logging.getLogger("rollcall.projections")
+
 VIEWS_SCHEMA: Final = "rollcall_views"
 ANALYTICS: Final = "analytics"
 INTERNAL: Final = "rollcall"
 TRACKING_TABLE: Final = "projection_tracking"
 VIEW_NAMES: Final = ("roster", "occupancy", "payments")
-ANALYST_GROUP: Final = "rollcall_analyst"
+# Which role does what in this database (service/roles.py, service/analysts.py): a role is
+# given rights here only once it is recorded here, never because a role of some name exists.
+ROLES_TABLE: Final = "roles"
+# Before rollcall scoped analyst grants to one database, one server-wide group held them all.
+LEGACY_ANALYST_GROUP: Final = "rollcall_analyst"
 
 State = Literal["live", "building", "retired", "as-of"]
 
@@ -89,13 +96,81 @@ _INTERNAL_DDL: Final = [
         error text NOT NULL,
         recorded_at timestamptz NOT NULL DEFAULT now(),
         PRIMARY KEY (view, version, position))""",
+    f"""CREATE TABLE IF NOT EXISTS {INTERNAL}.{ROLES_TABLE} (
+        purpose text PRIMARY KEY CHECK (purpose IN ('owner', 'runtime', 'analysts')),
+        role text NOT NULL)""",
 ]
 
 
+def may_migrate(conn: Connection) -> bool:
+    """Whether this session creates and migrates rollcall's schema: a superuser, the owner of
+    schema `rollcall` (or a member of it), or anyone while that schema does not exist yet.
+    The runtime role of `rollcall db setup` does not: its owner role migrates."""
+    row = conn.execute(
+        "SELECT r.rolsuper OR n.nspowner IS NULL OR pg_has_role(n.nspowner, 'USAGE') "
+        "FROM pg_roles r LEFT JOIN pg_namespace n ON n.nspname = %s "
+        "WHERE r.rolname = current_user",
+        (INTERNAL,),
+    ).fetchone()
+    return bool(row and row[0])
+
+
 def ensure_internal(conn: Connection) -> None:
-    """Create the registry, dead-letter table and schemas if missing (idempotent)."""
+    """Create the registry, dead-letter and roles tables and the schemas if missing
+    (idempotent); a session that does not migrate (see may_migrate) leaves them as they are."""
+    if not may_migrate(conn):
+        return
     for statement in _INTERNAL_DDL:
         conn.execute(statement)
+    revoke_legacy_analysts(conn)
+
+
+def recorded_role(conn: Connection, purpose: str) -> str | None:
+    """The role recorded for `purpose` (owner, runtime, analysts) in this database, if any."""
+    table = conn.execute("SELECT to_regclass(%s)", (f"{INTERNAL}.{ROLES_TABLE}",)).fetchone()
+    if table is None or table[0] is None:
+        return None
+    row = conn.execute(
+        f"SELECT role FROM {INTERNAL}.{ROLES_TABLE} WHERE purpose = %s", (purpose,)
+    ).fetchone()
+    return str(row[0]) if row else None
+
+
+def analytics_schemas(conn: Connection) -> list[str]:
+    """The live `analytics` schema and every `analytics_as_of_*` one in this database."""
+    rows = conn.execute(
+        "SELECT nspname FROM pg_namespace WHERE nspname = %s "
+        "OR nspname LIKE 'analytics\\_as\\_of\\_%%' ORDER BY nspname",
+        (ANALYTICS,),
+    ).fetchall()
+    return [row[0] for row in rows]
+
+
+def revoke_legacy_analysts(conn: Connection) -> None:
+    """Take from the old server-wide analyst group whatever it holds in this database: it let
+    an analyst of one database read every other one's views (run `grant-analyst` again)."""
+    exists = conn.execute(
+        "SELECT 1 FROM pg_roles WHERE rolname = %s", (LEGACY_ANALYST_GROUP,)
+    ).fetchone()
+    if not exists:
+        return
+    group = sql.Identifier(LEGACY_ANALYST_GROUP)
+    statements = [
+        sql.SQL("REVOKE ALL ON DATABASE {} FROM {}").format(sql.Identifier(conn.info.dbname), group)
+    ]
+    for schema in analytics_schemas(conn):
+        statements.append(
+            sql.SQL(
+                "REVOKE ALL ON SCHEMA {0} FROM {1}; REVOKE ALL ON ALL TABLES IN SCHEMA {0} FROM {1}"
+            ).format(sql.Identifier(schema), group)
+        )
+    try:
+        with conn.transaction():
+            for statement in statements:
+                conn.execute(statement)
+    except psycopg.errors.InsufficientPrivilege:
+        # Views this session does not own: `rollcall db setup` (a superuser) revokes those.
+        log.warning("could not revoke the old group %s's rights here", LEGACY_ANALYST_GROUP)
 
 
 @contextmanager
@@ -176,13 +251,14 @@ def publish_views(
 
 
 def grant_analysts(conn: Connection, schema: str) -> None:
-    """Let the analyst group read everything in `schema`, if that group exists."""
-    exists = conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (ANALYST_GROUP,)).fetchone()
-    if exists:
+    """Let this database's analyst group read everything in `schema`, once `rollcall
+    grant-analyst` has made and recorded that group here (never a group of another database)."""
+    group = recorded_role(conn, "analysts")
+    if group is not None:
         conn.execute(
             sql.SQL(
                 "GRANT USAGE ON SCHEMA {0} TO {1}; GRANT SELECT ON ALL TABLES IN SCHEMA {0} TO {1}"
-            ).format(sql.Identifier(schema), sql.Identifier(ANALYST_GROUP))
+            ).format(sql.Identifier(schema), sql.Identifier(group))
         )
 
 

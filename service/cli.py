@@ -15,14 +15,17 @@ from datetime import date
 from pathlib import Path
 from types import FrameType
 
+import psycopg
 import uvicorn
 
 from service.config import DEFAULT_SLUG, ConfigError, Settings, ensure_secrets, load_settings
-from service.database import EmbeddedPostgres
+from service.database import EmbeddedPostgres, Unusable, connect, reason, redacted
 from service.logs import logging_config
-from service.operate import add_commands
+from service.operate import add_commands, require_store
+from service.roles import check_runtime, owns_event_store, set_up
 from service.sender import post_all, summary
 from service.simulator import SimulationOptions, sign_all, simulate, write_jsonl
+from service.store import StoreUnavailable
 
 log = logging.getLogger("rollcall")
 
@@ -38,6 +41,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as error:
         print(f"rollcall: configuration error: {error}", file=sys.stderr)
         return 2
+    except (Unusable, StoreUnavailable, psycopg.Error) as error:
+        # A database that is empty, unreachable or not rollcall's: one line, no traceback.
+        log.debug("the command failed", exc_info=True)
+        message = str(error) if isinstance(error, Unusable) else reason(error)
+        print(f"rollcall: {message}", file=sys.stderr)
+        return 1
     return result
 
 
@@ -135,8 +144,13 @@ def _serve(settings: Settings, args: argparse.Namespace) -> int:
     embedded = None
     if settings.database_url is None:
         embedded = EmbeddedPostgres(settings.data_dir)
-        os.environ["DATABASE_URL"] = embedded.start()
     try:
+        if embedded is not None:
+            # The embedded server is set up for two roles each time; serve as the runtime one.
+            setup = set_up(embedded.start(), passwordless=True)
+            os.environ["DATABASE_URL"] = setup.runtime_url
+        else:
+            _check_serving_role(settings.database_url)
         uvicorn.run(
             "service.app:create_app",
             factory=True,
@@ -158,6 +172,33 @@ def _serve(settings: Settings, args: argparse.Namespace) -> int:
         if embedded is not None:
             embedded.stop()
     return 0
+
+
+def _check_serving_role(database_url: str | None) -> None:
+    """Before serving: the database answers (waiting a while for one that is starting), the
+    role is its runtime role if it has one, and a role that owns the event store is told so."""
+    from service.app import STARTUP_TIMEOUT  # here: other commands need not load the app
+
+    assert database_url is not None
+    deadline = time.monotonic() + STARTUP_TIMEOUT
+    while True:
+        try:
+            conn = connect(database_url, autocommit=True, connect_timeout=5)
+            break
+        except Unusable:
+            if time.monotonic() > deadline:
+                raise
+            log.warning("database %s not reachable yet; retrying", redacted(database_url))
+            time.sleep(1)
+    with conn:
+        require_store(conn, creatable=True)
+        check_runtime(conn, "serve")
+        if owns_event_store(conn):
+            log.warning(
+                "serving as %s, who could switch off the event store's append-only triggers: "
+                "run `rollcall db setup` and serve as its runtime role (see README)",
+                conn.info.user,
+            )
 
 
 def _drill(settings: Settings, args: argparse.Namespace) -> int:

@@ -12,7 +12,7 @@ import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Final
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import quote, urlsplit, urlunsplit
 from uuid import uuid4
 
 import psycopg
@@ -22,6 +22,27 @@ from psycopg.conninfo import conninfo_to_dict
 EMBEDDED_DATABASE: Final = "rollcall"
 
 log = logging.getLogger("rollcall.database")
+
+
+class Unusable(Exception):
+    """This database cannot serve this command; the message says why, in one line."""
+
+
+def connect(database_url: str, **kwargs: Any) -> psycopg.Connection[Any]:
+    """A connection, or Unusable naming the server (never the password) and the reason."""
+    try:
+        return psycopg.connect(database_url, **kwargs)
+    except psycopg.OperationalError as error:
+        raise Unusable(f"cannot connect to {redacted(database_url)}: {reason(error)}") from error
+
+
+def reason(error: Exception) -> str:
+    """The first line of a database error, without libpq's prefixes."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    text = lines[0] if lines else type(error).__name__
+    for prefix in ("connection failed: ", "FATAL:  ", "FATAL: "):
+        text = text.removeprefix(prefix)
+    return text[:300]
 
 
 def connection_params(database_url: str) -> dict[str, str]:
@@ -55,6 +76,14 @@ def with_database(database_url: str, name: str) -> str:
     """The same server URL, naming another database."""
     parts = urlsplit(database_url)
     return urlunsplit((parts.scheme, parts.netloc, "/" + name, parts.query, parts.fragment))
+
+
+def with_user(database_url: str, user: str, password: str | None) -> str:
+    """The same server and database, as another role (with its password, if it has one)."""
+    parts = urlsplit(database_url)
+    login = quote(user, safe="") + (":" + quote(password, safe="") if password else "")
+    host = parts.netloc.rpartition("@")[2]
+    return urlunsplit((parts.scheme, f"{login}@{host}", parts.path, parts.query, parts.fragment))
 
 
 def redacted(database_url: str) -> str:

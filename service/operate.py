@@ -1,4 +1,4 @@
-"""Operator commands: project, rebuild, status, replay, token, grant-analyst."""
+"""Operator commands: project, rebuild, status, replay, token, grant-analyst, db setup."""
 
 from __future__ import annotations
 
@@ -7,9 +7,11 @@ import signal
 import sys
 import threading
 import time
-from contextlib import AbstractContextManager
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import datetime
 from types import FrameType
+from typing import Any, Final
 
 import msgspec
 import psycopg
@@ -23,15 +25,67 @@ from projections.status import ViewStatus, read_status
 from service import tokens
 from service.analysts import BadRoleName, grant_analyst
 from service.config import Settings
-from service.database import server
+from service.database import Unusable, connect, reason, server
 from service.replay import replay_quarantined
-from service.store import DeliveryStore
+from service.roles import check_runtime, set_up
+from service.store import EVENTS_TABLE, SCHEMA, DeliveryStore
 from service.tokens import SCOPES
 
+# What these create in the views' schemas, the runtime role could not drop later if another
+# role made it: on a database set up for two roles, they run as its runtime role only.
+RUNTIME_COMMANDS: Final = ("serve", "project", "rebuild")
 
-def database(settings: Settings) -> AbstractContextManager[str]:
-    """DATABASE_URL, or the embedded server of the data directory (started if it is not)."""
-    return server(settings.database_url, settings.data_dir)
+
+@contextmanager
+def database(settings: Settings, command: str, *, created: bool = True) -> Iterator[str]:
+    """DATABASE_URL, or the embedded server of the data directory (started if it is not, and
+    set up: this then yields its runtime role's URL). Unusable, before the command starts,
+    if the database is unreachable, has no event store although the command needs one
+    (`created`), or is set up for two roles and this is not its runtime role."""
+    if settings.database_url is None:
+        with server(None, settings.data_dir) as admin_url:
+            yield set_up(admin_url, passwordless=True).runtime_url
+        return
+    with connect(settings.database_url, autocommit=True) as conn:
+        require_store(conn, creatable=not created)
+        if command in RUNTIME_COMMANDS:
+            check_runtime(conn, command)
+    yield settings.database_url
+
+
+@contextmanager
+def admin_database(settings: Settings) -> Iterator[str]:
+    """As `database`, but the embedded server's superuser: to create and grant roles."""
+    if settings.database_url is None:
+        with server(None, settings.data_dir) as admin_url:
+            set_up(admin_url, passwordless=True)
+            yield admin_url
+        return
+    with connect(settings.database_url, autocommit=True) as conn:
+        require_store(conn)
+    yield settings.database_url
+
+
+def require_store(conn: psycopg.Connection[Any], *, creatable: bool = False) -> None:
+    """Unusable unless this database holds rollcall's event store (or, with `creatable`, this
+    role may create it: serve and project set up an empty database)."""
+    row = conn.execute(
+        "SELECT to_regclass(%s) IS NOT NULL, has_database_privilege(current_database(), 'CREATE')",
+        (f"{SCHEMA}.{EVENTS_TABLE}",),
+    ).fetchone()
+    exists, may_create = row if row else (False, False)
+    if exists:
+        return
+    if not creatable:
+        raise Unusable(
+            f"database {conn.info.dbname} has no rollcall event store (is DATABASE_URL right?): "
+            "start `rollcall serve` on it once, or run `rollcall db setup`"
+        )
+    if not may_create:
+        raise Unusable(
+            f"database {conn.info.dbname} has no rollcall event store, and role "
+            f"{conn.info.user} may not create one: run `rollcall db setup` as a superuser"
+        )
 
 
 def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -76,6 +130,18 @@ def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
     )
     analyst.set_defaults(run=run_grant_analyst)
 
+    db = commands.add_parser("db", help="the database's roles and schema")
+    actions = db.add_subparsers(required=True, metavar="ACTION")
+    setup = actions.add_parser(
+        "setup",
+        help="create the owner and runtime roles and the schema (DATABASE_URL: a superuser); "
+        "prints the runtime role's DATABASE_URL",
+    )
+    setup.add_argument(
+        "--password-stdin", action="store_true", help="read the runtime role's password from stdin"
+    )
+    setup.set_defaults(run=run_db_setup)
+
 
 def run_project(settings: Settings, args: argparse.Namespace) -> int:
     stop = threading.Event()
@@ -85,7 +151,7 @@ def run_project(settings: Settings, args: argparse.Namespace) -> int:
 
     signal.signal(signal.SIGTERM, request_stop)
     signal.signal(signal.SIGINT, request_stop)
-    with database(settings) as url:
+    with database(settings, "project", created=False) as url:
         Runner(url).run(stop)
     return 0
 
@@ -95,7 +161,7 @@ def run_rebuild(settings: Settings, args: argparse.Namespace) -> int:
     as_of = _as_of(args.as_of) if args.as_of else None
     show = _ProgressBar()
     try:
-        with database(settings) as url:
+        with database(settings, "rebuild") as url:
             if as_of is not None:
                 schema = build_as_of(
                     url, views, as_of, skip_poison=args.skip_poison, on_progress=show
@@ -125,7 +191,7 @@ def run_rebuild(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def run_status(settings: Settings, args: argparse.Namespace) -> int:
-    with database(settings) as url, psycopg.connect(url) as conn:
+    with database(settings, "status") as url, psycopg.connect(url) as conn:
         statuses = read_status(conn)
     if args.json:
         print(msgspec.json.encode(statuses).decode())
@@ -135,7 +201,7 @@ def run_status(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def run_replay(settings: Settings, args: argparse.Namespace) -> int:
-    with database(settings) as url:
+    with database(settings, "replay") as url:
         store = DeliveryStore(url)
         try:
             report = replay_quarantined(store)
@@ -150,7 +216,7 @@ def run_replay(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def run_token(settings: Settings, args: argparse.Namespace) -> int:
-    with database(settings) as url, psycopg.connect(url, autocommit=True) as conn:
+    with database(settings, "token") as url, psycopg.connect(url, autocommit=True) as conn:
         if args.revoke:
             print(f"revoked {tokens.revoke(conn, args.name)} token(s) named {args.name!r}")
         else:
@@ -161,12 +227,43 @@ def run_token(settings: Settings, args: argparse.Namespace) -> int:
 def run_grant_analyst(settings: Settings, args: argparse.Namespace) -> int:
     password = sys.stdin.readline().strip() if args.password_stdin else None
     try:
-        with database(settings) as url, psycopg.connect(url, autocommit=True) as conn:
+        with admin_database(settings) as url, psycopg.connect(url, autocommit=True) as conn:
             password = grant_analyst(conn, args.name, password)
+            database_name = conn.info.dbname
     except BadRoleName as error:
         print(f"rollcall: {error}", file=sys.stderr)
         return 2
-    print(f"role {args.name} can read the analytics schema; password: {password}")
+    except psycopg.errors.InsufficientPrivilege as error:
+        raise Unusable(
+            f"{reason(error)} (grant-analyst needs a superuser's DATABASE_URL)"
+        ) from error
+    print(
+        f"role {args.name} can read the analytics schemas of database {database_name}; "
+        f"password: {password}"
+    )
+    return 0
+
+
+def run_db_setup(settings: Settings, args: argparse.Namespace) -> int:
+    password = sys.stdin.readline().strip() if args.password_stdin else ""
+    with server(settings.database_url, settings.data_dir) as admin_url:
+        done = set_up(
+            admin_url, password=password or None, passwordless=settings.database_url is None
+        )
+    print(f"DATABASE_URL={done.runtime_url}")
+    if settings.database_url is None:
+        print(
+            "the embedded server is set up (`rollcall serve` does this by itself)", file=sys.stderr
+        )
+    else:
+        kept = "" if done.password_set else " (its password is unchanged: not shown)"
+        print(
+            f"database {done.database}: owner role {done.owner} owns the event store (no login); "
+            f"runtime role {done.runtime} serves{kept}. Run serve, project, rebuild, replay, "
+            "status and token with DATABASE_URL above; db setup and grant-analyst with a "
+            "superuser's",
+            file=sys.stderr,
+        )
     return 0
 
 

@@ -32,12 +32,14 @@ from eventsourcing.utils import Environment, EnvType
 from psycopg import Cursor, sql
 from psycopg.rows import DictRow
 
-from service.database import connection_params, eventsourcing_env
+from projections.schema import may_migrate
+from service.database import Unusable, connection_params, eventsourcing_env
 
 SCHEMA: Final = "rollcall"
 EVENTS_TABLE: Final = "deliveries_events"
 _KEY_NAMESPACE: Final = UUID("6f1d2c4e-7a3b-5e8f-9c0d-1b2a3c4d5e6f")
 _SETUP_LOCK: Final = 0x726F6C6C  # advisory lock id: one process sets the schema up at a time
+_LOCK_FUNCTION: Final = sql.Identifier(SCHEMA, "lock_deliveries")
 # While the database is unreachable, ask it again at most this often (seconds).
 _PROBE_INTERVAL: Final = 0.25
 # How many unacknowledged keys (see DeliveryStore.unacknowledged) are remembered at most.
@@ -117,6 +119,8 @@ class IntakeRecorder(PostgresApplicationRecorder):
 
     - An insert is tried once: intake answers 503 and JTE retries, rather than holding a request
       through ten reconnection attempts.
+    - Its transaction pins synchronous_commit on, and takes the table lock through a function
+      of the table's owner (so the runtime role needs no right to change rows).
     - The rows travel as four plain arrays instead of one array of composites, which psycopg
       dumps in Python: a third less CPU per event (measured).
     - No pipeline mode: psycopg 3.3's Pipeline.sync() can stop flushing before a message larger
@@ -131,9 +135,21 @@ class IntakeRecorder(PostgresApplicationRecorder):
             "SELECT * FROM unnest(%s::uuid[], %s::bigint[], %s::text[], %s::bytea[]) "
             "RETURNING notification_id"
         ).format(sql.Identifier(datastore.schema), sql.Identifier(events_table_name))
+        set_lock_timeout = self.lock_table_statements[0]
         self._lock_and_notify = sql.SQL("; ").join(
             [
-                *self.lock_table_statements,
+                set_lock_timeout,
+                # A 2xx promises the delivery is on disk: whatever the server, database or role
+                # says about synchronous_commit, this transaction's commit waits for the flush
+                # (remote_apply, stronger still, is left as it is).
+                sql.SQL(
+                    "SELECT set_config('synchronous_commit', 'on', true) "
+                    "WHERE current_setting('synchronous_commit') <> 'remote_apply'"
+                ),
+                # The library's LOCK TABLE … IN EXCLUSIVE MODE, through a function of the
+                # table's owner: taking that lock directly needs UPDATE, DELETE or TRUNCATE
+                # rights on the table, which the runtime role must not have.
+                sql.SQL("SELECT {}()").format(_LOCK_FUNCTION),
                 sql.SQL("NOTIFY {}").format(sql.Identifier(self.channel_name)),
             ]
         )
@@ -202,9 +218,16 @@ class DeliveryStore:
         )
         env |= {"APPLICATION_RECORDER_TOPIC": "service.store:IntakeRecorder", "CREATE_TABLE": "y"}
         with _setup_lock(params) as conn:
-            conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(SCHEMA)))
-            self._app = Deliveries(env=env)
-            _protect_events_table(conn)
+            if may_migrate(conn):
+                conn.execute(
+                    sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(SCHEMA))
+                )
+                self._app = Deliveries(env=env)
+                _protect_events_table(conn)
+            else:
+                # The runtime role of `rollcall db setup`: its owner role made the table.
+                _require_events_table(conn)
+                self._app = Deliveries(env={**env, "CREATE_TABLE": "n"})
         self._recorder = _recorder(self._app)
         self._decoder = msgspec.json.Decoder(DeliveryState)
         self._params = params
@@ -391,6 +414,21 @@ def _protect_events_table(conn: psycopg.Connection[Any]) -> None:
             "CREATE OR REPLACE TRIGGER no_truncate BEFORE TRUNCATE ON {} "
             "FOR EACH STATEMENT EXECUTE FUNCTION {}()"
         ).format(table, refuse),
+        # Runs with its owner's rights (the table's): see IntakeRecorder._lock_and_notify.
+        sql.SQL(
+            "CREATE OR REPLACE FUNCTION {}() RETURNS void LANGUAGE sql SECURITY DEFINER "
+            "SET search_path = pg_catalog AS $$ LOCK TABLE {} IN EXCLUSIVE MODE $$"
+        ).format(_LOCK_FUNCTION, table),
+        sql.SQL("REVOKE ALL ON FUNCTION {}() FROM PUBLIC").format(_LOCK_FUNCTION),
     ]
     for statement in statements:
         conn.execute(statement)
+
+
+def _require_events_table(conn: psycopg.Connection[Any]) -> None:
+    row = conn.execute("SELECT to_regclass(%s)", (f"{SCHEMA}.{EVENTS_TABLE}",)).fetchone()
+    if row is None or row[0] is None:
+        raise Unusable(
+            f"database {conn.info.dbname} has no rollcall event store, and role "
+            f"{conn.info.user} may not create one: run `rollcall db setup` as a superuser"
+        )

@@ -14,6 +14,8 @@ from typing import Any, Final, Literal
 import asyncpg
 import psycopg
 
+from projections.schema import may_migrate
+
 Scope = Literal["read", "admin"]
 SCOPES: Final = ("read", "admin")
 _PREFIX: Final = "rc_"
@@ -27,8 +29,10 @@ _DDL: Final = (
 
 
 def ensure_table(conn: psycopg.Connection[Any]) -> None:
-    conn.execute("CREATE SCHEMA IF NOT EXISTS rollcall")
-    conn.execute(_DDL)
+    """Create the tokens table if missing (by a session that migrates the schema)."""
+    if may_migrate(conn):
+        conn.execute("CREATE SCHEMA IF NOT EXISTS rollcall")
+        conn.execute(_DDL)
 
 
 def issue(conn: psycopg.Connection[Any], scope: Scope, name: str) -> str:

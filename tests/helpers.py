@@ -26,9 +26,10 @@ from typing import Any
 import httpx
 import psycopg
 import uvicorn
+from psycopg import sql
 
 from domain.interpret import PARSER_VERSION
-from service import tokens
+from service import database, tokens
 from service.app import create_app
 from service.config import EventConfig, Settings
 from service.drill.report import Finding
@@ -201,3 +202,30 @@ def figure(finding: Finding, pattern: str) -> float:
     found = re.search(pattern, finding.figures)
     assert found, finding.figures
     return float(found.group(1).replace(",", ""))
+
+
+def as_role(database_url: str, user: str, password: str | None = None) -> str:
+    """The same database, connecting as `user`."""
+    params: dict[str, Any] = psycopg.conninfo.conninfo_to_dict(database_url)
+    params.update(user=user, password=password or "")
+    return psycopg.conninfo.make_conninfo(**params)
+
+
+def drop_roles(server_url: str, database_urls: list[str], roles: list[str]) -> None:
+    """Drop the databases, then the roles a test made (roles are server-wide: never leave one)."""
+    for url in database_urls:
+        database.drop_database(server_url, url)
+    with psycopg.connect(server_url, autocommit=True) as conn:
+        for role in roles:
+            conn.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(role)))
+
+
+def analyst_groups(server_url: str, login: str) -> list[str]:
+    """The groups `login` is a member of (but the old shared one, which other tests use)."""
+    with psycopg.connect(server_url) as conn:
+        rows = conn.execute(
+            "SELECT g.rolname FROM pg_auth_members a JOIN pg_roles g ON g.oid = a.roleid "
+            "JOIN pg_roles m ON m.oid = a.member WHERE m.rolname = %s AND g.rolname <> %s",
+            (login, "rollcall_analyst"),
+        ).fetchall()
+    return [row[0] for row in rows]

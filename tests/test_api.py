@@ -7,6 +7,7 @@ import base64
 import csv
 import io
 import json
+import uuid
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -19,7 +20,15 @@ from service import tokens
 from service.analysts import grant_analyst
 from service.app import create_app
 from service.openapi import document
-from tests.helpers import RunningService, api_token, bearer, make_settings, token_headers
+from tests.helpers import (
+    RunningService,
+    analyst_groups,
+    api_token,
+    bearer,
+    drop_roles,
+    make_settings,
+    token_headers,
+)
 
 DAY = "2026-05-14T"
 
@@ -425,19 +434,22 @@ async def test_a_revoked_token_stops_working_within_the_cache_time(
         assert (await client.get("/v1/events")).status_code == 200
 
 
-def test_analyst_role_reads_analytics_and_nothing_else(database_url: str, tmp_path: Any) -> None:
+def test_analyst_role_reads_analytics_and_nothing_else(
+    database_url: str, server_url: str, tmp_path: Any
+) -> None:
     from projections.runner import ensure_views
 
+    login = f"analyst_{uuid.uuid4().hex[:8]}"  # roles are server-wide: a name of its own
     ensure_views(database_url)
     from service.store import DeliveryStore
 
     DeliveryStore(database_url).close()  # the event store's tables exist
     with psycopg.connect(database_url, autocommit=True) as conn:
-        password = grant_analyst(conn, "analyst_test_role")
-        again = grant_analyst(conn, "analyst_test_role", "chosen-password")
+        password = grant_analyst(conn, login)
+        again = grant_analyst(conn, login, "chosen-password")
     assert password and again == "chosen-password"
     params = psycopg.conninfo.conninfo_to_dict(database_url)
-    params.update(user="analyst_test_role", password="chosen-password")
+    params.update(user=login, password="chosen-password")
     try:
         with psycopg.connect(**params, autocommit=True) as analyst:  # type: ignore[arg-type]
             assert analyst.execute("SELECT count(*) FROM analytics.roster").fetchone() == (0,)
@@ -452,9 +464,7 @@ def test_analyst_role_reads_analytics_and_nothing_else(database_url: str, tmp_pa
                 with pytest.raises(psycopg.errors.Error):
                     analyst.execute(forbidden)
     finally:
-        with psycopg.connect(database_url, autocommit=True) as conn:
-            conn.execute("DROP OWNED BY analyst_test_role")
-            conn.execute("DROP ROLE analyst_test_role")
+        drop_roles(server_url, [database_url], [login, *analyst_groups(server_url, login)])
 
 
 async def test_openapi_describes_every_route(

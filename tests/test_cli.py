@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import httpx
+import psycopg
 import pytest
 
 from tests.helpers import SECRET, delivery, stored_rows, token_headers
@@ -105,6 +106,18 @@ def test_embedded_default_generates_a_secret_keeps_data_and_stops_cleanly(tmp_pa
     body = delivery(delivery_id="embedded-1")
     try:
         assert post_all(serve.url, [body], generated)[0]["status"] == "accepted"
+        # Set up for two roles by itself: serving as the runtime role, which owns no table
+        # of the event store.
+        socket = tmp_path / "data" / "postgres"
+        with psycopg.connect(f"postgresql://postgres@/rollcall?host={socket}") as conn:
+            users = conn.execute(
+                "SELECT DISTINCT usename FROM pg_stat_activity WHERE datname = 'rollcall' "
+                "AND pid <> pg_backend_pid()"
+            ).fetchall()
+            owner = conn.execute(
+                "SELECT tableowner FROM pg_tables WHERE tablename = 'deliveries_events'"
+            ).fetchone()
+        assert users == [("rollcall_app",)] and owner == ("rollcall_owner",)
         assert post_all(serve.url, [body], "wrong")[0] == {
             "error": "unauthorized",
             "message": "secret does not match",

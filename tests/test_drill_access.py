@@ -2,10 +2,26 @@
 
 from __future__ import annotations
 
+import uuid
+from collections.abc import Callable
+
+import psycopg
+from psycopg import sql
+
+from projections.runner import Runner, ensure_views
+from service.analysts import grant_analyst
 from service.drill import QUICK, run
-from service.drill.access import access
+from service.drill.access import access, other_database_probes
 from service.drill.harness import Workspace
-from tests.helpers import drill_directory
+from service.drill.report import Finding
+from service.store import DeliveryStore
+from tests.helpers import (
+    analyst_groups,
+    delivery,
+    drill_directory,
+    drop_roles,
+    recorded,
+)
 
 
 def test_access_holds() -> None:
@@ -33,3 +49,36 @@ def test_the_log_scan_finds_a_leaked_secret_token_and_body() -> None:
     assert any("leaky.log:2 holds a secret" in b for b in finding.broken), finding.broken
     assert any("leaky.log:3 holds a secret or token" in b for b in finding.broken)
     assert any("leaky.log:4 holds a raw body" in b for b in finding.broken)
+
+
+def test_the_other_database_probe_finds_a_readable_view(
+    server_url: str, new_database: Callable[[], str]
+) -> None:
+    granted, other = new_database(), new_database()
+    login = f"drill_{uuid.uuid4().hex[:8]}"
+    ensure_views(granted)
+    with psycopg.connect(granted, autocommit=True) as conn:
+        password = grant_analyst(conn, login, "probe-password")
+    groups = analyst_groups(server_url, login)
+    try:
+        store = DeliveryStore(other)
+        store.append([recorded(delivery(attendee_id="b-1"))])
+        store.close()
+        Runner(other).catch_up()
+        kept = Finding(scenario="access", load="", faults="")
+        probed = other_database_probes(kept, login, password, other)
+        assert kept.held and probed >= 5, kept.broken
+        # What the server-wide group amounted to: the other database's views granted to it.
+        with psycopg.connect(other, autocommit=True) as conn:
+            conn.execute(
+                sql.SQL(
+                    "GRANT USAGE ON SCHEMA analytics TO {0}; "
+                    "GRANT SELECT ON ALL TABLES IN SCHEMA analytics TO {0}"
+                ).format(sql.Identifier(login))
+            )
+        broken = Finding(scenario="access", load="", faults="")
+        other_database_probes(broken, login, password, other)
+    finally:
+        drop_roles(server_url, [granted, other], [login, *groups])
+    assert not broken.held
+    assert any("reads analytics.roster here" in b for b in broken.broken), broken.broken

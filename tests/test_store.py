@@ -187,3 +187,29 @@ def test_a_delivery_answered_503_but_stored_is_accepted_on_its_retry(
     [stored] = store.append([fresh])
     assert stored is not None
     assert store.append([recorded(fresh.body)]) == [None]
+
+
+def test_an_append_commits_synchronously_whatever_the_database_says(database_url: str) -> None:
+    # A database (or role) default of synchronous_commit = off would let intake answer 200
+    # before the commit reached the disk; the append's transaction pins it on.
+    name = sql.Identifier(str(psycopg.conninfo.conninfo_to_dict(database_url)["dbname"]))
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        conn.execute(sql.SQL("ALTER DATABASE {} SET synchronous_commit = off").format(name))
+    store = DeliveryStore(database_url)  # new connections: they start with it off
+    try:
+        with psycopg.connect(database_url, autocommit=True) as conn:
+            assert conn.execute("SHOW synchronous_commit").fetchone() == ("off",)
+            conn.execute(
+                "CREATE TABLE public.commit_settings (setting text); "
+                "CREATE FUNCTION public.note_setting() RETURNS trigger LANGUAGE plpgsql AS $$ "
+                "BEGIN INSERT INTO public.commit_settings "
+                "VALUES (current_setting('synchronous_commit')); RETURN NULL; END $$; "
+                "CREATE TRIGGER note_setting AFTER INSERT ON rollcall.deliveries_events "
+                "FOR EACH STATEMENT EXECUTE FUNCTION public.note_setting()"
+            )
+        store.append([recorded(delivery(attendee_id="durable"))])
+        with psycopg.connect(database_url) as conn:
+            settings = conn.execute("SELECT setting FROM public.commit_settings").fetchall()
+        assert settings == [("on",)]
+    finally:
+        store.close()

@@ -10,7 +10,9 @@ from typing import Any, Final
 
 import httpx
 import psycopg
+from psycopg import sql
 
+from projections.snapshot import wait_until_caught_up
 from service.analysts import grant_analyst
 from service.drill.harness import EMAIL, Workspace
 from service.drill.report import Finding, Size
@@ -18,6 +20,13 @@ from service.sender import post_all
 from service.simulator import SimulationOptions
 
 ANALYST: Final = "drill_analyst"
+_GROUPS: Final = (
+    "SELECT g.rolname FROM pg_auth_members a JOIN pg_roles g ON g.oid = a.roleid "
+    "JOIN pg_roles m ON m.oid = a.member WHERE m.rolname = %s"
+)
+_ANALYTICS_VIEWS: Final = (
+    "SELECT viewname FROM pg_views WHERE schemaname = 'analytics' ORDER BY viewname"
+)
 # Every JTE body has these keys; no log line should.
 _BODY_MARKERS: Final = ('"attendee"', '"occurredAt"', '"firstName"')
 # What the analyst role must not be able to do, each on its own.
@@ -33,8 +42,9 @@ _FORBIDDEN_SQL: Final = (
 
 
 def access(ws: Workspace, size: Size) -> Finding:
-    """Analyst tokens cannot operate, the analyst role cannot read raw deliveries, and no log
-    line of the whole drill holds a secret, a token or a raw body."""
+    """Analyst tokens cannot operate, the analyst role cannot read raw deliveries nor another
+    database's views, and no log line of the whole drill holds a secret, a token or a raw
+    body."""
     finding = Finding(scenario="access", load="", faults="analyst token and SQL role probes")
     with ws.database("access") as url:
         server = ws.serve("access", url).start()
@@ -48,7 +58,8 @@ def access(ws: Workspace, size: Size) -> Finding:
     finding.load = f"{lines:,} log lines in {files} files"
     finding.figures = (
         f"{http_probes} HTTP probes with read/no/forged tokens, {sql_probes} SQL probes as "
-        f"the analyst role; {lines:,} log lines searched for {len(ws.secrets)} secrets, "
+        f"the analyst role (in its own database and in another of the server); "
+        f"{lines:,} log lines searched for {len(ws.secrets)} secrets, "
         f"{len(ws.tokens)} tokens, {len(ws.emails):,} attendee emails and body keys: none found"
         if finding.held
         else "; ".join(finding.broken)
@@ -104,11 +115,45 @@ def _role_probes(finding: Finding, ws: Workspace, database_url: str) -> int:
                     finding.check(False, f"the analyst role may run: {statement}")
                 except psycopg.errors.Error:
                     pass  # refused, as it should be
+        with ws.database("access_other") as other:
+            # Served after the grant, so its views are published while the analyst exists.
+            server = ws.serve("access-other", other).start()
+            day = ws.day(SimulationOptions(seed=8, attendees=20))
+            asyncio.run(post_all(server.url, day, concurrency=4, retry=True, timeout=10))
+            wait_until_caught_up(other, 60)
+            server.stop()
+            others = other_database_probes(finding, ANALYST, password, other)
     finally:
         with psycopg.connect(database_url, autocommit=True) as conn:
+            groups = [g for (g,) in conn.execute(_GROUPS, (ANALYST,)).fetchall()]
             conn.execute(f"DROP OWNED BY {ANALYST}")
             conn.execute(f"DROP ROLE {ANALYST}")
-    return 1 + len(_FORBIDDEN_SQL)
+            for group in groups:
+                conn.execute(
+                    sql.SQL("DROP OWNED BY {0}; DROP ROLE {0}").format(sql.Identifier(group))
+                )
+    return 1 + len(_FORBIDDEN_SQL) + others
+
+
+def other_database_probes(finding: Finding, login: str, password: str, other_url: str) -> int:
+    """Record on `finding` each view of `other_url`'s analytics schema that `login`, an
+    analyst of another database of the same server, can read; how many were probed."""
+    with psycopg.connect(other_url) as conn:
+        views = [v for (v,) in conn.execute(_ANALYTICS_VIEWS).fetchall()]
+        rows = conn.execute("SELECT count(*) FROM analytics.roster").fetchone()
+    finding.check(bool(views) and bool(rows and rows[0]), "the other database has no views")
+    params: dict[str, Any] = psycopg.conninfo.conninfo_to_dict(other_url)
+    params.update(user=login, password=password)
+    for view in views:
+        try:
+            with psycopg.connect(**params, autocommit=True) as analyst:
+                analyst.execute(
+                    sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier("analytics", view))
+                )
+        except psycopg.errors.Error:
+            continue  # cannot connect, or refused: as it should be
+        finding.check(False, f"an analyst of another database reads analytics.{view} here")
+    return len(views)
 
 
 def _scan_logs(finding: Finding, ws: Workspace) -> tuple[int, int]:
