@@ -44,9 +44,6 @@ class Admission:
         self.held = 0
         self._tickets: dict[Ticket, None] = {}  # insertion order: oldest first
 
-    def __len__(self) -> int:
-        return len(self._tickets)
-
     def enter(self, reserve: int, drop: Drop | None) -> Ticket | None:
         """A place for a delivery that will hold `reserve` bytes (its declared length), made by
         dropping the oldest others if need be; None if no room can be made."""
@@ -75,10 +72,8 @@ class Admission:
 
     def _make_room(self, readers: int, size: int, newcomer: Ticket) -> bool:
         while len(self._tickets) + readers > self.slots or self.held + size > self.memory:
-            oldest = next(
-                (t for t in self._tickets if t.drop is not None and t is not newcomer), None
-            )
-            if oldest is None or oldest.drop is None:
+            oldest = next((t for t in self._tickets if t.drop and t is not newcomer), None)
+            if oldest is None or oldest.drop is None:  # none the server lets us drop
                 return False
             self.leave(oldest)
             oldest.drop()

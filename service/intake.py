@@ -1,7 +1,9 @@
 """Webhook intake: limits, verification, interpretation, then the durable append before any 2xx.
 
 Every answer is one of DESIGN.md's "Responses at intake"; nothing a sender puts in a request
-leads to a 500, and nothing unverified is stored.
+leads to a 500, and nothing unverified is stored. What the headers decide is answered before
+the body is read; a body only its signature can verify is read within the room unverified
+deliveries share (service/admission.py).
 """
 
 from __future__ import annotations
