@@ -2,8 +2,9 @@
 
 Because the view rows and the tracking position commit together, each event takes effect
 exactly once, whatever crashes in between. Before writing, the batch locks the tracking rows
-and checks they still say where this runner thinks the views are; if another runner moved
-them on, the batch is abandoned rather than applied twice.
+(creating them at 0 for a version's first batch) and checks they still say where this runner
+thinks the views are; if another runner moved them on, the batch is abandoned rather than
+applied twice.
 """
 
 from __future__ import annotations
@@ -125,8 +126,20 @@ def tracking_recorder(database_url: str) -> PostgresTrackingRecorder:
 def positions(
     cur: psycopg.Cursor[Any], versions: Sequence[Version], *, lock: bool = False
 ) -> dict[Version, int]:
-    """Each version's tracked position (0 before its first batch)."""
+    """Each version's tracked position (0 before its first batch); with `lock`, the tracking
+    rows are locked until the transaction ends, created at 0 where missing."""
     names = [v.tracking_name for v in versions]
+    if lock:
+        # A version's first batch has no row to lock: without one, two runners could both
+        # write from position 0. The row made here (or its insert) makes the second one wait
+        # for the first's commit, then see the position it moved to.
+        cur.execute(
+            sql.SQL(
+                "INSERT INTO {} (application_name, notification_id) "
+                "SELECT unnest(%s::text[]), 0 ON CONFLICT DO NOTHING"
+            ).format(sql.Identifier(INTERNAL, TRACKING_TABLE)),
+            (names,),
+        )
     rows = cur.execute(
         sql.SQL(
             "SELECT application_name, notification_id FROM {} WHERE application_name = ANY(%s)"

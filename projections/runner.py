@@ -1,9 +1,11 @@
 """The live projection runner: keeps every live view up to date with the event store.
 
 One runner per view is active across all processes and hosts: a runner works only on the views
-whose advisory lock it holds, and keeps trying the others, so when a process dies (and its
-connection with its locks) another takes over. It wakes on the store's NOTIFY and also polls,
-so a lost notification never stalls it; after losing the database it reconnects with backoff.
+whose advisory lock it holds, confirmed before every batch, and keeps trying the others, so
+when a process dies (and its connection with its locks) another takes over. Should two ever
+overlap (a lock connection lost mid-batch), the batch's tracking check lets one of them write.
+It wakes on the store's NOTIFY and also polls, so a lost notification never stalls it; after
+losing the database it reconnects with backoff.
 """
 
 from __future__ import annotations
@@ -126,9 +128,10 @@ class Runner:
             psycopg.connect(self._url, autocommit=True, application_name=_name()) as locks,
             psycopg.connect(self._url, application_name=_name()) as work,
         ):
+            self.held.clear()  # locks belong to a session: this one holds none yet
             self._take_locks(locks)
             total = 0
-            while applied := self._batch(work):
+            while applied := self._batch(locks, work):
                 total += applied
             return total
 
@@ -141,10 +144,11 @@ class Runner:
         ):
             locks.execute(sql.SQL("LISTEN {}").format(sql.Identifier(EVENTS_TABLE)))
             log.info("projection runner connected")
+            self.held.clear()
             while not stop.is_set():
                 self._take_locks(locks)
                 busy = False
-                while self.held and not stop.is_set() and self._batch(work):
+                while self.held and not stop.is_set() and self._batch(locks, work):
                     busy = True
                 if not busy:
                     for _ in locks.notifies(timeout=self._poll, stop_after=1):
@@ -156,8 +160,24 @@ class Runner:
                 self.held.add(view)
                 log.info("projection runner took over the %s view", view)
 
-    def _batch(self, work: psycopg.Connection[Any]) -> int:
-        """Apply one batch to the live versions of the held views; how many deliveries it read."""
+    def _confirm_locks(self, locks: psycopg.Connection[Any]) -> None:
+        """Let go of the views whose lock this session no longer holds; a lock connection that
+        died raises, and the session starts again."""
+        rows = locks.execute(
+            "SELECT objid FROM pg_locks WHERE locktype = 'advisory' AND granted "
+            "AND pid = pg_backend_pid() AND classid = %s",
+            (LOCK_NAMESPACE,),
+        ).fetchall()
+        still = {int(row[0]) for row in rows}
+        for view in sorted(self.held):
+            if runner_lock(view) not in still:
+                self.held.discard(view)
+                log.warning("projection runner lost the %s view's lock", view)
+
+    def _batch(self, locks: psycopg.Connection[Any], work: psycopg.Connection[Any]) -> int:
+        """Apply one batch to the live versions of the held views, once their locks are
+        confirmed; how many deliveries it read."""
+        self._confirm_locks(locks)
         try:
             with work.transaction(), work.cursor() as cur:
                 # Shared: batches run side by side; a rebuild's swap takes it exclusively.

@@ -161,10 +161,10 @@ def _serve(settings: Settings, args: argparse.Namespace) -> int:
             log_config=logging_config(args.log_level, args.log_format),
             access_log=args.access_log,
             timeout_keep_alive=5,
-            # Headers have a deadline too (slow-drip clients), and connections a ceiling:
-            # beyond it uvicorn answers 503 rather than exhausting memory.
+            # Headers have a deadline too (slow-drip clients), and requests a ceiling: beyond
+            # it, idle connections are closed and new requests answered 503 (service/protocol.py).
             http="service.protocol:GuardedHttpToolsProtocol",
-            limit_concurrency=int(os.environ.get("ROLLCALL_MAX_CONNECTIONS") or 2048),
+            limit_concurrency=settings.max_connections,
         )
     except KeyboardInterrupt:
         pass

@@ -66,6 +66,10 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     store_threads: int = 4
     store_timeout: float = 5.0
     projections: bool = True
+    # Requests in progress at most, per process (uvicorn's limit_concurrency).
+    max_connections: int = 2048
+    # Bytes of bodies still unverified (signed over the body) held at once, per process.
+    unverified_body_memory: int = 32 * 1024 * 1024
 
     def event(self, slug: str) -> EventConfig | None:
         return self.events.get(slug)
@@ -83,6 +87,8 @@ class _IntakeSection(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     store_threads: int | None = None
     store_timeout: float | None = None
     projections: bool | None = None
+    max_connections: int | None = None
+    unverified_body_memory: int | None = None
 
 
 class _EventSection(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -228,6 +234,8 @@ _ENV_INTAKE: Final[dict[str, tuple[str, type]]] = {
     "ROLLCALL_STORE_THREADS": ("store_threads", int),
     "ROLLCALL_STORE_TIMEOUT": ("store_timeout", float),
     "ROLLCALL_PROJECTIONS": ("projections", bool),
+    "ROLLCALL_MAX_CONNECTIONS": ("max_connections", int),
+    "ROLLCALL_UNVERIFIED_BODY_MEMORY": ("unverified_body_memory", int),
 }
 
 
@@ -280,6 +288,10 @@ def _check_limits(settings: Settings) -> None:
             raise ConfigError(f"{name} must be at least 1")
     if settings.body_timeout <= 0 or settings.store_timeout <= 0 or settings.batch_linger_ms < 0:
         raise ConfigError("timeouts must be positive and the batch linger not negative")
+    if settings.max_connections < 2:
+        raise ConfigError("max_connections must be at least 2 (room is kept for health checks)")
+    if settings.unverified_body_memory < settings.body_limit:
+        raise ConfigError("unverified_body_memory must be at least body_limit")
 
 
 class EventsWatcher:

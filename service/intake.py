@@ -1,7 +1,9 @@
 """Webhook intake: limits, verification, interpretation, then the durable append before any 2xx.
 
 Every answer is one of DESIGN.md's "Responses at intake"; nothing a sender puts in a request
-leads to a 500, and nothing unverified is stored.
+leads to a 500, and nothing unverified is stored. What the headers decide is answered before
+the body is read; a body only its signature can verify is read within the room unverified
+deliveries share (service/admission.py).
 """
 
 from __future__ import annotations
@@ -17,10 +19,12 @@ import msgspec
 from starlette.types import Receive, Scope, Send
 
 from domain.interpret import PARSER_VERSION, Interpreted, interpret
+from service.admission import Admission, Drop, Ticket, unverified_slots
 from service.config import DEFAULT_SLUG, EventConfig, EventsWatcher, Settings
 from service.metrics import METRICS
+from service.protocol import DROP_EXTENSION
 from service.store import DeliveryRecorded, StoreUnavailable, delivery_key
-from service.verification import Rejected, verify
+from service.verification import Pending, Rejected, Verified, check_body, screen
 
 log = logging.getLogger("rollcall.intake")
 _encoder: Final = msgspec.json.Encoder()
@@ -49,6 +53,8 @@ _NEVER_KEPT: Final = frozenset({"authorization", "cookie", "webhook-signature"})
 
 WEBHOOK_PATH: Final = "/webhooks/jte"
 _MAX_SLUG_ECHO: Final = 64
+_CLOSE: Final = (b"connection", b"close")
+_ALLOW: Final = (b"allow", b"POST")
 
 
 class Writer(Protocol):
@@ -73,6 +79,10 @@ class _Disconnected(Exception):
     pass
 
 
+class _Busy(Exception):
+    """No room for another unverified delivery, even after dropping the oldest."""
+
+
 def is_webhook_path(path: str) -> bool:
     """True for /webhooks/jte and anything under it."""
     return path == WEBHOOK_PATH or path.startswith(WEBHOOK_PATH + "/")
@@ -89,6 +99,9 @@ class Intake:
         self._settings = settings
         self._events = events or EventsWatcher(settings, environ={})
         self._retry_after = str(settings.retry_after_seconds).encode()
+        self._admission = Admission(
+            unverified_slots(settings.max_connections), settings.unverified_body_memory
+        )
         self.writer: Writer | None = None  # set by the lifespan once the store is open
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -104,37 +117,85 @@ class Intake:
         await _send_json(send, answer)
 
     async def _answer(self, scope: Scope, receive: Receive) -> Answer:
-        if scope["method"] != "POST":
-            return _error(405, "method_not_allowed", "deliveries are POSTed", (b"allow", b"POST"))
-        slug = _slug(scope["path"])
-        event = self._events.event(slug) if slug is not None else None
-        if event is None:
-            shown = (slug or scope["path"])[:_MAX_SLUG_ECHO]
-            return _error(404, "unknown_event", f"no JTE event {shown!r} is configured")
-        headers = _header_map(scope)
-        if not _is_json(headers.get("content-type", b"")):
-            return _error(415, "unsupported_media_type", "the body must be application/json")
+        screened = self._screen(scope)
+        if isinstance(screened, Answer):
+            return screened
+        event, headers, screening = screened
         try:
-            body = await self._read_body(headers, receive)
+            body, verdict = await self._read(scope, receive, event, headers, screening)
         except _TooLarge as refused:
             limit = self._settings.body_limit
             # Unless the rest of the body was read (and dropped), close the connection so the
             # sender stops sending it.
-            close = () if refused.drained else ((b"connection", b"close"),)
+            close = () if refused.drained else (_CLOSE,)
             return _error(413, "body_too_large", f"the body is over the {limit}-byte limit", *close)
         except TimeoutError:
-            return _error(
-                408, "body_timeout", "the body did not arrive in time", (b"connection", b"close")
-            )
+            return _error(408, "body_timeout", "the body did not arrive in time", _CLOSE)
         except ValueError:
-            return _error(400, "bad_content_length", "Content-Length is not a number")
-
-        verdict = verify(event, headers, body, time.time())
+            return _error(400, "bad_content_length", "Content-Length is not a number", _CLOSE)
+        except _Busy:
+            return self._unavailable(
+                "too many unverified deliveries in flight; retry later", _CLOSE
+            )
         if isinstance(verdict, Rejected):
-            log.info("rejected delivery for %s: %s", event.slug, verdict.reason)
-            METRICS.verification_failed(verdict.reason)
-            return _error(401, "unauthorized", verdict.reason)
+            return _unauthorized(event, verdict)
         return await self._store(delivery_record(event, headers, body, verdict.method))
+
+    def _screen(
+        self, scope: Scope
+    ) -> Answer | tuple[EventConfig, dict[str, bytes], Verified | Pending]:
+        """What the request line and headers alone decide. Each answer here is given before
+        the body is read, so it closes the connection: the sender stops sending a body nobody
+        will read, and keeps no connection open with it."""
+        if scope["method"] != "POST":
+            return _error(405, "method_not_allowed", "deliveries are POSTed", _ALLOW, _CLOSE)
+        slug = _slug(scope["path"])
+        event = self._events.event(slug) if slug is not None else None
+        if event is None:
+            shown = (slug or scope["path"])[:_MAX_SLUG_ECHO]
+            return _error(404, "unknown_event", f"no JTE event {shown!r} is configured", _CLOSE)
+        headers = _header_map(scope)
+        if not _is_json(headers.get("content-type", b"")):
+            return _error(
+                415, "unsupported_media_type", "the body must be application/json", _CLOSE
+            )
+        verdict = screen(event, headers, time.time())
+        if isinstance(verdict, Rejected):
+            return _unauthorized(event, verdict, _CLOSE)
+        return event, headers, verdict
+
+    async def _read(
+        self,
+        scope: Scope,
+        receive: Receive,
+        event: EventConfig,
+        headers: dict[str, bytes],
+        verdict: Verified | Pending,
+    ) -> tuple[bytes, Verified | Rejected]:
+        """The body, and the verdict on it where only the body can decide."""
+        declared = self._declared_length(headers)
+        if isinstance(verdict, Pending):
+            return await self._read_unverified(event, verdict, declared, receive, _drop_hook(scope))
+        return await self._read_body(receive, None), verdict
+
+    async def _read_unverified(
+        self,
+        event: EventConfig,
+        pending: Pending,
+        declared: int | None,
+        receive: Receive,
+        drop: Drop | None,
+    ) -> tuple[bytes, Verified | Rejected]:
+        """Read a body only its signature can verify, within the unverified share of slots and
+        memory (a declared length is reserved up front), and check the signature."""
+        ticket = self._admission.enter(declared or 0, drop)
+        if ticket is None:
+            raise _Busy
+        try:
+            body = await self._read_body(receive, None if declared is not None else ticket)
+            return body, check_body(event, pending, body)
+        finally:
+            self._admission.leave(ticket)
 
     async def _store(self, delivery: DeliveryRecorded) -> Answer:
         if self.writer is None:
@@ -150,29 +211,43 @@ class Intake:
             return Answer(202, {"status": "quarantined"})
         return Answer(200, {"status": "accepted", "position": position})
 
-    def _unavailable(self, message: str) -> Answer:
-        return _error(503, "unavailable", message, (b"retry-after", self._retry_after))
+    def _unavailable(self, message: str, *headers: tuple[bytes, bytes]) -> Answer:
+        return _error(503, "unavailable", message, (b"retry-after", self._retry_after), *headers)
 
-    async def _read_body(self, headers: dict[str, bytes], receive: Receive) -> bytes:
-        """Read at most body_limit bytes; refuse at once on a declared length over it."""
-        limit = self._settings.body_limit
+    def _declared_length(self, headers: dict[str, bytes]) -> int | None:
+        """The body's declared length; refused at once (nothing of it read) over the limit."""
         declared = headers.get("content-length")
-        if declared is not None:
-            if not declared.strip().isdigit():
-                raise ValueError(declared)
-            if int(declared) > limit:
-                raise _TooLarge(drained=False)  # nothing of it is read
+        if declared is None:
+            return None
+        if not declared.strip().isdigit():
+            raise ValueError(declared)
+        if int(declared) > self._settings.body_limit:
+            raise _TooLarge(drained=False)
+        return int(declared)
+
+    async def _read_body(self, receive: Receive, ticket: Ticket | None) -> bytes:
+        """Read at most body_limit bytes, charging them to `ticket` (a body of undeclared
+        length still unverified) as they arrive."""
+        limit = self._settings.body_limit
         # A small body usually arrives with the headers: no timer needed for that case.
         body, more = await _next_chunk(receive)
         chunks, size = [body], len(body)
+        if ticket is not None and size <= limit:
+            self._charge(ticket, size)
         async with asyncio.timeout(self._settings.body_timeout):
             while more and size <= limit:
                 chunk, more = await _next_chunk(receive)
                 size += len(chunk)
                 chunks.append(chunk)
+                if ticket is not None and size <= limit:
+                    self._charge(ticket, len(chunk))
             if size > limit:
                 raise _TooLarge(drained=await _drain(receive, more, limit * 4))
         return b"".join(chunks)
+
+    def _charge(self, ticket: Ticket, size: int) -> None:
+        if not self._admission.charge(ticket, size):
+            raise _Busy
 
 
 async def _drain(receive: Receive, more: bool, budget: int) -> bool:
@@ -261,6 +336,18 @@ def _is_json(content_type: bytes) -> bool:
     return media_type == b"application/json" or (
         media_type.startswith(b"application/") and media_type.endswith(b"+json")
     )
+
+
+def _unauthorized(event: EventConfig, verdict: Rejected, *headers: tuple[bytes, bytes]) -> Answer:
+    log.info("rejected delivery for %s: %s", event.slug, verdict.reason)
+    METRICS.verification_failed(verdict.reason)
+    return _error(401, "unauthorized", verdict.reason, *headers)
+
+
+def _drop_hook(scope: Scope) -> Drop | None:
+    # Our HTTP protocol lets intake close this request's connection to make room (admission).
+    extension = scope.get("extensions", {}).get(DROP_EXTENSION)
+    return extension["close"] if extension else None
 
 
 def _error(status: int, error: str, message: str, *headers: tuple[bytes, bytes]) -> Answer:

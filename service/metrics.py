@@ -51,6 +51,7 @@ class Metrics:
         self._lock = threading.Lock()
         self.deliveries: dict[str, int] = defaultdict(int)
         self.verification_failures: dict[str, int] = defaultdict(int)
+        self.connections_dropped: dict[str, int] = defaultdict(int)
         self.append_seconds = Histogram(_LATENCY_BUCKETS)
         self.batch_size = Histogram(_BATCH_BUCKETS)
 
@@ -62,6 +63,11 @@ class Metrics:
     def verification_failed(self, reason: str) -> None:
         with self._lock:
             self.verification_failures[reason] += 1
+
+    def connection_dropped(self, reason: str) -> None:
+        """Count a connection closed to make room: `idle`, or `unverified` (a body arriving)."""
+        with self._lock:
+            self.connections_dropped[reason] += 1
 
     def appended(self, size: int, seconds: float) -> None:
         """One transaction of `size` deliveries that took `seconds`."""
@@ -86,6 +92,12 @@ class Metrics:
                 *(
                     f'rollcall_verification_failures_total{{reason="{_label(k)}"}} {v}'
                     for k, v in sorted(self.verification_failures.items())
+                ),
+                "# HELP rollcall_connections_dropped_total Connections closed to make room.",
+                "# TYPE rollcall_connections_dropped_total counter",
+                *(
+                    f'rollcall_connections_dropped_total{{reason="{k}"}} {v}'
+                    for k, v in sorted(self.connections_dropped.items())
                 ),
                 "# HELP rollcall_append_seconds Time to append one batch to the event store.",
                 "# TYPE rollcall_append_seconds histogram",

@@ -10,15 +10,27 @@ its headers would otherwise hold the connection forever.
 uvicorn (httptools) also buffers a request line and headers of any size, so a client can grow
 the process by whatever it sends before the deadline. Here a request whose line and headers
 pass ROLLCALL_HEADER_LIMIT bytes is answered 431 and its connection closed.
+
+uvicorn's connection cap (limit_concurrency, ROLLCALL_MAX_CONNECTIONS) counts idle connections
+too, so a few idle sockets make every request a 503 until their deadline. Here only requests in
+progress count against it, and a connection beyond the cap closes the one that has been idle
+longest (no request in progress: still sending its headers, or kept alive between requests).
+Each request also carries a way to drop its connection (scope extension DROP_EXTENSION), with
+which intake makes room among unverified deliveries (service/admission.py).
 """
 
 from __future__ import annotations
 
 import asyncio
 import os
-from typing import Final
+from typing import Any, Final
 
+from uvicorn.config import Config
+from uvicorn.protocols.http.flow_control import service_unavailable
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+from uvicorn.server import ServerState
+
+from service.metrics import METRICS
 
 HEADER_TIMEOUT: Final = float(os.environ.get("ROLLCALL_HEADER_TIMEOUT") or 10.0)
 DEFAULT_HEADER_LIMIT: Final = 64 * 1024
@@ -28,6 +40,7 @@ _TOO_LARGE: Final = (
     + str(HEADER_LIMIT).encode()
     + b'-byte limit"}'
 )
+DROP_EXTENSION: Final = "rollcall.drop"  # scope["extensions"][...]["close"]() drops the request
 
 
 class GuardedHttpToolsProtocol(HttpToolsProtocol):
@@ -37,10 +50,25 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
     _header_deadline: asyncio.TimerHandle | None = None
     _in_head = True  # the bytes arriving belong to a request line or headers
     _head_bytes = 0  # of the current request's line and headers so far
+    _idle_since = 0.0  # loop time since which no request has been in progress
+
+    def __init__(
+        self,
+        config: Config,
+        server_state: ServerState,
+        app_state: dict[str, Any],
+        _loop: asyncio.AbstractEventLoop | None = None,
+    ) -> None:
+        super().__init__(config, server_state, app_state, _loop)
+        # Take the cap from uvicorn, which would count idle connections against it.
+        self.cap, self.limit_concurrency = self.limit_concurrency, None
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
+        self._idle_since = self.loop.time()
         self._arm()
+        if self.cap is not None and len(self.connections) > self.cap:
+            self._close_longest_idle()
 
     def data_received(self, data: bytes) -> None:
         if not self._in_head:
@@ -59,12 +87,25 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
+        self.scope["extensions"] = {DROP_EXTENSION: {"close": self._drop}}
         self._arm()
 
     def on_headers_complete(self) -> None:
         # The deadline stays armed until the body's first byte or the request's end.
         self._in_head = False
-        super().on_headers_complete()
+        if self.cap is None or len(self.tasks) < self.cap:
+            super().on_headers_complete()
+            return
+        self.logger.warning("%d requests in progress: answered 503.", len(self.tasks))
+        app, self.app = self.app, service_unavailable
+        try:
+            super().on_headers_complete()
+        finally:
+            self.app = app
+
+    def on_response_complete(self) -> None:
+        self._idle_since = self.loop.time()
+        super().on_response_complete()
 
     def on_body(self, body: bytes) -> None:
         if self._header_deadline is not None:
@@ -91,6 +132,26 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
 
     def _headers_too_slow(self) -> None:
         self._header_deadline = None
+        if not self.transport.is_closing():
+            self.transport.close()
+
+    def _idle(self) -> bool:
+        return (self.cycle is None or self.cycle.response_complete) and not self.pipeline
+
+    def _close_longest_idle(self) -> None:
+        idle = [
+            c
+            for c in self.connections
+            if isinstance(c, GuardedHttpToolsProtocol)
+            and c is not self
+            and c._idle()
+            and not c.transport.is_closing()
+        ]
+        if idle:
+            min(idle, key=lambda c: c._idle_since).transport.close()
+            METRICS.connection_dropped("idle")
+
+    def _drop(self) -> None:
         if not self.transport.is_closing():
             self.transport.close()
 

@@ -10,7 +10,7 @@ import base64
 import binascii
 import hashlib
 import hmac
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Final
 
 import msgspec
@@ -34,29 +34,66 @@ class Rejected(msgspec.Struct, frozen=True):
 
 Headers = Mapping[str, bytes]
 
+# A header may carry several signatures (a sender signing with old and new secrets during a
+# rotation); more than this is no sender's need, and each one costs a comparison per secret.
+MAX_SIGNATURES: Final = 8
+_TOO_MANY: Final = Rejected(f"more than {MAX_SIGNATURES} signatures")
+
+
+class Pending(msgspec.Struct, frozen=True):
+    """The headers are in order and only the body can decide: what it will be checked against."""
+
+    method: str  # "hmac-sha256" or "standard-webhooks"
+    signed_prefix: bytes  # what the signed message holds before the body
+    presented: tuple[bytes, ...]  # the signatures the sender presented, in comparable forms
+
 
 def verify(event: EventConfig, headers: Headers, body: bytes, now: float) -> Verified | Rejected:
     """Check a delivery's headers and exact body against the event's configured mode."""
-    keys = [secret.encode() for secret in event.secrets]
+    verdict = screen(event, headers, now)
+    return check_body(event, verdict, body) if isinstance(verdict, Pending) else verdict
+
+
+def screen(event: EventConfig, headers: Headers, now: float) -> Verified | Rejected | Pending:
+    """What the headers alone decide: a token checked, a missing, stale or overlong credential
+    refused; Pending when a signature over the body must decide."""
     if event.mode == "token":
-        return _verify_token(event, headers, keys)
+        return _verify_token(event, headers)
     if event.mode == "hmac-sha256":
-        return _verify_hmac(event, headers, body, keys, now)
+        return _screen_hmac(event, headers, now)
     if event.mode == "standard-webhooks":
-        return _verify_standard(event, headers, body, now)
-    return _verify_token_or_hmac(event, headers, body, keys, now)
-
-
-def _verify_token_or_hmac(
-    event: EventConfig, headers: Headers, body: bytes, keys: list[bytes], now: float
-) -> Verified | Rejected:
+        return _screen_standard(event, headers, now)
     if _presented_tokens(event, headers):
-        token = _verify_token(event, headers, keys)
+        token = _verify_token(event, headers)
         if isinstance(token, Verified) or event.signature_header not in headers:
             return token
     if event.signature_header in headers:
-        return _verify_hmac(event, headers, body, keys, now)
+        return _screen_hmac(event, headers, now)
     return Rejected("no secret or signature header")
+
+
+def check_body(event: EventConfig, pending: Pending, body: bytes) -> Verified | Rejected:
+    """The body's signature, under every active secret, against what the sender presented."""
+    if pending.method == "standard-webhooks":
+        keys = [standard_key(secret) for secret in event.secrets]
+    else:
+        keys = [secret.encode() for secret in event.secrets]
+    expected = []
+    for key in keys:
+        mac = hmac.new(key, pending.signed_prefix, hashlib.sha256)
+        mac.update(body)
+        digest = mac.digest()
+        if pending.method == "standard-webhooks":
+            expected.append(base64.b64encode(digest))
+        else:
+            expected += [
+                digest.hex().encode(),
+                base64.b64encode(digest),
+                base64.urlsafe_b64encode(digest),
+            ]
+    if _any_equal(pending.presented, expected):
+        return Verified(pending.method)
+    return Rejected("signature does not match")
 
 
 def _presented_tokens(event: EventConfig, headers: Headers) -> list[bytes]:
@@ -70,55 +107,38 @@ def _presented_tokens(event: EventConfig, headers: Headers) -> list[bytes]:
     return presented
 
 
-def _verify_token(event: EventConfig, headers: Headers, keys: list[bytes]) -> Verified | Rejected:
+def _verify_token(event: EventConfig, headers: Headers) -> Verified | Rejected:
     presented = _presented_tokens(event, headers)
     if not presented:
         return Rejected("no secret header")
-    if _any_equal(presented, keys):
+    if _any_equal(presented, [secret.encode() for secret in event.secrets]):
         return Verified("token")
     return Rejected("secret does not match")
 
 
-def _verify_hmac(
-    event: EventConfig, headers: Headers, body: bytes, keys: list[bytes], now: float
-) -> Verified | Rejected:
+def _screen_hmac(event: EventConfig, headers: Headers, now: float) -> Pending | Rejected:
     header = headers.get(event.signature_header)
     if header is None:
         return Rejected("no signature header")
-    message = body
+    prefix = b""
     if event.timestamp_header:
         timestamp = _fresh_timestamp(headers.get(event.timestamp_header), event, now)
         if isinstance(timestamp, Rejected):
             return timestamp
-        message = timestamp + b"." + body
-    presented = _signature_candidates(header)
-    expected = []
-    for key in keys:
-        digest = hmac.new(key, message, hashlib.sha256).digest()
-        expected += [
-            digest.hex().encode(),
-            base64.b64encode(digest),
-            base64.urlsafe_b64encode(digest),
-        ]
-    if _any_equal(presented, expected):
-        return Verified("hmac-sha256")
-    return Rejected("signature does not match")
-
-
-def _signature_candidates(header: bytes) -> list[bytes]:
-    """A header may hold one signature or a list; each may carry a `sha256=` prefix."""
-    candidates = []
-    for part in header.replace(b",", b" ").split():
+        prefix = timestamp + b"."
+    parts = header.replace(b",", b" ").split(maxsplit=MAX_SIGNATURES)
+    if len(parts) > MAX_SIGNATURES:
+        return _TOO_MANY
+    presented: list[bytes] = []
+    for part in parts:
         if part[:7].lower() == _SHA256_PREFIX:
             part = part[7:]
         # Hex is compared lowercased; base64 is case-sensitive, so keep both forms.
-        candidates += [part, part.lower()] if part != part.lower() else [part]
-    return candidates
+        presented += [part, part.lower()] if part != part.lower() else [part]
+    return Pending("hmac-sha256", prefix, tuple(presented))
 
 
-def _verify_standard(
-    event: EventConfig, headers: Headers, body: bytes, now: float
-) -> Verified | Rejected:
+def _screen_standard(event: EventConfig, headers: Headers, now: float) -> Pending | Rejected:
     """Standard Webhooks: HMAC-SHA256 over "{id}.{timestamp}.{body}", base64, `v1,` entries."""
     msg_id = headers.get("webhook-id")
     signature_header = headers.get("webhook-signature")
@@ -127,19 +147,15 @@ def _verify_standard(
     timestamp = _fresh_timestamp(headers.get("webhook-timestamp"), event, now)
     if isinstance(timestamp, Rejected):
         return timestamp
-    message = msg_id + b"." + timestamp + b"." + body
-    expected = [
-        base64.b64encode(hmac.new(key, message, hashlib.sha256).digest())
-        for key in (standard_key(secret) for secret in event.secrets)
-    ]
+    entries = signature_header.split(maxsplit=MAX_SIGNATURES)
+    if len(entries) > MAX_SIGNATURES:
+        return _TOO_MANY
     presented = []
-    for entry in signature_header.split():
+    for entry in entries:
         version, _, signature = entry.partition(b",")
         if version == b"v1" and signature:
             presented.append(signature)
-    if _any_equal(presented, expected):
-        return Verified("standard-webhooks")
-    return Rejected("signature does not match")
+    return Pending("standard-webhooks", msg_id + b"." + timestamp + b".", tuple(presented))
 
 
 def standard_key(secret: str) -> bytes:
@@ -163,7 +179,7 @@ def _fresh_timestamp(value: bytes | None, event: EventConfig, now: float) -> byt
     return text
 
 
-def _any_equal(presented: list[bytes], expected: list[bytes]) -> bool:
+def _any_equal(presented: Sequence[bytes], expected: Sequence[bytes]) -> bool:
     # Compare every pair, without stopping at the first match, so timing says nothing about
     # which secret (or how many) matched.
     matched = False

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import hashlib
 import hmac
 import json
@@ -17,7 +18,7 @@ import socket
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
@@ -27,6 +28,7 @@ import httpx
 import psycopg
 import uvicorn
 from psycopg import sql
+from uvicorn.server import ServerState
 
 from domain.interpret import PARSER_VERSION
 from service import database, tokens
@@ -67,6 +69,7 @@ class RunningService:
             log_config=None,
             timeout_keep_alive=5,
             http=GuardedHttpToolsProtocol,
+            limit_concurrency=settings.max_connections,
         )
         self._server = uvicorn.Server(config)
         self._thread = threading.Thread(target=self._run, daemon=True)
@@ -82,10 +85,38 @@ class RunningService:
                 raise RuntimeError("rollcall did not start")
             time.sleep(0.02)
 
+    @property
+    def state(self) -> ServerState:
+        """uvicorn's view of the connections open and the requests in progress."""
+        return self._server.server_state
+
     def stop(self) -> None:
         self._server.should_exit = True
         self._thread.join(timeout=30)
         self._socket.close()
+
+
+def raw_exchange(url: str, wire: bytes, timeout: float = 10) -> tuple[bytes, float]:
+    """Send raw bytes on a new connection; what came back before the close, and when."""
+    host, port = url.removeprefix("http://").split(":")
+    started = time.monotonic()
+    with socket.create_connection((host, int(port)), timeout=timeout) as sock:
+        received = b""
+        with contextlib.suppress(ConnectionError):
+            sock.sendall(wire)
+        with contextlib.suppress(ConnectionError):
+            while chunk := sock.recv(65536):
+                received += chunk
+    return received, time.monotonic() - started
+
+
+def wait_until(condition: Callable[[], object], timeout: float = 10) -> None:
+    """Wait for `condition` to hold; the timeout is only a liveness bound."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not within {timeout} s: {condition}")
+        time.sleep(0.01)
 
 
 def jte_headers(values: dict[str, str]) -> httpx.Headers:

@@ -34,6 +34,8 @@ def test_environment_overrides(tmp_path: Path) -> None:
             "ROLLCALL_SIGNATURE_HEADER": "X-JTE-Signature",
             "ROLLCALL_BODY_LIMIT": "2048",
             "ROLLCALL_GROUP_COMMIT": "off",
+            "ROLLCALL_MAX_CONNECTIONS": "64",
+            "ROLLCALL_UNVERIFIED_BODY_MEMORY": "4096",
         }
     )
     event = settings.events["default"]
@@ -43,8 +45,26 @@ def test_environment_overrides(tmp_path: Path) -> None:
         "x-jte-signature",
     )
     assert settings.body_limit == 2048
+    assert (settings.max_connections, settings.unverified_body_memory) == (64, 4096)
     assert settings.group_commit is False
     assert settings.database_url == "postgresql://u@h/db"
+
+
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [
+        ({"ROLLCALL_MAX_CONNECTIONS": "1"}, "max_connections must be at least 2"),
+        (
+            {"ROLLCALL_BODY_LIMIT": "2048", "ROLLCALL_UNVERIFIED_BODY_MEMORY": "2047"},
+            "unverified_body_memory must be at least body_limit",
+        ),
+    ],
+)
+def test_limits_that_leave_no_room_are_refused(
+    tmp_path: Path, values: dict[str, str], message: str
+) -> None:
+    with pytest.raises(ConfigError, match=message):
+        load_settings({"ROLLCALL_DATA_DIR": str(tmp_path), **values})
 
 
 def test_toml_with_several_events(tmp_path: Path) -> None:

@@ -9,6 +9,16 @@ from pathlib import Path
 import pytest
 
 from service.drill import QUICK, Finding, run
+from service.drill.crowd import (
+    CAP,
+    FLOOD_SLACK_MB,
+    UNVERIFIED_MB,
+    Drip,
+    Flood,
+    Slow,
+    check_flood,
+    check_slow,
+)
 from service.drill.fuzz import ANY, ApiFacts, Generator, Probe, Tally, is_json_type
 from service.drill.harness import Workspace
 from service.drill.hostile import check_answers
@@ -34,7 +44,14 @@ def test_hostile_holds(findings: dict[str, Finding]) -> None:
     assert figure(finding, r"named cases (\d+)/13 as DESIGN says") == 13
     assert figure(finding, r"body declared -> 413 in (\d+) ms") < 2000
     assert figure(finding, r"chunked -> 413 in (\d+) ms") < 2000
-    assert figure(finding, r"(\d+) slow clients let go") == QUICK.slow_clients
+    let_go = r"(\d+) idle and slow clients \(cap \d+ connections\) let go"
+    assert figure(finding, let_go) == QUICK.slow_clients + CAP
+    # Idle sockets filling the cap and slow ones on top: deliveries and health checks still
+    # answered (held() above: none late), and ones refused from the headers let go at once.
+    assert figure(finding, r"let go within [\d.]+ s \(idle or slow headers\), ([\d.]+) s") < 1
+    # Unverified megabyte bodies beyond their memory bound: the oldest dropped, memory bounded.
+    assert figure(finding, r"unverified 1 MB bodies held open: (\d+) dropped") > 0
+    assert figure(finding, r"server peak \+(\d+) MB \(bound") < UNVERIFIED_MB + FLOOD_SLACK_MB
     assert figure(finding, r"([\d,]+) stored = accepted \+ quarantined") > 0
 
 
@@ -106,3 +123,22 @@ def test_generator_is_deterministic_for_a_seed(tmp_path: Path) -> None:
     kinds = {p.kind for p in first}
     assert {"genuine", "altered body", "api query", "wrong auth"} <= kinds
     assert sum(p.kind.startswith("api") for p in first) > 50  # the analyst API is hit too
+
+
+def test_the_crowd_checks_bite() -> None:
+    # What idle sockets filling the cap did before issue 10: deliveries and health checks 503.
+    busy = Answer(status=503, seconds=0.01, body=b"Service Unavailable")
+    slow = Slow(
+        drips=[Drip("idle", NO_ANSWER, 2.0, held=False)] * (QUICK.slow_clients + CAP),
+        during=[busy],
+        health=[busy],
+    )
+    finding = Finding(scenario="hostile", load="", faults="")
+    check_slow(finding, slow, QUICK)
+    assert [b.split(" ", 2)[:2] for b in finding.broken] == [["1", "deliveries"], ["1", "health"]]
+    # What unverified megabyte bodies did: held whole, 47 MB, and everything else refused.
+    flood = Flood(bodies=60, dropped=0, peak_growth_mb=47, delivery=busy, health=busy)
+    finding = Finding(scenario="hostile", load="", faults="")
+    check_flood(finding, flood)
+    assert len(finding.broken) == 3
+    assert finding.broken[0].startswith("60 unverified 1 MiB bodies grew the server by 47 MB")

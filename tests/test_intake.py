@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import contextlib
-import socket
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Callable
@@ -28,6 +26,7 @@ from tests.helpers import (
     hmac_base64,
     hmac_headers,
     jte_headers,
+    raw_exchange,
     stored_rows,
     token_headers,
 )
@@ -380,20 +379,6 @@ async def test_out_of_range_occurrence_time_is_accepted_without_one(
     assert stored_rows(database_url)[0]["occurred_at"] is None
 
 
-def _raw_exchange(url: str, wire: bytes, timeout: float = 10) -> tuple[bytes, float]:
-    """Send raw bytes on a new connection; what came back before the close, and when."""
-    host, port = url.removeprefix("http://").split(":")
-    started = time.monotonic()
-    with socket.create_connection((host, int(port)), timeout=timeout) as sock:
-        received = b""
-        with contextlib.suppress(ConnectionError):
-            sock.sendall(wire)
-        with contextlib.suppress(ConnectionError):
-            while chunk := sock.recv(65536):
-                received += chunk
-    return received, time.monotonic() - started
-
-
 async def test_headers_over_the_limit_are_431_and_nothing_is_stored(
     service: RunningService, database_url: str
 ) -> None:
@@ -407,17 +392,17 @@ async def test_headers_over_the_limit_are_431_and_nothing_is_stored(
     )
     padding = b"X-Padding: " + b"p" * (DEFAULT_HEADER_LIMIT + 1) + b"\r\n"
     received, _ = await asyncio.to_thread(
-        _raw_exchange, service.url, head + padding + b"\r\n" + body
+        raw_exchange, service.url, head + padding + b"\r\n" + body
     )
     assert received.startswith(b"HTTP/1.1 431 ")
     assert b'"error":"headers_too_large"' in received
     # Many small headers count the same; and just under the limit is fine.
     many = b"".join(b"X-P%d: pppp\r\n" % i for i in range(DEFAULT_HEADER_LIMIT // 10))
-    received, _ = await asyncio.to_thread(_raw_exchange, service.url, head + many + b"\r\n" + body)
+    received, _ = await asyncio.to_thread(raw_exchange, service.url, head + many + b"\r\n" + body)
     assert received.startswith(b"HTTP/1.1 431 ")
     assert stored_rows(database_url) == []
     fits = b"X-Padding: " + b"p" * (DEFAULT_HEADER_LIMIT - len(head) - 100) + b"\r\n"
-    received, _ = await asyncio.to_thread(_raw_exchange, service.url, head + fits + b"\r\n" + body)
+    received, _ = await asyncio.to_thread(raw_exchange, service.url, head + fits + b"\r\n" + body)
     assert received.startswith(b"HTTP/1.1 200 ") and b'"accepted"' in received
 
 
@@ -430,18 +415,20 @@ async def test_a_body_that_never_starts_is_cut_off_at_the_header_deadline(
     # body's first chunk, so headers followed by nothing held the connection forever.
     monkeypatch.setattr(protocol, "HEADER_TIMEOUT", 0.5)
     service = start_service(body_timeout=0.5)
+    # A signature, however wrong, makes the body necessary (a wrong token would be refused
+    # from the headers alone, before any body).
     head = (
         b"POST /webhooks/jte HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-        b"X-Webhook-Secret: x\r\nContent-Length: 100\r\n\r\n"
+        b"X-Webhook-Signature: sha256=00\r\nContent-Length: 100\r\n\r\n"
     )
-    received, seconds = await asyncio.to_thread(_raw_exchange, service.url, head)
+    received, seconds = await asyncio.to_thread(raw_exchange, service.url, head)
     assert received == b"" and seconds < 5
     # A body that has begun is the body deadline's: 408 from intake, not a silent close.
     body = delivery()
     slow = (
         b"POST /webhooks/jte HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-        b"X-Webhook-Secret: x\r\nContent-Length: %d\r\n\r\n" % (len(body) + 10)
+        b"X-Webhook-Signature: sha256=00\r\nContent-Length: %d\r\n\r\n" % (len(body) + 10)
     ) + body
-    received, _ = await asyncio.to_thread(_raw_exchange, service.url, slow)
+    received, _ = await asyncio.to_thread(raw_exchange, service.url, slow)
     assert received.startswith(b"HTTP/1.1 408 ")
     assert stored_rows(database_url) == []

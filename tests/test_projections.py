@@ -15,6 +15,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
+from typing import Any
 
 import httpx
 import psycopg
@@ -23,6 +24,7 @@ import pytest
 from domain import ledger, presence, roster
 from domain.events import attendee_event
 from domain.interpret import Interpreted, interpret
+from projections import batch
 from projections.batch import (
     PoisonError,
     StalePosition,
@@ -33,7 +35,7 @@ from projections.batch import (
 )
 from projections.rebuild import build_as_of, rebuild
 from projections.runner import Runner, ensure_views
-from projections.schema import live_version, versions
+from projections.schema import LOCK_NAMESPACE, live_version, runner_lock, versions
 from projections.snapshot import snapshot, wait_until_caught_up
 from projections.source import read
 from projections.status import read_status
@@ -52,6 +54,7 @@ from tests.helpers import (
     recorded,
     stored_rows,
     token_headers,
+    wait_until,
 )
 
 DEFAULT_EVENT = EventConfig(slug="default", secrets=(SECRET,))
@@ -326,6 +329,104 @@ def test_two_runners_never_apply_an_event_twice(database_url: str) -> None:
     with psycopg.connect(database_url) as conn:
         check_ins = conn.execute("SELECT check_ins FROM analytics.occupancy").fetchone()
     assert check_ins == (300,)
+
+
+def check_ins(database_url: str, first: int, count: int) -> None:
+    store = DeliveryStore(database_url)
+    try:
+        store.append(
+            [
+                recorded(delivery("AttendeeCheckedIn", attendee_id=f"in-{n}"), f"in-{n}")
+                for n in range(first, first + count)
+            ]
+        )
+    finally:
+        store.close()
+
+
+class Interleaving:
+    """Holds the runner threads named `first` and `second` at the points of a batch a test
+    chooses: after the fold of their first batch, and (first only) before its first commit."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.folded = {name: threading.Event() for name in ("first", "second")}
+        self.fold_on = {name: threading.Event() for name in ("first", "second")}
+        self.written, self.commit = threading.Event(), threading.Event()
+        self.first_pid = 0
+        self._fold, self._write = batch.fold_records, batch.write_folded
+        monkeypatch.setattr(batch, "fold_records", self.fold)
+        monkeypatch.setattr(batch, "write_folded", self.write)
+
+    def fold(self, *args: Any, **kwargs: Any) -> batch.Folded:
+        folded = self._fold(*args, **kwargs)
+        name = threading.current_thread().name
+        if name in self.folded and not self.folded[name].is_set():
+            self.folded[name].set()
+            assert self.fold_on[name].wait(30)
+        return folded
+
+    def write(self, cur: psycopg.Cursor[Any], *args: Any) -> list[Target]:
+        moved = self._write(cur, *args)
+        if threading.current_thread().name == "first" and not self.written.is_set():
+            self.first_pid = cur.connection.info.backend_pid
+            self.written.set()
+            assert self.commit.wait(30)
+        return moved
+
+
+def test_runners_overlapping_on_a_brand_new_version_never_apply_an_event_twice(
+    database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Regression: a version's first batch has no tracking row to lock, so a runner that had
+    # lost its lock and one that took it over could both write from position 0: occupancy's
+    # counters are additive, and the second batch counted the first one's check-ins again.
+    check_ins(database_url, 0, 30)
+    ensure_views(database_url)
+    steps = Interleaving(monkeypatch)
+    errors: dict[str, BaseException] = {}
+
+    def run(runner: Runner) -> None:
+        try:
+            runner.catch_up()
+        except BaseException as error:
+            errors[threading.current_thread().name] = error
+
+    threads = {
+        name: threading.Thread(
+            target=run, name=name, args=(Runner(database_url, views=["occupancy"]),)
+        )
+        for name in ("first", "second")
+    }
+    threads["first"].start()
+    assert steps.folded["first"].wait(30)  # first read positions 1-30 of a new version...
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        # ...then lost its lock (its lock connection died), and the second runner took it.
+        conn.execute(
+            "SELECT pg_terminate_backend(pid, 30000) FROM pg_locks WHERE locktype = 'advisory' "
+            "AND classid = %s AND objid = %s AND granted",
+            (LOCK_NAMESPACE, runner_lock("occupancy")),
+        )
+        check_ins(database_url, 30, 20)
+        threads["second"].start()
+        assert steps.folded["second"].wait(30)  # second read positions 1-50
+        steps.fold_on["first"].set()
+        assert steps.written.wait(30)  # first has written, not committed
+        steps.fold_on["second"].set()
+        # Wait until second's batch waits for first's transaction, then let first commit.
+        blocked = "SELECT count(*) FROM pg_stat_activity WHERE %s = ANY(pg_blocking_pids(pid))"
+        wait_until(lambda: conn.execute(blocked, (steps.first_pid,)).fetchone() == (1,), 30)
+        steps.commit.set()
+    for thread in threads.values():
+        thread.join(60)
+    Runner(database_url, views=["occupancy"]).catch_up()
+    with psycopg.connect(database_url) as conn:
+        counted = conn.execute(
+            "SELECT check_ins, inside_now FROM analytics.occupancy WHERE event = 'default'"
+        ).fetchone()
+    assert counted == (50, 50)  # each check-in once
+    assert "second" not in errors, errors
+    # The runner that lost its lock notices before its next batch.
+    assert isinstance(errors.get("first"), psycopg.OperationalError), errors
 
 
 def test_poison_is_dead_lettered_live_and_strict_in_a_rebuild(database_url: str) -> None:

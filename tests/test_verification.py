@@ -12,7 +12,7 @@ import pytest
 from standardwebhooks import Webhook
 
 from service.config import EventConfig
-from service.verification import Rejected, Verified, verify
+from service.verification import MAX_SIGNATURES, Rejected, Verified, verify
 
 BODY = b'{"event":"AttendeeCheckedIn","attendee":{"id":"a-1"}}'
 OLD, NEW = "old secret", "new sekret ąę"
@@ -169,3 +169,37 @@ def test_rejections_never_name_the_secret() -> None:
         )
         assert isinstance(verdict, Rejected)
         assert OLD not in verdict.reason and NEW not in verdict.reason
+
+
+def test_signature_candidates_are_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Regression: a 63 KB X-Webhook-Signature of 21,000 parts became 42,000 candidates, each
+    # compared with every secret's three encodings: 10.5 ms of CPU per 401, more during a
+    # rotation. Now more than MAX_SIGNATURES parts is refused before any comparison.
+    compared: list[bytes] = []
+    real = hmac.compare_digest
+
+    def counting(candidate: bytes, expected: bytes) -> bool:
+        compared.append(candidate)
+        return real(candidate, expected)
+
+    monkeypatch.setattr(hmac, "compare_digest", counting)
+    flood = b"Ab," * 21_000
+    for mode in ("default", "hmac-sha256"):
+        verdict = verify(event(mode), {"x-webhook-signature": flood}, BODY, NOW)
+        assert verdict == Rejected(f"more than {MAX_SIGNATURES} signatures")
+    standard = {"webhook-id": b"msg_1", "webhook-timestamp": str(int(NOW)).encode()}
+    standard["webhook-signature"] = b"v1,Ab " * 21_000
+    verdict = verify(standard_event("whsec_" + "A" * 32), standard, BODY, NOW)
+    assert verdict == Rejected(f"more than {MAX_SIGNATURES} signatures")
+    assert compared == []
+    # Up to the bound every candidate is still tried under every secret: the eighth verifies.
+    good = sign(NEW, BODY).hex().encode()
+    eight = b", ".join([b"00"] * (MAX_SIGNATURES - 1) + [good])
+    assert verify(event("hmac-sha256"), {"x-webhook-signature": eight}, BODY, NOW) == Verified(
+        "hmac-sha256"
+    )
+    assert len(compared) == MAX_SIGNATURES * 2 * 3  # candidates x secrets x encodings
+    nine = b"00 " + eight
+    assert verify(event("hmac-sha256"), {"x-webhook-signature": nine}, BODY, NOW) == Rejected(
+        f"more than {MAX_SIGNATURES} signatures"
+    )

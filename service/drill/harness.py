@@ -258,6 +258,28 @@ class Workspace:
         return deliveries
 
 
+def memory_mb(pid: int) -> tuple[float, float]:
+    """(resident, peak resident) MB of a process, from /proc."""
+    fields = {}
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        name, _, value = line.partition(":")
+        fields[name] = value
+    return _kb(fields["VmRSS"]) / 1024, _kb(fields["VmHWM"]) / 1024
+
+
+def reset_peak(pid: int) -> bool:
+    """Reset a process's peak RSS (VmHWM) so that the next reading covers only what follows."""
+    try:
+        Path(f"/proc/{pid}/clear_refs").write_text("5")
+    except OSError:
+        return False
+    return True
+
+
+def _kb(value: str) -> float:
+    return float(value.split()[0])
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

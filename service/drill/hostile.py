@@ -2,9 +2,11 @@
 
 Thousands of generated requests (mutated signed deliveries, malformed HTTP, random analyst
 queries with good and bad tokens), 100 MB bodies, near-limit deliveries and a rebuild over
-them, slow-drip clients and DESIGN's named cases against one serve process. The promises: no
-5xx and no hang for anything a sender can send, a server still healthy and not exhausted
-afterwards, and nothing unverified stored.
+them, slow and idle clients outnumbering the connection cap, unverified megabyte bodies
+outnumbering their memory bound (service/drill/crowd.py), and DESIGN's named cases against
+one serve process. The promises: no 5xx and no hang for anything a sender can send, genuine
+deliveries and health checks answered promptly throughout, a server still healthy and not
+exhausted afterwards, and nothing unverified stored.
 """
 
 from __future__ import annotations
@@ -18,7 +20,6 @@ import socket
 import time
 from collections import Counter
 from collections.abc import Iterator, Sequence
-from pathlib import Path
 from typing import Final
 
 import httpx
@@ -27,21 +28,33 @@ import msgspec
 from projections.snapshot import wait_until_caught_up
 from service.config import EventConfig
 from service.drill.access import scan_logs
-from service.drill.fuzz import OK, ApiFacts, Generator, Probe, Tally, fire, stored_answer
+from service.drill.crowd import (
+    CAP,
+    DEADLINE,
+    UNVERIFIED_MB,
+    Flood,
+    Slow,
+    check_flood,
+    check_slow,
+    slow_clients,
+    slowest,
+    unverified_flood,
+)
+from service.drill.fuzz import OK, ApiFacts, Generator, Probe, Tally, fire
 from service.drill.harness import (
     DrillError,
     Serve,
     Workspace,
     fresh_deliveries,
+    memory_mb,
+    reset_peak,
     stored_deliveries,
     wait_for,
 )
 from service.drill.report import Finding, Size, top
 from service.drill.wire import (
     HANG,
-    NO_ANSWER,
     Answer,
-    Collector,
     Headers,
     exchange,
     parse_answer,
@@ -53,7 +66,6 @@ from service.protocol import DEFAULT_HEADER_LIMIT
 from service.signing import sign
 from service.simulator import SimulatedDelivery
 
-DEADLINE: Final = 2  # seconds: the hostile server's header and body deadlines
 CONNECTIONS: Final = 16
 SEED: Final = 20_261_127
 RSS_GROWTH_MB: Final = 50  # what refusing a 100 MB body may cost the server
@@ -143,28 +155,6 @@ def _push(port: int, head: bytes, pieces: Sequence[bytes], chunked: bool) -> tup
         return status, time.monotonic() - started, sent
 
 
-def memory_mb(pid: int) -> tuple[float, float]:
-    """(resident, peak resident) MB of a process, from /proc."""
-    fields = {}
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        name, _, value = line.partition(":")
-        fields[name] = value
-    return _kb(fields["VmRSS"]) / 1024, _kb(fields["VmHWM"]) / 1024
-
-
-def reset_peak(pid: int) -> bool:
-    """Reset a process's peak RSS (VmHWM) so that the next reading covers only what follows."""
-    try:
-        Path(f"/proc/{pid}/clear_refs").write_text("5")
-    except OSError:
-        return False
-    return True
-
-
-def _kb(value: str) -> float:
-    return float(value.split()[0])
-
-
 # --- Big verified deliveries, and a rebuild over them -----------------------------------------
 
 
@@ -237,67 +227,6 @@ def rebuild_all(base_url: str, admin: str, timeout: float = 300) -> float:
     return time.monotonic() - started
 
 
-# --- Slow clients ---------------------------------------------------------------------------
-
-
-class Drip(msgspec.Struct, frozen=True):
-    """One slow client: how it behaved, what it got, and when the server let it go."""
-
-    kind: str  # headers (a byte a second), body (a byte a second), stall (no body at all)
-    status: int
-    seconds: float
-    held: bool  # still open at the drill's limit
-
-
-class Slow(msgspec.Struct, frozen=True, kw_only=True):
-    drips: list[Drip]
-    during: list[Answer]  # normal deliveries sent while the slow clients held on
-
-
-DRIP_LIMIT: Final = 2 * DEADLINE + 4.0  # seconds a slow client may hold a connection
-_DRIP_EXPECT: Final = {
-    "headers": frozenset({NO_ANSWER, 400, 408}),
-    "body": frozenset({408}),
-    "stall": frozenset({NO_ANSWER, 408}),
-}
-
-
-async def slow_clients(port: int, count: int, normal: Sequence[bytes]) -> Slow:
-    """`count` slow clients at once; while they hold on, send `normal` deliveries one by one."""
-    kinds = ["headers", "headers", "body", "stall"]
-    body = b'{"event":"AttendeeCheckedIn","attendee":{"id":"slow"}}' + b" " * 200
-    head = request(b"POST", b"/webhooks/jte", [(b"Content-Type", b"application/json")], body)
-    head = head[: -len(body)]
-    drips = [
-        asyncio.create_task(_drip(port, kinds[i % len(kinds)], head, body)) for i in range(count)
-    ]
-    await asyncio.sleep(1.0)  # every slow client has connected and begun
-    during = []
-    for wire in normal:
-        during.append(await exchange(port, wire))
-        await asyncio.sleep(0.2)
-    return Slow(drips=list(await asyncio.gather(*drips)), during=during)
-
-
-async def _drip(port: int, kind: str, head: bytes, body: bytes) -> Drip:
-    started = time.monotonic()
-    loop = asyncio.get_running_loop()
-    transport, collector = await loop.create_connection(Collector, "127.0.0.1", port)
-    if kind != "headers":
-        transport.write(head)
-    for byte in {"headers": head, "body": body, "stall": b""}[kind]:
-        if collector.closed.done():
-            break
-        transport.write(bytes([byte]))
-        # A byte a second, but notice a close at once.
-        await asyncio.wait([collector.closed], timeout=1.0)
-    left = DRIP_LIMIT - (time.monotonic() - started)
-    done, _ = await asyncio.wait([collector.closed], timeout=max(0.0, left))
-    seconds = time.monotonic() - started
-    transport.abort()
-    return Drip(kind, parse_answer(bytes(collector.received))[0], seconds, held=not done)
-
-
 # --- The hostile scenario -------------------------------------------------------------------
 
 
@@ -320,6 +249,8 @@ def hostile(ws: Workspace, size: Size) -> Finding:
             ROLLCALL_HEADER_TIMEOUT=str(DEADLINE),
             ROLLCALL_BODY_TIMEOUT=str(DEADLINE),
             ROLLCALL_HEADER_LIMIT=str(DEFAULT_HEADER_LIMIT),
+            ROLLCALL_MAX_CONNECTIONS=str(CAP),
+            ROLLCALL_UNVERIFIED_BODY_MEMORY=str(UNVERIFIED_MB * 2**20),
         ).start()
         tally = Tally()
         facts = seed_store(ws, server, url, tally)
@@ -327,11 +258,12 @@ def hostile(ws: Workspace, size: Size) -> Finding:
             big_body(server, ws.default, size.big_body_mb, chunked=chunked)
             for chunked in (False, True)
         ]
+        fresh = iter(fresh_deliveries(SEED + 7, 40))
+        flood = flood_attack(server, ws.default, next(fresh), tally)
         before = tally.sent
         probes = Generator(SEED, ws, facts).probes(size.hostile_requests)
         elapsed = asyncio.run(fire(server.port, probes, tally, CONNECTIONS))
         generated = tally.sent - before
-        fresh = iter(fresh_deliveries(SEED + 7, 40))
         named = run_named(server.port, ws.default, fresh, tally)
         heavy = heavy_store(server, url, ws.default, size.big_deliveries, facts.admin, tally)
         slow = slow_attack(server.port, ws.default, fresh, size.slow_clients, tally)
@@ -340,15 +272,17 @@ def hostile(ws: Workspace, size: Size) -> Finding:
             scenario="hostile",
             load=f"{generated:,} generated requests, {CONNECTIONS} at a time",
             faults=(
-                f"{size.big_body_mb} MB bodies, {size.slow_clients} slow clients, "
-                f"{len(named)} named cases, {heavy.deliveries} 1 MB deliveries rebuilt"
+                f"{size.big_body_mb} MB bodies, {CAP} idle and {size.slow_clients} slow clients, "
+                f"{flood.bodies} unverified 1 MB bodies, {len(named)} named cases, "
+                f"{heavy.deliveries} 1 MB deliveries rebuilt"
             ),
-            bad_inputs=generated + len(big) + size.slow_clients + len(named),
+            bad_inputs=generated + len(big) + len(slow.drips) + flood.bodies + len(named),
         )
         check_answers(finding, tally, generated, size)
         _check_big(finding, big)
         _check_heavy(finding, heavy)
-        _check_slow(finding, slow, size)
+        check_slow(finding, slow, size)
+        check_flood(finding, flood)
         _check_named(finding, named)
         finding.check(not healthy, "not healthy afterwards: " + "; ".join(healthy))
         _check_store(finding, url, tally)
@@ -356,7 +290,7 @@ def hostile(ws: Workspace, size: Size) -> Finding:
         rss_after = memory_mb(server.pid)[0]
         server.stop()
         finding.figures = _hostile_figures(
-            tally, generated, elapsed, big, heavy, slow, named, rss_after, size
+            tally, generated, elapsed, big, heavy, slow, flood, named, rss_after, size
         )
         return finding
 
@@ -466,12 +400,24 @@ def slow_attack(
     count: int,
     tally: Tally,
 ) -> Slow:
-    """Slow clients, and genuine deliveries sent while they hold on."""
+    """Slow and idle clients, more than the connection cap, and genuine deliveries and health
+    checks sent while they hold on."""
     normal = [delivery_probe(event, next(fresh), "delivery during slow clients") for _ in range(5)]
     slow = asyncio.run(slow_clients(port, count, [p.wire for p in normal]))
     for probe, answer in zip(normal, slow.during, strict=True):
         tally.add(probe, answer)
     return slow
+
+
+def flood_attack(
+    server: Serve, event: EventConfig, delivery: SimulatedDelivery, tally: Tally
+) -> Flood:
+    """Unverified megabyte bodies held open, more than their memory bound, and a genuine
+    delivery sent meanwhile."""
+    probe = delivery_probe(event, delivery, "delivery during unverified bodies")
+    flood = unverified_flood(server, 2**20, probe.wire)
+    tally.add(probe, flood.delivery)
+    return flood
 
 
 def health(
@@ -534,20 +480,6 @@ def _check_heavy(finding: Finding, heavy: Heavy) -> None:
         )
 
 
-def _check_slow(finding: Finding, slow: Slow, size: Size) -> None:
-    held = sum(1 for d in slow.drips if d.held)
-    wrong = Counter(
-        f"{d.kind} got {d.status or 'a close'}"
-        for d in slow.drips
-        if not d.held and d.status not in _DRIP_EXPECT[d.kind]
-    )
-    finding.check(len(slow.drips) >= size.slow_clients, "not every slow client ran")
-    finding.check(held == 0, f"{held} slow clients still held a connection after {DRIP_LIMIT} s")
-    finding.check(not wrong, f"slow clients answered unlike DESIGN ({top(wrong)})")
-    late = [a for a in slow.during if not stored_answer(a) or a.seconds > 2]
-    finding.check(not late, f"{len(late)} deliveries during the slow attack not accepted in 2 s")
-
-
 def _check_named(finding: Finding, named: Sequence[tuple[Named, Answer]]) -> None:
     for case, answer in named:
         finding.check(
@@ -584,6 +516,7 @@ def _hostile_figures(
     big: Sequence[BigBody],
     heavy: Heavy,
     slow: Slow,
+    flood: Flood,
     named: Sequence[tuple[Named, Answer]],
     rss_after: float,
     size: Size,
@@ -592,7 +525,7 @@ def _hostile_figures(
         f"{status or 'closed'} x{count:,}" for status, count in sorted(tally.statuses.items())
     )
     declared, chunked = big
-    during = max((a.seconds for a in slow.during), default=0.0)
+    during = max((a.seconds for a in [*slow.during, *slow.health]), default=0.0)
     right = sum(1 for case, answer in named if answer.status == case.expect)
     return (
         f"{generated:,} generated requests in {elapsed:.0f} s ({generated / elapsed:,.0f}/s), "
@@ -606,15 +539,15 @@ def _hostile_figures(
         f"{heavy.deliveries} verified 1 MB deliveries stored (server peak "
         f"+{heavy.store_growth_mb:.0f} MB) and every view rebuilt over them in "
         f"{heavy.rebuild_seconds:.1f} s (peak +{heavy.rebuild_growth_mb:.0f} MB); "
-        f"{len(slow.drips)} slow clients let go within {_slowest(slow, 'headers')} (headers), "
-        f"{_slowest(slow, 'body')} (body) and {_slowest(slow, 'stall')} (no body), deliveries "
-        f"meanwhile accepted within {during * 1000:.0f} ms; "
+        f"{len(slow.drips)} idle and slow clients (cap {CAP} connections) let go within "
+        f"{slowest(slow, 'idle', 'headers')} (idle or slow headers), "
+        f"{slowest(slow, 'unsigned', 'wrong token')} (refused from the headers), "
+        f"{slowest(slow, 'body')} (body) and {slowest(slow, 'stall')} (no body), deliveries and "
+        f"health checks meanwhile answered within {during * 1000:.0f} ms; "
+        f"{flood.bodies} unverified 1 MB bodies held open: {flood.dropped} dropped to make "
+        f"room, server peak +{flood.peak_growth_mb:.0f} MB (bound {UNVERIFIED_MB} MiB), a "
+        f"delivery meanwhile {flood.delivery.status} in {flood.delivery.seconds * 1000:.0f} ms; "
         f"named cases {right}/{len(named)} as DESIGN says; "
         f"{tally.stored_answers:,} stored = accepted + quarantined answers; "
         f"server RSS {declared.rss_before_mb:.0f} MB before, {rss_after:.0f} MB after"
     )
-
-
-def _slowest(slow: Slow, kind: str) -> str:
-    seconds = [d.seconds for d in slow.drips if d.kind == kind and not d.held]
-    return f"{max(seconds, default=0):.1f} s"
