@@ -356,7 +356,7 @@ def test_poison_is_dead_lettered_live_and_strict_in_a_rebuild(database_url: str)
     assert statuses["payments"].dead_letters == 1 and statuses["payments"].state == "live"
     assert letters[0][0] == "payments" and "not a decimal" in letters[0][1]
     assert ledger_rows == [("p-2", Decimal("10.50"), "PLN")]
-    assert paid == [("p-1", True, None), ("p-2", True, Decimal("10.50"))]
+    assert paid == [("p-1", False, None), ("p-2", True, Decimal("10.50"))]
     with pytest.raises(PoisonError, match="not a decimal"):
         rebuild(database_url, ["payments"])
     with psycopg.connect(database_url) as conn:
@@ -367,6 +367,51 @@ def test_poison_is_dead_lettered_live_and_strict_in_a_rebuild(database_url: str)
     with psycopg.connect(database_url) as conn:
         assert conn.execute("SELECT count(*) FROM analytics.payments").fetchone() == (1,)
         assert {s.view: s for s in read_status(conn)}["payments"].rebuilding is None
+
+
+def _payment(attendee_id: str, at: str, amount: str, currency: str, delivery_id: str) -> bytes:
+    return (
+        '{"event": "AttendeePaymentConfirmed", "id": "%s", "occurredAt": "2026-05-14T%sZ", '
+        '"attendee": {"id": "%s", "payment": {"amount": "%s", "currency": "%s", '
+        '"method": "payu", "reference": "R-%s"}}}'
+        % (delivery_id, at, attendee_id, amount, currency, attendee_id)
+    ).encode()
+
+
+def _roster_against_ledger(database_url: str) -> list[tuple[object, ...]]:
+    """Per attendee: the roster's payment, and the ledger's latest entry for them."""
+    with psycopg.connect(database_url) as conn:
+        return conn.execute(
+            "SELECT r.attendee_id, r.paid, r.amount, r.currency, r.payment_method, r.paid_at, "
+            "l.attendee_id IS NOT NULL, l.amount, l.currency, l.method, l.paid_at "
+            "FROM analytics.roster r LEFT JOIN LATERAL (SELECT * FROM analytics.payments p "
+            "WHERE p.event = r.event AND p.attendee_id = r.attendee_id "
+            "ORDER BY p.paid_at DESC LIMIT 1) l ON true ORDER BY r.attendee_id"
+        ).fetchall()
+
+
+def test_roster_and_ledger_agree_after_an_unusable_payment(database_url: str) -> None:
+    # The rule: a confirmation the ledger cannot record is no payment in either view.
+    deliveries = [
+        _payment("a-1", "09:00:00", "349.00", "PLN", "pay-1"),
+        _payment("a-1", "10:00:00", "a lot", "PLN", "pay-2"),  # later, unusable
+        _payment("a-2", "09:30:00", "50.00", "EURO", "pay-3"),  # only an unusable one
+    ]
+    store = DeliveryStore(database_url)
+    try:
+        store.append([recorded(d, f"d-{n}") for n, d in enumerate(deliveries)])
+    finally:
+        store.close()
+    Runner(database_url).catch_up()
+    at_nine = datetime(2026, 5, 14, 9, tzinfo=UTC)
+    expected = [
+        ("a-1", True, Decimal("349.00"), "PLN", "payu", at_nine)
+        + (True, Decimal("349.00"), "PLN", "payu", at_nine),
+        ("a-2", False, None, None, None, None) + (False, None, None, None, None),
+    ]
+    assert _roster_against_ledger(database_url) == expected
+    rebuild(database_url, ["roster", "payments"], skip_poison=True)
+    assert _roster_against_ledger(database_url) == expected, "and so does a rebuild"
 
 
 def test_replay_appends_what_now_parses_once(database_url: str) -> None:
