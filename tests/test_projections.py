@@ -481,8 +481,21 @@ async def test_status_endpoint_and_readiness(
                 "UPDATE rollcall.view_versions SET failed_at = now(), last_error = 'boom' "
                 "WHERE view = 'roster' AND state = 'live'"
             )
+        # A failed view is for status and metrics to report; readiness is about taking
+        # deliveries, which every replica still does (the failure is in the shared database).
         answer = await client.get("/readyz")
-        assert answer.status_code == 503 and answer.json()["failed_views"] == ["roster"]
+        assert answer.status_code == 200, answer.text
+        assert answer.json() == {"status": "ready", "database": "ok"}
+        accepted = await client.post(
+            "/webhooks/jte", content=delivery(attendee_id="a-2"), headers=token_headers()
+        )
+        assert accepted.json()["status"] == "accepted"
+        views = (
+            await client.get("/v1/projections", headers=bearer(api_token(database_url)))
+        ).json()["views"]
+        roster = next(v for v in views if v["view"] == "roster")
+        assert roster["state"] == "failed" and roster["last_error"] == "boom"
+        assert 'rollcall_projection_failed{view="roster"} 1' in (await client.get("/metrics")).text
 
 
 def test_fields_keep_their_exact_numbers_when_a_row_is_rewritten(database_url: str) -> None:
