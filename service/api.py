@@ -74,32 +74,39 @@ class ApiError(Exception):
 Handler = Callable[[Request], Awaitable[Response]]
 
 
+# The query parameters each route knows (OpenAPI documents exactly these); any other, or one
+# given twice, is a 400 naming them: a question the API does not understand gets no answer.
+PARAMETERS: Final[dict[str, tuple[str, ...]]] = {
+    "/v1/events/{event}/roster": (
+        "status", "role", "checked_in", "paid", "q", "limit", "cursor", "format",
+    ),
+    "/v1/events/{event}/occupancy": ("at",),
+    "/v1/events/{event}/occupancy/timeline": ("bucket", "from", "to", "format"),
+    "/v1/events/{event}/check-ins": ("limit",),
+    "/v1/events/{event}/payments": ("currency", "method", "limit", "cursor", "format"),
+    "/v1/projections/{name}/rebuild": ("skip_poison",),
+}  # fmt: skip
+
+
 def routes(events: EventsWatcher) -> list[Route]:
-    """The /v1 analyst routes (each checks its token and its event)."""
+    """The /v1 analyst routes (each checks its token, its parameters and its event)."""
     api = _Api(events)
+
+    def route(path: str, endpoint: Handler, scope: Scope = "read", method: str = "GET") -> Route:
+        known = PARAMETERS.get(path, ())
+        return Route(path, api.handler(endpoint, known, scope), methods=[method])
+
     return [
-        Route("/v1/events", api.handler(api.events), methods=["GET"]),
-        Route("/v1/events/{event}/roster", api.handler(api.roster), methods=["GET"]),
-        Route(
-            "/v1/events/{event}/attendees/{attendee_id}",
-            api.handler(api.attendee),
-            methods=["GET"],
-        ),
-        Route("/v1/events/{event}/occupancy", api.handler(api.occupancy), methods=["GET"]),
-        Route("/v1/events/{event}/occupancy/timeline", api.handler(api.timeline), methods=["GET"]),
-        Route("/v1/events/{event}/check-ins", api.handler(api.check_ins), methods=["GET"]),
-        Route("/v1/events/{event}/payments", api.handler(api.payments), methods=["GET"]),
-        Route(
-            "/v1/events/{event}/payments/summary",
-            api.handler(api.payment_summary),
-            methods=["GET"],
-        ),
-        Route("/v1/projections", api.handler(api.projections), methods=["GET"]),
-        Route(
-            "/v1/projections/{name}/rebuild",
-            api.handler(api.rebuild, scope="admin"),
-            methods=["POST"],
-        ),
+        route("/v1/events", api.events),
+        route("/v1/events/{event}/roster", api.roster),
+        route("/v1/events/{event}/attendees/{attendee_id}", api.attendee),
+        route("/v1/events/{event}/occupancy", api.occupancy),
+        route("/v1/events/{event}/occupancy/timeline", api.timeline),
+        route("/v1/events/{event}/check-ins", api.check_ins),
+        route("/v1/events/{event}/payments", api.payments),
+        route("/v1/events/{event}/payments/summary", api.payment_summary),
+        route("/v1/projections", api.projections),
+        route("/v1/projections/{name}/rebuild", api.rebuild, "admin", "POST"),
     ]
 
 
@@ -128,10 +135,11 @@ class _Api:
         self._rebuild: threading.Thread | None = None
         self._tokens = TokenCache()
 
-    def handler(self, endpoint: Handler, scope: Scope = "read") -> Handler:
+    def handler(self, endpoint: Handler, known: tuple[str, ...], scope: Scope) -> Handler:
         async def handle(request: Request) -> Response:
             try:
                 await authorize(request, scope, self._tokens)
+                _known_only(request, known)
                 return await endpoint(request)
             except ApiError as error:
                 return error_response(error)
@@ -605,6 +613,19 @@ def _attendee(row: asyncpg.Record) -> m.Attendee:
     values.pop("k2", None)
     values["fields"] = msgspec.Raw(values["fields"].encode())
     return m.Attendee(**values)
+
+
+def _known_only(request: Request, known: tuple[str, ...]) -> None:
+    """400 for a query parameter the route does not know, or one given more than once."""
+    names = [name for name, _ in request.query_params.multi_items()]
+    unknown = list(dict.fromkeys(name for name in names if name not in known))
+    if unknown:
+        listed = ", ".join(f"`{name[:40]}`" for name in unknown[:5])
+        takes = f"it takes {', '.join(known)}" if known else "it takes no parameters"
+        raise ApiError(400, "bad_parameter", f"unknown parameter {listed}: {takes}")
+    for name in known:
+        if (count := names.count(name)) > 1:
+            raise ApiError(400, "bad_parameter", f"`{name}` given {count} times: give it once")
 
 
 def _wants_csv(request: Request) -> bool:

@@ -104,6 +104,8 @@ def create_app(settings: Settings | None = None) -> Rollcall:
         lifespan=lifespan,
         exception_handlers={HTTPException: _http_error},  # type: ignore[dict-item]
     )
+    # A path with a trailing slash is no route of ours: 404, not an undocumented 307.
+    starlette.router.redirect_slashes = False
     return Rollcall(intake, starlette)
 
 

@@ -81,7 +81,7 @@ def _json(model: type | dict[str, Any], description: str) -> dict[str, Any]:
 
 def _errors(*statuses: int) -> dict[str, Any]:
     texts = {
-        400: "a parameter is not valid",
+        400: "a parameter is unknown to this route, given twice, or not valid",
         401: "no valid secret, signature or token",
         403: "the token's scope is not enough",
         404: "no such JTE event, attendee or view",

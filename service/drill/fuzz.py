@@ -451,9 +451,9 @@ class Generator:
     def _api_probe(
         self, kind: str, method: bytes, target: str, headers: Headers, valid: bool | None
     ) -> Probe:
-        # Without a valid token nothing may be served: 401, or the router's own 404, 405, or
-        # 307 to the path without a trailing slash.
-        expect = ANY if valid is not False else frozenset({401, 404, 405, 307})
+        # Without a valid token nothing may be served: 401, or the router's own 404 (a trailing
+        # slash included: paths are exact, never redirected) or 405.
+        expect = ANY if valid is not False else frozenset({401, 404, 405})
         wire = request(method, target.encode(), headers)
         return Probe(kind=kind, wire=wire, expect=expect)
 
