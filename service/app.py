@@ -24,6 +24,7 @@ from projections.runner import Runner
 from service import api, dashboard, metrics, openapi
 from service.config import ConfigError, EventsWatcher, Settings, ensure_secrets, load_settings
 from service.database import redacted
+from service.exports import Exports
 from service.http import json_response
 from service.intake import Intake, is_webhook_path
 from service.logs import RequestIdMiddleware
@@ -33,6 +34,7 @@ from service.writer import DirectWriter, GroupCommitWriter
 log = logging.getLogger("rollcall.app")
 
 STARTUP_TIMEOUT = 30.0
+QUERY_TIMEOUT: Final = 5.0  # seconds an interactive read may take before answering 503
 
 
 class Rollcall:
@@ -71,10 +73,25 @@ def create_app(settings: Settings | None = None) -> Rollcall:
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         store = await _open_store(database_url, settings)
         writer = _make_writer(store, settings)
-        pool = await asyncpg.create_pool(database_url, min_size=1, max_size=4, command_timeout=5)
+        pool = await asyncpg.create_pool(
+            database_url, min_size=1, max_size=4, command_timeout=QUERY_TIMEOUT
+        )
+        # Exports have connections of their own: slow or many never hold up interactive reads.
+        export_pool = await asyncpg.create_pool(
+            database_url,
+            min_size=0,
+            max_size=settings.export_connections,
+            command_timeout=QUERY_TIMEOUT,  # the COPY itself has the export deadline instead
+        )
         app.state.store = store
         app.state.writer = writer
         app.state.pool = pool
+        app.state.exports = Exports(
+            export_pool,
+            slots=settings.export_connections,
+            deadline=settings.export_timeout,
+            stall=settings.export_stall,
+        )
         app.state.database_url = database_url
         intake.writer = writer
         runner = _RunnerThread(database_url) if settings.projections else None
@@ -89,6 +106,7 @@ def create_app(settings: Settings | None = None) -> Rollcall:
                 await asyncio.to_thread(runner.stop)
             await writer.close()
             await pool.close()
+            export_pool.terminate()  # an export still running is cut off, not waited for
             await asyncio.to_thread(store.close)
 
     routes = [

@@ -90,7 +90,11 @@ def _errors(*statuses: int) -> dict[str, Any]:
         409: "already running",
         413: "the body is over the limit",
         415: "the body is not JSON",
-        503: "the database is unavailable; retry after Retry-After seconds",
+        503: (
+            "the database cannot answer now, or (CSV) every export connection is busy "
+            "(`too_many_exports`): retry after Retry-After seconds; `unreadable`: a stored view "
+            "row needs a rebuild"
+        ),
     }
     return {str(status): _json(m.Error, texts[status]) for status in statuses}
 
@@ -117,7 +121,9 @@ def _path(name: str, description: str) -> dict[str, Any]:
 
 _EVENT = _path("event", "the JTE event's slug from configuration")
 _FORMAT = _query(
-    "format", {"type": "string", "enum": ["json", "csv"]}, "csv streams every row as CSV"
+    "format",
+    {"type": "string", "enum": ["json", "csv"]},
+    "csv streams every row as CSV; a text cell beginning with = + - @ tab or CR gets a ' first",
 )
 _LIMIT = _query(
     "limit", {"type": "integer", "minimum": 1, "maximum": MAX_LIMIT}, "page size (default 50)"

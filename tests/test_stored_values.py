@@ -96,3 +96,38 @@ async def test_a_hostile_number_in_a_field_breaks_no_read(
             "SELECT fields ->> 'customField' FROM analytics.roster WHERE attendee_id = 'a-0'"
         ).fetchone()
     assert rebuilt == ("1E+200000",)
+
+
+async def test_a_row_written_before_the_rule_is_a_documented_503_not_a_500(
+    start_service: Callable[..., RunningService], database_url: str
+) -> None:
+    service = start_service()
+    async with httpx.AsyncClient(base_url=service.url, timeout=30) as client:
+        answer = await client.post(
+            "/webhooks/jte", content=_registration("a-1", "1"), headers=token_headers()
+        )
+        assert answer.json()["status"] == "accepted"
+        wait_until_caught_up(database_url)
+        # As an older release stored it: the json column takes it, a jsonb cast cannot.
+        with psycopg.connect(database_url, autocommit=True) as conn:
+            conn.execute("UPDATE rollcall_views.roster_v1 SET fields = '{\"n\": 1e200000}'")
+        client.headers.update(bearer(api_token(database_url)))
+        for path in ("roster", "roster?format=csv", "attendees/a-1"):
+            answer = await client.get(f"/v1/events/default/{path}")
+            assert answer.status_code == 503, (path, answer.text)
+            assert answer.json()["error"] == "unreadable"
+    rebuild(database_url, ["roster"])  # what the message tells the operator to do
+    async with httpx.AsyncClient(base_url=service.url, timeout=30) as client:
+        client.headers.update(bearer(api_token(database_url)))
+        assert (await client.get("/v1/events/default/roster")).status_code == 200
+
+
+async def test_views_not_set_up_yet_are_a_503_not_a_500(
+    start_service: Callable[..., RunningService], database_url: str
+) -> None:
+    service = start_service(projections=False)  # no runner here: nothing made the views yet
+    async with httpx.AsyncClient(base_url=service.url, timeout=30) as client:
+        client.headers.update(bearer(api_token(database_url)))
+        answer = await client.get("/v1/events/default/occupancy")
+        assert answer.status_code == 503, answer.text
+        assert answer.json()["error"] == "unavailable" and answer.headers["retry-after"] == "5"
