@@ -734,8 +734,12 @@ class Tally:
             self.genuine.add(probe.genuine)
         if answer.hung:
             self.hangs[probe.kind] += 1
-        elif answer.status == 503 and answer.body == b"Service Unavailable":
-            self.overloaded += 1  # uvicorn's connection cap: the service says it is full
+        elif answer.status == 503 and (
+            answer.body == b"Service Unavailable" or b'"too_many_exports"' in answer.body
+        ):
+            # uvicorn's connection cap, or every export connection busy: the service says it
+            # is full, as documented
+            self.overloaded += 1
         elif answer.status >= 500:
             self.server_errors[f"{probe.kind}: {answer.status} {answer.body[:120]!r}"] += 1
         elif probe.expect and answer.status not in probe.expect:

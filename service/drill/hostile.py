@@ -2,7 +2,8 @@
 
 Thousands of generated requests (mutated signed deliveries, malformed HTTP, random analyst
 queries with good and bad tokens), 100 MB bodies, near-limit deliveries and a rebuild over
-them, slow-drip clients and DESIGN's named cases against one serve process. The promises: no
+them, hostile reads (formula cells, an overflowing field, slow export readers: reads.py),
+slow-drip clients and DESIGN's named cases against one serve process. The promises: no
 5xx and no hang for anything a sender can send, a server still healthy and not exhausted
 afterwards, and nothing unverified stored.
 """
@@ -36,6 +37,7 @@ from service.drill.harness import (
     stored_deliveries,
     wait_for,
 )
+from service.drill.reads import EXPORT_SLOTS, check_reads, hostile_reads, reads_figures
 from service.drill.report import Finding, Size, top
 from service.drill.wire import (
     HANG,
@@ -320,6 +322,7 @@ def hostile(ws: Workspace, size: Size) -> Finding:
             ROLLCALL_HEADER_TIMEOUT=str(DEADLINE),
             ROLLCALL_BODY_TIMEOUT=str(DEADLINE),
             ROLLCALL_HEADER_LIMIT=str(DEFAULT_HEADER_LIMIT),
+            ROLLCALL_EXPORT_CONNECTIONS=str(EXPORT_SLOTS),
         ).start()
         tally = Tally()
         facts = seed_store(ws, server, url, tally)
@@ -334,6 +337,7 @@ def hostile(ws: Workspace, size: Size) -> Finding:
         fresh = iter(fresh_deliveries(SEED + 7, 40))
         named = run_named(server.port, ws.default, fresh, tally)
         heavy = heavy_store(server, url, ws.default, size.big_deliveries, facts.admin, tally)
+        reads = hostile_reads(server, url, ws.default, facts.read, size, tally)
         slow = slow_attack(server.port, ws.default, fresh, size.slow_clients, tally)
         healthy = health(server, ws.default, next(fresh), tally)
         finding = Finding(
@@ -341,22 +345,26 @@ def hostile(ws: Workspace, size: Size) -> Finding:
             load=f"{generated:,} generated requests, {CONNECTIONS} at a time",
             faults=(
                 f"{size.big_body_mb} MB bodies, {size.slow_clients} slow clients, "
-                f"{len(named)} named cases, {heavy.deliveries} 1 MB deliveries rebuilt"
+                f"{len(named)} named cases, {heavy.deliveries} 1 MB deliveries rebuilt, "
+                f"formula cells, a 1e200000 field, {size.slow_exports} slow export readers"
             ),
-            bad_inputs=generated + len(big) + size.slow_clients + len(named),
+            bad_inputs=generated + len(big) + size.slow_clients + len(named) + reads.seeded,
         )
         check_answers(finding, tally, generated, size)
         _check_big(finding, big)
         _check_heavy(finding, heavy)
         _check_slow(finding, slow, size)
         _check_named(finding, named)
+        check_reads(finding, reads, size)
         finding.check(not healthy, "not healthy afterwards: " + "; ".join(healthy))
         _check_store(finding, url, tally)
         scan_logs(finding, ws, [server.log])
         rss_after = memory_mb(server.pid)[0]
         server.stop()
-        finding.figures = _hostile_figures(
-            tally, generated, elapsed, big, heavy, slow, named, rss_after, size
+        finding.figures = (
+            _hostile_figures(tally, generated, elapsed, big, heavy, slow, named, rss_after, size)
+            + "; "
+            + reads_figures(reads)
         )
         return finding
 
