@@ -171,7 +171,7 @@ class Exports:
                 chunk = await next_chunk()
             try:
                 await task
-            except (TimeoutError, OSError, asyncpg.PostgresError) as error:
+            except (TimeoutError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as error:
                 raise ExportCut(f"{type(error).__name__} after the answer began") from error
 
         return _CsvStream(
