@@ -10,7 +10,9 @@ applying a set of events in any order, with any repeats, gives the same entry:
   Registered/Imported/Updated revives the attendee; `unregistered` when only check-ins or
   payments were seen;
 - inside: the latest of (check-in, check-out, deletion) is a check-in;
-- payment: the latest confirmation's amount, currency and method.
+- payment: the latest confirmation the ledger can record (domain.ledger): its amount, currency
+  and method. One the ledger cannot record (no usable amount or currency) is no payment here
+  either, so `paid` and the amount always agree with the ledger.
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ from domain.events import (
     PROFILE_EVENTS,
     AttendeeEvent,
 )
-from domain.ledger import PaymentError, ledger_entry, method_name, payment_fields
+from domain.ledger import PaymentError, ledger_entry
 
 Status = Literal["registered", "deleted", "unregistered"]
 _PROFILE_RANK: Final = "1|"
@@ -152,14 +154,12 @@ def _move(entry: RosterEntry, event: AttendeeEvent, move: Literal["in", "out", "
 def _paid(entry: RosterEntry, event: AttendeeEvent) -> None:
     if entry.payment_order is not None and event.order <= entry.payment_order:
         return
-    entry.payment_order = event.order
-    entry.paid_at = event.at
     try:
         payment = ledger_entry(event)
     except PaymentError:
-        # Paid all the same: the ledger keeps the unusable confirmation as a dead letter.
-        fields = payment_fields(event.attendee)
-        entry.amount, entry.currency = None, None
-        entry.method = method_name(fields.get("method"))
+        # Not a payment the ledger can record (it is dead-lettered there): not one here either,
+        # so the roster never claims money the ledger does not hold.
         return
+    entry.payment_order = event.order
+    entry.paid_at = event.at
     entry.amount, entry.currency, entry.method = payment.amount, payment.currency, payment.method

@@ -1,7 +1,11 @@
-"""Values as view columns can hold them: PostgreSQL text and jsonb refuse NUL characters."""
+"""Values as view columns can hold them and PostgreSQL can always read back: text and jsonb
+refuse NUL characters, and jsonb's numeric refuses (or prints at length) numbers such as
+1e200000."""
 
 from __future__ import annotations
 
+import re
+from decimal import Decimal
 from typing import Any, Final
 
 import msgspec
@@ -9,6 +13,13 @@ import msgspec
 _encode: Final = msgspec.json.Encoder(decimal_format="number").encode
 _NUL: Final = "\x00"
 _REPLACEMENT: Final = "\ufffd"
+# A number keeps its JSON number form within these bounds: PostgreSQL's numeric holds up to
+# 131,072 digits before the point and 16,383 after, but printing 1e100000 back takes 100 kB.
+MAX_EXPONENT: Final = 999  # powers of ten from 1e-999 to 9.99e999
+MAX_DIGITS: Final = 1000  # significant digits
+# In the encoded JSON, a long run of digits or a four-digit exponent: a number that may be
+# outside those bounds (or a string that looks like one: then the careful path finds nothing).
+_SUSPECT: Final = re.compile(rb"[0-9.]{%d}|E[+-][0-9]{4}" % (MAX_DIGITS + 1))
 
 
 def text(value: object) -> str | None:
@@ -21,18 +32,30 @@ def text(value: object) -> str | None:
 
 
 def json_text(value: Any) -> str:
-    """JSON for a jsonb column; NUL characters inside strings become U+FFFD."""
+    """JSON that a jsonb cast always reads: NUL characters inside strings become U+FFFD, and a
+    number beyond MAX_EXPONENT or MAX_DIGITS becomes a string of its exact value ("1E+200000")."""
     encoded = _encode(value)
-    if b"\\u0000" in encoded:
-        encoded = _encode(_without_nul(value))
+    if b"\\u0000" in encoded or _SUSPECT.search(encoded):
+        encoded = _encode(_storable(value))
     return encoded.decode()
 
 
-def _without_nul(value: Any) -> Any:
+def storable_number(number: Decimal) -> bool:
+    """Whether a JSON number stays a number in a jsonb column (see MAX_EXPONENT, MAX_DIGITS)."""
+    return (
+        number.is_finite()
+        and abs(number.adjusted()) <= MAX_EXPONENT
+        and len(number.as_tuple().digits) <= MAX_DIGITS
+    )
+
+
+def _storable(value: Any) -> Any:
     if isinstance(value, str):
         return value.replace(_NUL, _REPLACEMENT)
+    if isinstance(value, Decimal):
+        return value if storable_number(value) else str(value)
     if isinstance(value, dict):
-        return {_without_nul(k): _without_nul(v) for k, v in value.items()}
+        return {_storable(k): _storable(v) for k, v in value.items()}
     if isinstance(value, list):
-        return [_without_nul(v) for v in value]
+        return [_storable(v) for v in value]
     return value

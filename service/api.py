@@ -2,19 +2,18 @@
 
 Everything is read from the `analytics` schema (and the store, for an attendee's deliveries)
 with asyncpg. Lists page by an opaque keyset cursor; roster, payments and the timeline also
-stream as CSV (`format=csv` or `Accept: text/csv`) in constant memory. Every error is JSON
-with a clear message: 400 for a bad parameter, 401/403 for tokens, 404 for an unknown event.
+answer as CSV (`format=csv` or `Accept: text/csv`; service/exports.py). Every error is JSON
+with a clear message: 400 for a bad or unknown parameter, 401/403 for tokens, 404 for an
+unknown event, 503 when the database (or the export budget) cannot answer now; never a 500.
 """
 
 from __future__ import annotations
 
 import asyncio
 import base64
-import csv
-import io
 import logging
 import threading
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any, Final
 
@@ -22,7 +21,7 @@ import asyncpg
 import msgspec
 import psycopg
 from starlette.requests import Request
-from starlette.responses import Response, StreamingResponse
+from starlette.responses import Response
 from starlette.routing import Route
 
 from domain.interpret import Interpreted, interpret, parse_time
@@ -33,6 +32,7 @@ from projections.schema import VIEW_NAMES
 from projections.status import ViewStatus, read_status
 from service import api_models as m
 from service.config import EventsWatcher
+from service.exports import Exports, ExportsBusy, csv_rows
 from service.http import json_response
 from service.tokens import Scope, TokenCache, allows
 
@@ -47,7 +47,6 @@ BUCKETS: Final = {
     "1h": timedelta(hours=1),
 }
 STATUSES: Final = ("registered", "deleted", "unregistered", "all")
-_CSV_QUEUE: Final = 8  # chunks of COPY output held while the client catches up
 _encoder: Final = msgspec.json.Encoder()
 
 # The roster's reading order, which the roster index follows (projections/roster.py).
@@ -74,32 +73,39 @@ class ApiError(Exception):
 Handler = Callable[[Request], Awaitable[Response]]
 
 
+# The query parameters each route knows (OpenAPI documents exactly these); any other, or one
+# given twice, is a 400 naming them: a question the API does not understand gets no answer.
+PARAMETERS: Final[dict[str, tuple[str, ...]]] = {
+    "/v1/events/{event}/roster": (
+        "status", "role", "checked_in", "paid", "q", "limit", "cursor", "format",
+    ),
+    "/v1/events/{event}/occupancy": ("at",),
+    "/v1/events/{event}/occupancy/timeline": ("bucket", "from", "to", "format"),
+    "/v1/events/{event}/check-ins": ("limit",),
+    "/v1/events/{event}/payments": ("currency", "method", "limit", "cursor", "format"),
+    "/v1/projections/{name}/rebuild": ("skip_poison",),
+}  # fmt: skip
+
+
 def routes(events: EventsWatcher) -> list[Route]:
-    """The /v1 analyst routes (each checks its token and its event)."""
+    """The /v1 analyst routes (each checks its token, its parameters and its event)."""
     api = _Api(events)
+
+    def route(path: str, endpoint: Handler, scope: Scope = "read", method: str = "GET") -> Route:
+        known = PARAMETERS.get(path, ())
+        return Route(path, api.handler(endpoint, known, scope), methods=[method])
+
     return [
-        Route("/v1/events", api.handler(api.events), methods=["GET"]),
-        Route("/v1/events/{event}/roster", api.handler(api.roster), methods=["GET"]),
-        Route(
-            "/v1/events/{event}/attendees/{attendee_id}",
-            api.handler(api.attendee),
-            methods=["GET"],
-        ),
-        Route("/v1/events/{event}/occupancy", api.handler(api.occupancy), methods=["GET"]),
-        Route("/v1/events/{event}/occupancy/timeline", api.handler(api.timeline), methods=["GET"]),
-        Route("/v1/events/{event}/check-ins", api.handler(api.check_ins), methods=["GET"]),
-        Route("/v1/events/{event}/payments", api.handler(api.payments), methods=["GET"]),
-        Route(
-            "/v1/events/{event}/payments/summary",
-            api.handler(api.payment_summary),
-            methods=["GET"],
-        ),
-        Route("/v1/projections", api.handler(api.projections), methods=["GET"]),
-        Route(
-            "/v1/projections/{name}/rebuild",
-            api.handler(api.rebuild, scope="admin"),
-            methods=["POST"],
-        ),
+        route("/v1/events", api.events),
+        route("/v1/events/{event}/roster", api.roster),
+        route("/v1/events/{event}/attendees/{attendee_id}", api.attendee),
+        route("/v1/events/{event}/occupancy", api.occupancy),
+        route("/v1/events/{event}/occupancy/timeline", api.timeline),
+        route("/v1/events/{event}/check-ins", api.check_ins),
+        route("/v1/events/{event}/payments", api.payments),
+        route("/v1/events/{event}/payments/summary", api.payment_summary),
+        route("/v1/projections", api.projections),
+        route("/v1/projections/{name}/rebuild", api.rebuild, "admin", "POST"),
     ]
 
 
@@ -116,6 +122,16 @@ async def authorize(request: Request, needed: Scope, tokens: TokenCache) -> None
         raise ApiError(403, "forbidden", f"this needs a token with the {needed} scope")
 
 
+def _unavailable(error: str, message: str) -> Response:
+    body = m.Error(error=error, message=message)
+    return json_response(body, status_code=503, headers={"Retry-After": "5"})
+
+
+def _exports(request: Request) -> Exports:
+    exports: Exports = request.app.state.exports
+    return exports
+
+
 def error_response(error: ApiError) -> Response:
     headers = {"WWW-Authenticate": "Bearer"} if error.status == 401 else None
     body = m.Error(error=error.error, message=error.message)
@@ -128,19 +144,36 @@ class _Api:
         self._rebuild: threading.Thread | None = None
         self._tokens = TokenCache()
 
-    def handler(self, endpoint: Handler, scope: Scope = "read") -> Handler:
+    def handler(self, endpoint: Handler, known: tuple[str, ...], scope: Scope) -> Handler:
         async def handle(request: Request) -> Response:
             try:
                 await authorize(request, scope, self._tokens)
+                _known_only(request, known)
                 return await endpoint(request)
             except ApiError as error:
                 return error_response(error)
-            except (OSError, asyncpg.PostgresConnectionError, asyncpg.InterfaceError, _Unavailable):
-                return json_response(
-                    m.Error(error="unavailable", message="the database is unavailable; retry"),
-                    status_code=503,
-                    headers={"Retry-After": "5"},
+            except ExportsBusy as busy:
+                return _unavailable("too_many_exports", str(busy))
+            except (
+                OSError,
+                TimeoutError,  # a query over its time: the database is too busy to answer now
+                asyncpg.PostgresConnectionError,
+                asyncpg.InterfaceError,
+                _Unavailable,
+            ):
+                return _unavailable("unavailable", "the database is unavailable; retry")
+            except asyncpg.DataError as error:
+                # A stored row PostgreSQL cannot read back (written before the rule that now
+                # prevents it, projections/columns.py): never a 500; a rebuild rewrites it.
+                log.error("a view row could not be read: %s: %s", type(error).__name__, error)
+                body = m.Error(
+                    error="unreadable",
+                    message="a stored view row cannot be read; an operator can rebuild the view",
                 )
+                return json_response(body, status_code=503)
+            except asyncpg.PostgresError as error:  # e.g. views not set up yet: not a 500
+                log.warning("the database refused a read: %s", type(error).__name__)
+                return _unavailable("unavailable", "the database cannot answer now; retry")
 
         return handle
 
@@ -217,7 +250,7 @@ class _Api:
                 f"SELECT {_ATTENDEE_COLUMNS} FROM analytics.roster "
                 f"WHERE {where} ORDER BY {ORDER_KEY}"
             )
-            return await _csv_stream(request, query, args, f"roster-{slug}.csv")
+            return await _exports(request).stream(query, args, f"roster-{slug}.csv")
         limit = _limit(params)
         cursor = _decode_cursor(params.get("cursor"), 3)
         if cursor is not None:
@@ -343,7 +376,7 @@ class _Api:
         if _wants_csv(request):
             rows = ([b.start, b.end, b.entered, b.exited, b.inside] for b in buckets)
             header = ["start", "end", "entered", "exited", "inside"]
-            return _csv_rows(header, rows, f"occupancy-{slug}.csv")
+            return csv_rows(header, rows, f"occupancy-{slug}.csv")
         timeline = m.Timeline(event=slug, bucket=name, start=start, end=end, buckets=buckets)  # type: ignore[arg-type]
         return json_response(timeline)
 
@@ -382,7 +415,7 @@ class _Api:
                 f"SELECT {columns} FROM analytics.payments "
                 f"WHERE {where} ORDER BY paid_at, entry_key"
             )
-            return await _csv_stream(request, query, args, f"payments-{slug}.csv")
+            return await _exports(request).stream(query, args, f"payments-{slug}.csv")
         limit = _limit(params)
         cursor = _decode_cursor(params.get("cursor"), 2)
         if cursor is not None:
@@ -607,6 +640,19 @@ def _attendee(row: asyncpg.Record) -> m.Attendee:
     return m.Attendee(**values)
 
 
+def _known_only(request: Request, known: tuple[str, ...]) -> None:
+    """400 for a query parameter the route does not know, or one given more than once."""
+    names = [name for name, _ in request.query_params.multi_items()]
+    unknown = list(dict.fromkeys(name for name in names if name not in known))
+    if unknown:
+        listed = ", ".join(f"`{name[:40]}`" for name in unknown[:5])
+        takes = f"it takes {', '.join(known)}" if known else "it takes no parameters"
+        raise ApiError(400, "bad_parameter", f"unknown parameter {listed}: {takes}")
+    for name in known:
+        if (count := names.count(name)) > 1:
+            raise ApiError(400, "bad_parameter", f"`{name}` given {count} times: give it once")
+
+
 def _wants_csv(request: Request) -> bool:
     fmt = request.query_params.get("format")
     if fmt is not None and fmt not in ("json", "csv"):
@@ -614,108 +660,6 @@ def _wants_csv(request: Request) -> bool:
     if fmt is not None:
         return fmt == "csv"
     return "text/csv" in request.headers.get("accept", "")
-
-
-async def _csv_stream(request: Request, query: str, args: list[Any], filename: str) -> Response:
-    """Stream every row of `query` as CSV that PostgreSQL writes (COPY), in constant memory.
-
-    COPY formats rows about three times faster than Python can; the bounded queue is the
-    back-pressure: when the client reads slowly, the copy waits. The first chunk is awaited
-    here, so a database that cannot answer is still a 503 rather than a cut-off 200."""
-    pool: asyncpg.Pool = request.app.state.pool
-    chunks: asyncio.Queue[bytes | None] = asyncio.Queue()  # None: the copy has ended
-    room = asyncio.Semaphore(_CSV_QUEUE)
-
-    async def hand_over(chunk: bytes | bytearray | memoryview) -> None:
-        await room.acquire()
-        chunks.put_nowait(bytes(chunk))  # asyncpg may hand over a bytearray
-
-    async def copy() -> None:
-        try:
-            async with pool.acquire() as conn:
-                statement = await conn.prepare(query)
-                select = _csv_select(query, statement.get_attributes())
-                await conn.copy_from_query(
-                    select, *args, output=hand_over, format="csv", header=True
-                )
-        finally:
-            chunks.put_nowait(None)
-
-    async def next_chunk() -> bytes | None:
-        chunk = await chunks.get()
-        room.release()
-        return chunk
-
-    task = asyncio.create_task(copy())
-    first = await next_chunk()
-    if first is None:
-        await task  # a failed copy raises here, before any answer is sent
-        first = b""
-
-    async def body() -> AsyncIterator[bytes]:
-        try:
-            chunk: bytes | None = first
-            while chunk is not None:
-                yield chunk
-                chunk = await next_chunk()
-            await task
-        finally:
-            task.cancel()  # the client went away: stop reading rows nobody will receive
-
-    return StreamingResponse(
-        body(),
-        media_type="text/csv; charset=utf-8",
-        headers={"Content-Disposition": f'attachment; filename="{filename}"'},
-    )
-
-
-def _csv_select(query: str, attributes: Any) -> str:
-    """Wrap `query` so COPY writes booleans and times the way the JSON answers do."""
-    columns = ", ".join(_csv_column(a.name, a.type.name) for a in attributes)
-    # A plain projection of an ordered subquery keeps its order (PostgreSQL pulls it up).
-    return f"SELECT {columns} FROM ({query}) AS q"
-
-
-def _csv_column(name: str, type_name: str) -> str:
-    column = '"' + name.replace('"', '""') + '"'
-    if type_name == "bool":
-        return f"{column}::text AS {column}"
-    if type_name == "timestamptz":
-        utc = f"({column} AT TIME ZONE 'UTC')"
-        fraction = (
-            f"CASE WHEN extract(microseconds FROM {column})::bigint % 1000000 <> 0 "
-            f"THEN to_char({utc}, '.US') ELSE '' END"
-        )
-        return f"to_char({utc}, 'YYYY-MM-DD\"T\"HH24:MI:SS') || {fraction} || 'Z' AS {column}"
-    return column
-
-
-def _csv_text(rows: Any) -> bytes:
-    buffer = io.StringIO()
-    csv.writer(buffer).writerows(rows)
-    return buffer.getvalue().encode()
-
-
-def _csv_rows(header: list[str], rows: Any, filename: str) -> Response:
-    buffer = io.StringIO()
-    writer = csv.writer(buffer)
-    writer.writerow(header)
-    writer.writerows([_csv_value(v) for v in row] for row in rows)
-    return Response(
-        buffer.getvalue(),
-        media_type="text/csv; charset=utf-8",
-        headers={"Content-Disposition": f'attachment; filename="{filename}"'},
-    )
-
-
-def _csv_value(value: object) -> object:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, datetime):
-        return value.astimezone(UTC).isoformat().replace("+00:00", "Z")  # as in JSON
-    if value is None:
-        return ""
-    return value
 
 
 def _limit(params: Any, default: int = 50, maximum: int = MAX_LIMIT) -> int:

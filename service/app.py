@@ -24,6 +24,7 @@ from projections.runner import Runner
 from service import api, dashboard, metrics, openapi
 from service.config import ConfigError, EventsWatcher, Settings, ensure_secrets, load_settings
 from service.database import redacted
+from service.exports import Exports
 from service.http import json_response
 from service.intake import Intake, is_webhook_path
 from service.logs import RequestIdMiddleware
@@ -33,6 +34,7 @@ from service.writer import DirectWriter, GroupCommitWriter
 log = logging.getLogger("rollcall.app")
 
 STARTUP_TIMEOUT = 30.0
+QUERY_TIMEOUT: Final = 5.0  # seconds an interactive read may take before answering 503
 
 
 class Rollcall:
@@ -71,10 +73,25 @@ def create_app(settings: Settings | None = None) -> Rollcall:
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         store = await _open_store(database_url, settings)
         writer = _make_writer(store, settings)
-        pool = await asyncpg.create_pool(database_url, min_size=1, max_size=4, command_timeout=5)
+        pool = await asyncpg.create_pool(
+            database_url, min_size=1, max_size=4, command_timeout=QUERY_TIMEOUT
+        )
+        # Exports have connections of their own: slow or many never hold up interactive reads.
+        export_pool = await asyncpg.create_pool(
+            database_url,
+            min_size=0,
+            max_size=settings.export_connections,
+            command_timeout=QUERY_TIMEOUT,  # the COPY itself has the export deadline instead
+        )
         app.state.store = store
         app.state.writer = writer
         app.state.pool = pool
+        app.state.exports = Exports(
+            export_pool,
+            slots=settings.export_connections,
+            deadline=settings.export_timeout,
+            stall=settings.export_stall,
+        )
         app.state.database_url = database_url
         intake.writer = writer
         runner = _RunnerThread(database_url) if settings.projections else None
@@ -89,6 +106,7 @@ def create_app(settings: Settings | None = None) -> Rollcall:
                 await asyncio.to_thread(runner.stop)
             await writer.close()
             await pool.close()
+            export_pool.terminate()  # an export still running is cut off, not waited for
             await asyncio.to_thread(store.close)
 
     routes = [
@@ -104,6 +122,8 @@ def create_app(settings: Settings | None = None) -> Rollcall:
         lifespan=lifespan,
         exception_handlers={HTTPException: _http_error},  # type: ignore[dict-item]
     )
+    # A path with a trailing slash is no route of ours: 404, not an undocumented 307.
+    starlette.router.redirect_slashes = False
     return Rollcall(intake, starlette)
 
 
@@ -166,6 +186,9 @@ async def _healthz(request: Request) -> Response:
 
 
 async def _readyz(request: Request) -> Response:
+    """Ready to take deliveries: the database answers and the event store is in place. A failed
+    view is not a reason (status, metrics and the dashboard report it): its failure is in the
+    shared database, so every replica would refuse webhooks at once for a view's sake."""
     pool: asyncpg.Pool = request.app.state.pool
     try:
         async with asyncio.timeout(2):
@@ -181,23 +204,7 @@ async def _readyz(request: Request) -> Response:
         return json_response(
             {"status": "unavailable", "database": "schema missing"}, status_code=503
         )
-    failed = await _failed_views(pool)
-    if failed:
-        return json_response(
-            {"status": "unavailable", "database": "ok", "failed_views": failed}, status_code=503
-        )
     return json_response({"status": "ready", "database": "ok"})
-
-
-async def _failed_views(pool: asyncpg.Pool) -> list[str]:
-    """Live views whose runner is failing (see GET /v1/projections for the error)."""
-    exists = await pool.fetchval("SELECT to_regclass('rollcall.view_versions') IS NOT NULL")
-    if not exists:
-        return []
-    rows = await pool.fetch(
-        "SELECT view FROM rollcall.view_versions WHERE state = 'live' AND failed_at IS NOT NULL"
-    )
-    return [row["view"] for row in rows]
 
 
 _OPENAPI: Final = msgspec.json.encode(openapi.document())

@@ -70,6 +70,10 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     max_connections: int = 2048
     # Bytes of bodies still unverified (signed over the body) held at once, per process.
     unverified_body_memory: int = 32 * 1024 * 1024
+    # CSV exports (service/exports.py): at once, whole-export deadline, longest client stall.
+    export_connections: int = 4
+    export_timeout: float = 600.0
+    export_stall: float = 60.0
 
     def event(self, slug: str) -> EventConfig | None:
         return self.events.get(slug)
@@ -236,6 +240,9 @@ _ENV_INTAKE: Final[dict[str, tuple[str, type]]] = {
     "ROLLCALL_PROJECTIONS": ("projections", bool),
     "ROLLCALL_MAX_CONNECTIONS": ("max_connections", int),
     "ROLLCALL_UNVERIFIED_BODY_MEMORY": ("unverified_body_memory", int),
+    "ROLLCALL_EXPORT_CONNECTIONS": ("export_connections", int),
+    "ROLLCALL_EXPORT_TIMEOUT": ("export_timeout", float),
+    "ROLLCALL_EXPORT_STALL": ("export_stall", float),
 }
 
 
@@ -282,11 +289,18 @@ def _check_limits(settings: Settings) -> None:
         "queue_max",
         "store_threads",
         "retry_after_seconds",
+        "export_connections",
     )
     for name in positive:
         if getattr(settings, name) < 1:
             raise ConfigError(f"{name} must be at least 1")
-    if settings.body_timeout <= 0 or settings.store_timeout <= 0 or settings.batch_linger_ms < 0:
+    timeouts = (
+        settings.body_timeout,
+        settings.store_timeout,
+        settings.export_timeout,
+        settings.export_stall,
+    )
+    if min(timeouts) <= 0 or settings.batch_linger_ms < 0:
         raise ConfigError("timeouts must be positive and the batch linger not negative")
     if settings.max_connections < 2:
         raise ConfigError("max_connections must be at least 2 (room is kept for health checks)")

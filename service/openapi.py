@@ -37,7 +37,6 @@ class Health(msgspec.Struct, frozen=True):
 class Readiness(msgspec.Struct, frozen=True, kw_only=True):
     status: Literal["ready", "unavailable"]
     database: str
-    failed_views: list[str] | None = None
 
 
 _MODELS: Final = (
@@ -82,7 +81,7 @@ def _json(model: type | dict[str, Any], description: str) -> dict[str, Any]:
 
 def _errors(*statuses: int) -> dict[str, Any]:
     texts = {
-        400: "a parameter is not valid",
+        400: "a parameter is unknown to this route, given twice, or not valid",
         401: "no valid secret, signature or token",
         403: "the token's scope is not enough",
         404: "no such JTE event, attendee or view",
@@ -91,7 +90,11 @@ def _errors(*statuses: int) -> dict[str, Any]:
         409: "already running",
         413: "the body is over the limit",
         415: "the body is not JSON",
-        503: "the database is unavailable; retry after Retry-After seconds",
+        503: (
+            "the database cannot answer now, or (CSV) every export connection is busy "
+            "(`too_many_exports`): retry after Retry-After seconds; `unreadable`: a stored view "
+            "row needs a rebuild"
+        ),
     }
     return {str(status): _json(m.Error, texts[status]) for status in statuses}
 
@@ -118,7 +121,9 @@ def _path(name: str, description: str) -> dict[str, Any]:
 
 _EVENT = _path("event", "the JTE event's slug from configuration")
 _FORMAT = _query(
-    "format", {"type": "string", "enum": ["json", "csv"]}, "csv streams every row as CSV"
+    "format",
+    {"type": "string", "enum": ["json", "csv"]},
+    "csv streams every row as CSV; a text cell beginning with = + - @ tab or CR gets a ' first",
 )
 _LIMIT = _query(
     "limit", {"type": "integer", "minimum": 1, "maximum": MAX_LIMIT}, "page size (default 50)"
@@ -185,7 +190,10 @@ def _paths() -> dict[str, Any]:
         },
         "/readyz": {
             "get": {
-                "summary": "The database is reachable and no view has failed",
+                "summary": (
+                    "Ready to take deliveries: the database answers and the event store is in "
+                    "place (a failed view is reported by /v1/projections and /metrics, not here)"
+                ),
                 "responses": {
                     "200": _json(Readiness, "ready"),
                     "503": _json(Readiness, "not ready"),

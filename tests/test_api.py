@@ -18,6 +18,7 @@ import pytest
 from projections.snapshot import wait_until_caught_up
 from service import tokens
 from service.analysts import grant_analyst
+from service.api import PARAMETERS
 from service.app import create_app
 from service.openapi import document
 from tests.helpers import (
@@ -284,6 +285,66 @@ async def test_bad_parameters_are_400_json(
     assert answer.json()["error"] == "bad_parameter"
 
 
+@pytest.mark.parametrize(
+    ("path", "named"),
+    [
+        ("/v1/events/default/roster?bogus=1", "status, role, checked_in, paid, q, limit"),
+        ("/v1/events/default/payments?from=", "currency, method, limit, cursor, format"),
+        ("/v1/events/default/payments?currency=PLN&to=2026", "currency"),
+        ("/v1/events/default/occupancy?format=csv", "at"),  # no CSV here: not a silent JSON
+        ("/v1/events/default/occupancy?bucket=5m", "at"),
+        ("/v1/events/default/occupancy/timeline?at=x", "bucket, from, to, format"),
+        ("/v1/events/default/check-ins?format=csv", "limit"),
+        ("/v1/events/default/payments/summary?format=csv", "no parameters"),
+        ("/v1/events/default/attendees/a-1?history=false", "no parameters"),
+        ("/v1/events?event=default", "no parameters"),
+        ("/v1/projections?view=roster", "no parameters"),
+        ("/v1/events/default/roster?limit=1&limit=2", "`limit` given 2 times"),
+        ("/v1/events/default/roster?LIMIT=5", "status, role"),  # names are case-sensitive
+    ],
+)
+async def test_unknown_parameters_are_400_naming_the_known_ones(
+    seeded: tuple[httpx.AsyncClient, str], path: str, named: str
+) -> None:
+    client, _ = seeded
+    answer = await client.get(path)
+    assert answer.status_code == 400, answer.text
+    assert answer.json()["error"] == "bad_parameter"
+    assert named in answer.json()["message"]
+
+
+async def test_an_unknown_rebuild_parameter_starts_nothing(
+    seeded: tuple[httpx.AsyncClient, str],
+) -> None:
+    client, database_url = seeded
+    admin = bearer(api_token(database_url, "admin"))
+    answer = await client.post("/v1/projections/roster/rebuild?skip_posion=true", headers=admin)
+    assert answer.status_code == 400 and "skip_poison" in answer.json()["message"]
+    views = (await client.get("/v1/projections")).json()["views"]
+    assert all(view["rebuilding"] is None for view in views)
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/v1/events/",
+        "/v1/events/default/roster/",
+        "/v1/events/default/payments/summary/",
+        "/v1/projections/",
+        "/healthz/",
+        "/readyz/",
+        "/openapi.json/",
+    ],
+)
+async def test_a_trailing_slash_is_not_found_not_redirected(
+    seeded: tuple[httpx.AsyncClient, str], path: str
+) -> None:
+    client, _ = seeded
+    answer = await client.get(path)  # httpx does not follow redirects unless asked
+    assert answer.status_code == 404, (answer.status_code, answer.headers.get("location"))
+    assert answer.json()["error"] == "not_found"
+
+
 async def test_timeline_of_a_time_at_the_calendars_end_is_no_500(
     start_service: Callable[..., RunningService], database_url: str
 ) -> None:
@@ -479,6 +540,11 @@ async def test_openapi_describes_every_route(
     described = set(served["paths"])
     assert routes - {"/dashboard/{asset}"} <= described
     assert {"/webhooks/jte", "/webhooks/jte/{event}"} <= described  # served by the intake path
+    # The query parameters documented are exactly those each route accepts (others are 400).
+    for path, methods in served["paths"].items():
+        for method, operation in methods.items():
+            documented = {p["name"] for p in operation.get("parameters", []) if p["in"] == "query"}
+            assert documented == set(PARAMETERS.get(path, ())), (method, path)
 
 
 async def test_metrics_count_what_happened(seeded: tuple[httpx.AsyncClient, str]) -> None:

@@ -67,6 +67,36 @@ def test_limits_that_leave_no_room_are_refused(
         load_settings({"ROLLCALL_DATA_DIR": str(tmp_path), **values})
 
 
+def test_the_export_budget_comes_from_the_environment(tmp_path: Path) -> None:
+    defaults = load_settings({"ROLLCALL_DATA_DIR": str(tmp_path)})
+    assert (defaults.export_connections, defaults.export_timeout, defaults.export_stall) == (
+        4,
+        600.0,
+        60.0,
+    )
+    settings = load_settings(
+        {
+            "ROLLCALL_DATA_DIR": str(tmp_path),
+            "ROLLCALL_EXPORT_CONNECTIONS": "2",
+            "ROLLCALL_EXPORT_TIMEOUT": "1800",
+            "ROLLCALL_EXPORT_STALL": "15",
+        }
+    )
+    assert (settings.export_connections, settings.export_timeout, settings.export_stall) == (
+        2,
+        1800.0,
+        15.0,
+    )
+    for variable, value in (
+        ("ROLLCALL_EXPORT_CONNECTIONS", "0"),
+        ("ROLLCALL_EXPORT_TIMEOUT", "0"),
+        ("ROLLCALL_EXPORT_STALL", "-1"),
+        ("ROLLCALL_EXPORT_CONNECTIONS", "many"),
+    ):
+        with pytest.raises(ConfigError):
+            load_settings({"ROLLCALL_DATA_DIR": str(tmp_path), variable: value})
+
+
 def test_toml_with_several_events(tmp_path: Path) -> None:
     config = tmp_path / "rollcall.toml"
     config.write_text(

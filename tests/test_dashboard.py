@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import psycopg
 import pytest
 from playwright.async_api import Browser, ConsoleMessage, Error, Page, async_playwright, expect
 
@@ -326,6 +327,19 @@ async def test_dashboard_shows_a_seeded_event_live(
 
         ARTIFACTS.mkdir(exist_ok=True)
         await page.screenshot(path=ARTIFACTS / "dashboard.png", full_page=True)
+
+        # A failed view shows in the status line (readiness does not report it).
+        with psycopg.connect(database_url, autocommit=True) as conn:
+            conn.execute(
+                "UPDATE rollcall.view_versions SET failed_at = now(), last_error = 'boom' "
+                "WHERE view = 'payments' AND state = 'live'"
+            )
+        status = page.locator("#status")
+        await expect(status).to_contain_text("View payments failed", timeout=WAIT_MS)
+        await expect(status).to_have_class(re.compile(r"\bstale\b"))
+        with psycopg.connect(database_url, autocommit=True) as conn:
+            conn.execute("UPDATE rollcall.view_versions SET failed_at = NULL, last_error = NULL")
+        await expect(status).to_contain_text("Live", timeout=WAIT_MS)
 
         # The token lives in the tab: a reload needs no new sign-in, and the event is kept.
         await page.reload()

@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from pathlib import Path
 
+import msgspec
 import pytest
 
 from service.drill import QUICK, Finding, run
@@ -22,6 +23,7 @@ from service.drill.crowd import (
 from service.drill.fuzz import ANY, ApiFacts, Generator, Probe, Tally, is_json_type
 from service.drill.harness import Workspace
 from service.drill.hostile import check_answers
+from service.drill.reads import EXPORT_SLOTS, ExportRead, Reads, check_reads
 from service.drill.wire import NO_ANSWER, Answer, parse_answer
 from tests.helpers import drill_directory, figure, held
 
@@ -53,6 +55,13 @@ def test_hostile_holds(findings: dict[str, Finding]) -> None:
     assert figure(finding, r"unverified 1 MB bodies held open: (\d+) dropped") > 0
     assert figure(finding, r"server peak \+(\d+) MB \(bound") < UNVERIFIED_MB + FLOOD_SLACK_MB
     assert figure(finding, r"([\d,]+) stored = accepted \+ quarantined") > 0
+    # Hostile reads: formula cells, an overflowing field, slow export readers.
+    assert figure(finding, r"CSV: (\d+) of [\d,]+ cells begin with a formula") == 0
+    assert figure(finding, r"(\d+) formula values exported quoted") == 10
+    assert "a field of 1e200000: JSON ok, CSV ok, attendee ok, SQL ok" in finding.figures
+    assert figure(finding, r"(\d+) got the whole") == EXPORT_SLOTS
+    refused = QUICK.slow_exports - EXPORT_SLOTS
+    assert figure(finding, r"(\d+) got 503 too_many_exports") == refused
 
 
 def test_forgery_holds(findings: dict[str, Finding]) -> None:
@@ -86,6 +95,60 @@ def test_the_answer_checks_bite() -> None:
         ["1", "requests"],
         ["1", "answers"],
     ]
+
+
+def _sound_reads() -> Reads:
+    whole = ExportRead(status=200, whole=True, megabytes=6.0, seconds=6.5)
+    refused = ExportRead(status=503, error="too_many_exports", retry_after=True, seconds=0.01)
+    return Reads(
+        seeded=11,
+        cells=500,
+        quoted=10,
+        overflow={"JSON": "ok", "CSV": "ok", "attendee": "ok", "SQL": "ok"},
+        exports=[whole] * EXPORT_SLOTS + [refused] * (QUICK.slow_exports - EXPORT_SLOTS),
+        interactive=[0.01, 0.02],
+    )
+
+
+def test_the_read_checks_hold_when_the_promises_do() -> None:
+    finding = Finding(scenario="hostile", load="", faults="")
+    check_reads(finding, _sound_reads(), QUICK)
+    assert finding.broken == []
+
+
+def test_the_read_checks_bite() -> None:
+    sound = _sound_reads()
+    cut = ExportRead(status=200, whole=False, cut=True, megabytes=2.0, seconds=2.0)
+    broken = msgspec.structs.replace(
+        sound,
+        formula_cells=["=1+1"],
+        quoted=3,
+        overflow={**sound.overflow, "JSON": "500", "SQL": "DataError"},
+        exports=[
+            cut,
+            *sound.exports[1:EXPORT_SLOTS],
+            ExportRead(status=500),
+            *sound.exports[EXPORT_SLOTS + 1 :],
+        ],
+        interactive=[0.01, 7.0],
+        interactive_failed=["/v1/events/default/occupancy: 500"],
+    )
+    finding = Finding(scenario="hostile", load="", faults="")
+    check_reads(finding, broken, QUICK)
+    assert [b.split(":")[0] for b in finding.broken] == [
+        "CSV cells a spreadsheet runs",
+        "3 of 10 formula values exported quoted",
+        "a field of 1e200000 broke reads",
+        "1 slow exports arrived incomplete or different",
+        "exports over the budget answered [(500, None), (503, 'too_many_exports')]",
+        "interactive reads during the exports failed",
+        "an interactive read during the exports took 7.0 s",
+    ]
+    # A drill whose readers are quicker than the interactive timeout proves nothing.
+    quick = [msgspec.structs.replace(e, seconds=1.0) for e in sound.exports]
+    finding = Finding(scenario="hostile", load="", faults="")
+    check_reads(finding, msgspec.structs.replace(sound, exports=quick), QUICK)
+    assert finding.broken == ["the slow readers took 1.0 s: not slower than a query may take"]
 
 
 def test_metrics_text_is_not_an_acceptance() -> None:

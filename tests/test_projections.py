@@ -6,6 +6,7 @@ Deliveries go in through the real HTTP intake; the views are read back with SQL 
 
 from __future__ import annotations
 
+import json
 import random
 import subprocess
 import sys
@@ -457,7 +458,7 @@ def test_poison_is_dead_lettered_live_and_strict_in_a_rebuild(database_url: str)
     assert statuses["payments"].dead_letters == 1 and statuses["payments"].state == "live"
     assert letters[0][0] == "payments" and "not a decimal" in letters[0][1]
     assert ledger_rows == [("p-2", Decimal("10.50"), "PLN")]
-    assert paid == [("p-1", True, None), ("p-2", True, Decimal("10.50"))]
+    assert paid == [("p-1", False, None), ("p-2", True, Decimal("10.50"))]
     with pytest.raises(PoisonError, match="not a decimal"):
         rebuild(database_url, ["payments"])
     with psycopg.connect(database_url) as conn:
@@ -468,6 +469,54 @@ def test_poison_is_dead_lettered_live_and_strict_in_a_rebuild(database_url: str)
     with psycopg.connect(database_url) as conn:
         assert conn.execute("SELECT count(*) FROM analytics.payments").fetchone() == (1,)
         assert {s.view: s for s in read_status(conn)}["payments"].rebuilding is None
+
+
+def _payment(attendee_id: str, at: str, amount: str, currency: str, delivery_id: str) -> bytes:
+    payment = {"amount": amount, "currency": currency, "method": "payu", "reference": attendee_id}
+    return json.dumps(
+        {
+            "event": "AttendeePaymentConfirmed",
+            "id": delivery_id,
+            "occurredAt": f"2026-05-14T{at}Z",
+            "attendee": {"id": attendee_id, "payment": payment},
+        }
+    ).encode()
+
+
+def _roster_against_ledger(database_url: str) -> list[tuple[object, ...]]:
+    """Per attendee: the roster's payment, and the ledger's latest entry for them."""
+    with psycopg.connect(database_url) as conn:
+        return conn.execute(
+            "SELECT r.attendee_id, r.paid, r.amount, r.currency, r.payment_method, r.paid_at, "
+            "l.attendee_id IS NOT NULL, l.amount, l.currency, l.method, l.paid_at "
+            "FROM analytics.roster r LEFT JOIN LATERAL (SELECT * FROM analytics.payments p "
+            "WHERE p.event = r.event AND p.attendee_id = r.attendee_id "
+            "ORDER BY p.paid_at DESC LIMIT 1) l ON true ORDER BY r.attendee_id"
+        ).fetchall()
+
+
+def test_roster_and_ledger_agree_after_an_unusable_payment(database_url: str) -> None:
+    # The rule: a confirmation the ledger cannot record is no payment in either view.
+    deliveries = [
+        _payment("a-1", "09:00:00", "349.00", "PLN", "pay-1"),
+        _payment("a-1", "10:00:00", "a lot", "PLN", "pay-2"),  # later, unusable
+        _payment("a-2", "09:30:00", "50.00", "EURO", "pay-3"),  # only an unusable one
+    ]
+    store = DeliveryStore(database_url)
+    try:
+        store.append([recorded(d, f"d-{n}") for n, d in enumerate(deliveries)])
+    finally:
+        store.close()
+    Runner(database_url).catch_up()
+    at_nine = datetime(2026, 5, 14, 9, tzinfo=UTC)
+    paid = (Decimal("349.00"), "PLN", "payu", at_nine)
+    expected = [
+        ("a-1", True, *paid, True, *paid),
+        ("a-2", False, None, None, None, None, False, None, None, None, None),
+    ]
+    assert _roster_against_ledger(database_url) == expected
+    rebuild(database_url, ["roster", "payments"], skip_poison=True)
+    assert _roster_against_ledger(database_url) == expected, "and so does a rebuild"
 
 
 def test_replay_appends_what_now_parses_once(database_url: str) -> None:
@@ -537,8 +586,21 @@ async def test_status_endpoint_and_readiness(
                 "UPDATE rollcall.view_versions SET failed_at = now(), last_error = 'boom' "
                 "WHERE view = 'roster' AND state = 'live'"
             )
+        # A failed view is for status and metrics to report; readiness is about taking
+        # deliveries, which every replica still does (the failure is in the shared database).
         answer = await client.get("/readyz")
-        assert answer.status_code == 503 and answer.json()["failed_views"] == ["roster"]
+        assert answer.status_code == 200, answer.text
+        assert answer.json() == {"status": "ready", "database": "ok"}
+        accepted = await client.post(
+            "/webhooks/jte", content=delivery(attendee_id="a-2"), headers=token_headers()
+        )
+        assert accepted.json()["status"] == "accepted"
+        views = (
+            await client.get("/v1/projections", headers=bearer(api_token(database_url)))
+        ).json()["views"]
+        roster = next(v for v in views if v["view"] == "roster")
+        assert roster["state"] == "failed" and roster["last_error"] == "boom"
+        assert 'rollcall_projection_failed{view="roster"} 1' in (await client.get("/metrics")).text
 
 
 def test_fields_keep_their_exact_numbers_when_a_row_is_rewritten(database_url: str) -> None:

@@ -257,15 +257,30 @@ def test_the_latest_payment_decides_the_roster_whatever_the_arrival_order() -> N
     )
 
 
-def test_an_unusable_payment_still_marks_paid_without_amount() -> None:
+def test_an_unusable_payment_is_no_payment() -> None:
+    # The ledger cannot record it (no decimal amount), so the roster does not claim it either.
     payment = make_event(
         PAYMENT_CONFIRMED, when=at(9), fields=paying("three hundred", "PLN", "bank transfer")
     )
     entry = entry_of([payment])
+    assert not entry.paid
+    assert (entry.amount, entry.currency, entry.method, entry.paid_at) == (None, None, None, None)
+
+
+@pytest.mark.parametrize("arrival", ["in order", "reversed"])
+def test_an_unusable_payment_leaves_the_last_recorded_one(arrival: str) -> None:
+    recorded = make_event(PAYMENT_CONFIRMED, when=at(9), fields=paying("349.00", "PLN", "payu"))
+    unusable = make_event(PAYMENT_CONFIRMED, when=at(10), fields=paying("349.00", "P L N", "tpay"))
+    events = [recorded, unusable] if arrival == "in order" else [unusable, recorded]
+    entry = entry_of(events)
     assert entry.paid
-    assert entry.amount is None
-    assert entry.currency is None
-    assert entry.method == "bank_transfer"
+    assert (entry.amount, entry.currency, entry.method, entry.paid_at) == (
+        Decimal("349.00"),
+        "PLN",
+        "payu",
+        at(9),
+    )
+    assert entry.fields["payment"]["currency"] == "P L N"  # its fields still count as sent
 
 
 # --- Attendees never registered ------------------------------------------------------------------

@@ -451,9 +451,9 @@ class Generator:
     def _api_probe(
         self, kind: str, method: bytes, target: str, headers: Headers, valid: bool | None
     ) -> Probe:
-        # Without a valid token nothing may be served: 401, or the router's own 404, 405, or
-        # 307 to the path without a trailing slash.
-        expect = ANY if valid is not False else frozenset({401, 404, 405, 307})
+        # Without a valid token nothing may be served: 401, or the router's own 404 (a trailing
+        # slash included: paths are exact, never redirected) or 405.
+        expect = ANY if valid is not False else frozenset({401, 404, 405})
         wire = request(method, target.encode(), headers)
         return Probe(kind=kind, wire=wire, expect=expect)
 
@@ -734,8 +734,12 @@ class Tally:
             self.genuine.add(probe.genuine)
         if answer.hung:
             self.hangs[probe.kind] += 1
-        elif answer.status == 503 and answer.body == b"Service Unavailable":
-            self.overloaded += 1  # uvicorn's connection cap: the service says it is full
+        elif answer.status == 503 and (
+            answer.body == b"Service Unavailable" or b'"too_many_exports"' in answer.body
+        ):
+            # uvicorn's connection cap, or every export connection busy: the service says it
+            # is full, as documented
+            self.overloaded += 1
         elif answer.status >= 500:
             self.server_errors[f"{probe.kind}: {answer.status} {answer.body[:120]!r}"] += 1
         elif probe.expect and answer.status not in probe.expect:

@@ -3,10 +3,11 @@
 Thousands of generated requests (mutated signed deliveries, malformed HTTP, random analyst
 queries with good and bad tokens), 100 MB bodies, near-limit deliveries and a rebuild over
 them, slow and idle clients outnumbering the connection cap, unverified megabyte bodies
-outnumbering their memory bound (service/drill/crowd.py), and DESIGN's named cases against
-one serve process. The promises: no 5xx and no hang for anything a sender can send, genuine
-deliveries and health checks answered promptly throughout, a server still healthy and not
-exhausted afterwards, and nothing unverified stored.
+outnumbering their memory bound (service/drill/crowd.py), hostile reads (formula cells, an
+overflowing field, slow export readers: reads.py), and DESIGN's named cases against one serve
+process. The promises: no 5xx and no hang for anything a sender can send, genuine deliveries
+and health checks answered promptly throughout, a server still healthy and not exhausted
+afterwards, and nothing unverified stored.
 """
 
 from __future__ import annotations
@@ -51,6 +52,7 @@ from service.drill.harness import (
     stored_deliveries,
     wait_for,
 )
+from service.drill.reads import EXPORT_SLOTS, check_reads, hostile_reads, reads_figures
 from service.drill.report import Finding, Size, top
 from service.drill.wire import (
     HANG,
@@ -251,6 +253,7 @@ def hostile(ws: Workspace, size: Size) -> Finding:
             ROLLCALL_HEADER_LIMIT=str(DEFAULT_HEADER_LIMIT),
             ROLLCALL_MAX_CONNECTIONS=str(CAP),
             ROLLCALL_UNVERIFIED_BODY_MEMORY=str(UNVERIFIED_MB * 2**20),
+            ROLLCALL_EXPORT_CONNECTIONS=str(EXPORT_SLOTS),
         ).start()
         tally = Tally()
         facts = seed_store(ws, server, url, tally)
@@ -266,6 +269,7 @@ def hostile(ws: Workspace, size: Size) -> Finding:
         generated = tally.sent - before
         named = run_named(server.port, ws.default, fresh, tally)
         heavy = heavy_store(server, url, ws.default, size.big_deliveries, facts.admin, tally)
+        reads = hostile_reads(server, url, ws.default, facts.read, size, tally)
         slow = slow_attack(server.port, ws.default, fresh, size.slow_clients, tally)
         healthy = health(server, ws.default, next(fresh), tally)
         finding = Finding(
@@ -274,9 +278,15 @@ def hostile(ws: Workspace, size: Size) -> Finding:
             faults=(
                 f"{size.big_body_mb} MB bodies, {CAP} idle and {size.slow_clients} slow clients, "
                 f"{flood.bodies} unverified 1 MB bodies, {len(named)} named cases, "
-                f"{heavy.deliveries} 1 MB deliveries rebuilt"
+                f"{heavy.deliveries} 1 MB deliveries rebuilt, "
+                f"formula cells, a 1e200000 field, {size.slow_exports} slow export readers"
             ),
-            bad_inputs=generated + len(big) + len(slow.drips) + flood.bodies + len(named),
+            bad_inputs=generated
+            + len(big)
+            + len(slow.drips)
+            + flood.bodies
+            + len(named)
+            + reads.seeded,
         )
         check_answers(finding, tally, generated, size)
         _check_big(finding, big)
@@ -284,13 +294,18 @@ def hostile(ws: Workspace, size: Size) -> Finding:
         check_slow(finding, slow, size)
         check_flood(finding, flood)
         _check_named(finding, named)
+        check_reads(finding, reads, size)
         finding.check(not healthy, "not healthy afterwards: " + "; ".join(healthy))
         _check_store(finding, url, tally)
         scan_logs(finding, ws, [server.log])
         rss_after = memory_mb(server.pid)[0]
         server.stop()
-        finding.figures = _hostile_figures(
-            tally, generated, elapsed, big, heavy, slow, flood, named, rss_after, size
+        finding.figures = (
+            _hostile_figures(
+                tally, generated, elapsed, big, heavy, slow, flood, named, rss_after, size
+            )
+            + "; "
+            + reads_figures(reads)
         )
         return finding
 

@@ -22,6 +22,8 @@ class Size(msgspec.Struct, frozen=True, kw_only=True):
     big_body_mb: int
     slow_clients: int
     big_deliveries: int
+    slow_exports: int  # CSV export readers at once (the hostile server allows 4)
+    export_mb: int  # the size of the roster they read
     forgery_rounds: int
 
 
@@ -37,6 +39,8 @@ FULL = Size(
     big_body_mb=100,
     slow_clients=200,
     big_deliveries=200,
+    slow_exports=8,
+    export_mb=30,
     forgery_rounds=40,
 )
 QUICK = Size(
@@ -51,6 +55,8 @@ QUICK = Size(
     big_body_mb=100,
     slow_clients=50,
     big_deliveries=60,
+    slow_exports=8,
+    export_mb=12,  # at 1 MB/s: far longer than a query may take, beyond every buffer
     forgery_rounds=4,
 )
 

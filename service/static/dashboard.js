@@ -82,15 +82,23 @@
         setStatus("No JTE event is configured", true);
       } else {
         const base = `v1/events/${encodeURIComponent(summary.event)}`;
-        const [occupancy, buckets, checkIns, payments] = await Promise.all([
+        const [occupancy, buckets, checkIns, payments, projections] = await Promise.all([
           api(`${base}/occupancy`, token),
           timeline(base, token),
           api(`${base}/check-ins?limit=10`, token),
           api(`${base}/payments/summary`, token),
+          api("v1/projections", token),
         ]);
         if (mine !== generation) return;
         render(summary, occupancy, buckets, checkIns, payments);
-        setStatus(`Live · updated ${clock(new Date())}`, false);
+        // A failed view is reported here, by status and by metrics; readiness ignores it.
+        const failed = projections.views.filter((v) => v.state === "failed").map((v) => v.view);
+        const updated = `updated ${clock(new Date())}`;
+        if (failed.length) {
+          setStatus(`View ${failed.join(", ")} failed: see rollcall status · ${updated}`, true);
+        } else {
+          setStatus(`Live · ${updated}`, false);
+        }
       }
       showBoard();
     } catch (error) {

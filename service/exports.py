@@ -1,0 +1,226 @@
+"""CSV exports: what a cell may hold, and the budget exports run on.
+
+Attendees type their own names into JTE's registration form, so a cell can be a spreadsheet
+formula (`=HYPERLINK(...)`). Every cell of every export that begins with `=`, `+`, `-`, `@`, a
+tab or a carriage return gets a `'` in front (OWASP's rule), except in numeric columns, where
+`-12.50` stays a number.
+
+Roster and payments exports are written by PostgreSQL (COPY) on connections of their own: at
+most `export_connections` at once (one more is answered 503 with Retry-After at once), each
+with a deadline for the whole export and a limit on how long a client may take nothing. A slow
+reader gets its whole file; neither slow nor many exports take the connections the
+interactive reads use. An export that cannot finish is cut off: the connection closes before
+the chunked body's end, so a client sees an incomplete transfer, never a short file that looks
+whole.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import csv
+import io
+import logging
+from collections.abc import AsyncIterator, Iterable
+from datetime import UTC, datetime
+from typing import Any, Final
+
+import asyncpg
+from starlette.responses import Response, StreamingResponse
+from starlette.types import Send
+
+log = logging.getLogger("rollcall.exports")
+
+FORMULA_START: Final = ("=", "+", "-", "@", "\t", "\r")
+_FORMULA_CODES: Final = ", ".join(str(ord(c)) for c in FORMULA_START)
+# PostgreSQL types whose text is a number: left as they are.
+_NUMERIC_TYPES: Final = frozenset({"int2", "int4", "int8", "numeric", "float4", "float8"})
+_QUEUE: Final = 8  # chunks of COPY output held while the client catches up
+_CONNECT_TIMEOUT: Final = 5.0  # seconds to get an export connection before answering 503
+
+
+class ExportsBusy(Exception):
+    """Every export connection is in use: the client should retry shortly."""
+
+
+class ExportCut(Exception):
+    """An export that could not finish: its deadline passed or its client took nothing."""
+
+
+def neutral(value: str) -> str:
+    """A text cell a spreadsheet will not run: `'` before a leading formula character."""
+    return "'" + value if value.startswith(FORMULA_START) else value
+
+
+def csv_select(query: str, attributes: Any) -> str:
+    """Wrap `query` so COPY writes booleans and times the way the JSON answers do, and no cell
+    a spreadsheet would run."""
+    columns = ", ".join(_csv_column(a.name, a.type.name) for a in attributes)
+    # A plain projection of an ordered subquery keeps its order (PostgreSQL pulls it up).
+    return f"SELECT {columns} FROM ({query}) AS q"
+
+
+def _csv_column(name: str, type_name: str) -> str:
+    column = '"' + name.replace('"', '""') + '"'
+    if type_name in _NUMERIC_TYPES:
+        return column
+    if type_name == "bool":
+        return f"{column}::text AS {column}"
+    if type_name == "timestamptz":
+        utc = f"({column} AT TIME ZONE 'UTC')"
+        fraction = (
+            f"CASE WHEN extract(microseconds FROM {column})::bigint % 1000000 <> 0 "
+            f"THEN to_char({utc}, '.US') ELSE '' END"
+        )
+        return f"to_char({utc}, 'YYYY-MM-DD\"T\"HH24:MI:SS') || {fraction} || 'Z' AS {column}"
+    text = f"{column}::text"
+    # ascii() is the first character's code: cheaper per cell than a pattern match.
+    return (
+        f"CASE WHEN ascii({text}) IN ({_FORMULA_CODES}) THEN '''' || {text} ELSE {text} END "
+        f"AS {column}"
+    )
+
+
+def csv_rows(header: list[str], rows: Iterable[Iterable[object]], filename: str) -> Response:
+    """A small CSV answer built in memory, cells as the COPY exports write them."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow(header)
+    writer.writerows([_csv_value(v) for v in row] for row in rows)
+    return Response(
+        buffer.getvalue(),
+        media_type="text/csv; charset=utf-8",
+        headers={"Content-Disposition": f'attachment; filename="{filename}"'},
+    )
+
+
+def _csv_value(value: object) -> object:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, datetime):
+        return value.astimezone(UTC).isoformat().replace("+00:00", "Z")  # as in JSON
+    if value is None:
+        return ""
+    if isinstance(value, str):
+        return neutral(value)
+    return value
+
+
+class Exports:
+    """COPY exports on their own pool, at most `slots` at once, each within `deadline` seconds
+    and never `stall` seconds without the client taking data."""
+
+    def __init__(self, pool: asyncpg.Pool, *, slots: int, deadline: float, stall: float) -> None:
+        self._pool = pool
+        self._slots = slots
+        self._deadline = deadline
+        self._stall = stall
+        self.running = 0
+
+    async def stream(self, query: str, args: list[Any], filename: str) -> Response:
+        """Every row of `query` as CSV, in constant memory.
+
+        The bounded queue is the back-pressure: when the client reads slowly, the copy waits.
+        The first chunk is awaited here, so a database that cannot answer is still a 503
+        rather than a cut-off 200."""
+        if self.running >= self._slots:
+            raise ExportsBusy(f"{self._slots} exports are running; retry in a few seconds")
+        chunks: asyncio.Queue[bytes | None] = asyncio.Queue()  # None: the copy has ended
+        room = asyncio.Semaphore(_QUEUE)
+
+        async def hand_over(chunk: bytes | bytearray | memoryview) -> None:
+            await room.acquire()
+            chunks.put_nowait(bytes(chunk))  # asyncpg may hand over a bytearray
+
+        async def copy() -> None:
+            async with self._pool.acquire(timeout=_CONNECT_TIMEOUT) as conn:
+                statement = await conn.prepare(query)
+                select = csv_select(query, statement.get_attributes())
+                # asyncpg's own budget for the whole COPY, the client's waits included; at its
+                # end asyncpg cancels the query on the server.
+                await conn.copy_from_query(
+                    select, *args, output=hand_over, format="csv", header=True,
+                    timeout=self._deadline,
+                )  # fmt: skip
+
+        def ended(_: asyncio.Task[None]) -> None:
+            # A done callback runs however the copy ended, even cancelled before it began.
+            self.running -= 1
+            chunks.put_nowait(None)
+
+        async def next_chunk() -> bytes | None:
+            chunk = await chunks.get()
+            room.release()
+            return chunk
+
+        self.running += 1  # one event loop: nothing ran between the check and this
+        task = asyncio.create_task(copy())
+        task.add_done_callback(ended)
+        try:
+            first = await next_chunk()
+            if first is None:
+                await task  # a failed copy raises here, before any answer is sent
+                first = b""
+        except BaseException:
+            task.cancel()
+            raise
+
+        async def body() -> AsyncIterator[bytes]:
+            chunk: bytes | None = first
+            while chunk is not None:
+                yield chunk
+                chunk = await next_chunk()
+            try:
+                await task
+            except (TimeoutError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as error:
+                raise ExportCut(f"{type(error).__name__} after the answer began") from error
+
+        return _CsvStream(
+            body(),
+            copy=task,
+            stall=self._stall,
+            media_type="text/csv; charset=utf-8",
+            headers={"Content-Disposition": f'attachment; filename="{filename}"'},
+        )
+
+
+class _CsvStream(StreamingResponse):
+    """A streamed CSV that ends only when it is whole: if the export is cut, or the client
+    takes nothing for `stall` seconds, the body's last chunk is never sent and the server
+    closes the connection, so no client mistakes a short file for the whole one."""
+
+    def __init__(
+        self,
+        content: AsyncIterator[bytes],
+        *,
+        copy: asyncio.Task[None],
+        stall: float,
+        media_type: str,
+        headers: dict[str, str],
+    ) -> None:
+        super().__init__(content, media_type=media_type, headers=headers)
+        self._chunks = content
+        self._copy = copy
+        self._stall = stall
+
+    async def stream_response(self, send: Send) -> None:
+        try:
+            await send(
+                {
+                    "type": "http.response.start",
+                    "status": self.status_code,
+                    "headers": self.raw_headers,
+                }
+            )
+            async for chunk in self._chunks:
+                async with asyncio.timeout(self._stall):
+                    await send({"type": "http.response.body", "body": chunk, "more_body": True})
+        except TimeoutError:
+            log.warning("CSV export cut off: the client took nothing for %.0f s", self._stall)
+            return
+        except ExportCut as cut:
+            log.warning("CSV export cut off: %s", cut)
+            return
+        finally:
+            # However it ended (the client gone too): stop reading rows nobody will receive.
+            self._copy.cancel()
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
