@@ -129,7 +129,8 @@ def positions(
     """Each version's tracked position (0 before its first batch); with `lock`, the tracking
     rows are locked until the transaction ends, created at 0 where missing."""
     names = [v.tracking_name for v in versions]
-    if lock:
+    found = _tracked(cur, names, lock=lock)
+    if lock and len(found) < len(names):
         # A version's first batch has no row to lock: without one, two runners could both
         # write from position 0. The row made here (or its insert) makes the second one wait
         # for the first's commit, then see the position it moved to.
@@ -138,8 +139,13 @@ def positions(
                 "INSERT INTO {} (application_name, notification_id) "
                 "SELECT unnest(%s::text[]), 0 ON CONFLICT DO NOTHING"
             ).format(sql.Identifier(INTERNAL, TRACKING_TABLE)),
-            (names,),
+            ([name for name in names if name not in found],),
         )
+        found = _tracked(cur, names, lock=lock)
+    return {v: found.get(v.tracking_name, 0) for v in versions}
+
+
+def _tracked(cur: psycopg.Cursor[Any], names: list[str], *, lock: bool) -> dict[str, int]:
     rows = cur.execute(
         sql.SQL(
             "SELECT application_name, notification_id FROM {} WHERE application_name = ANY(%s)"
@@ -147,8 +153,7 @@ def positions(
         ).format(sql.Identifier(INTERNAL, TRACKING_TABLE)),
         (names,),
     ).fetchall()
-    found = {name: int(position) for name, position in rows}
-    return {v: found.get(v.tracking_name, 0) for v in versions}
+    return {name: int(position) for name, position in rows}
 
 
 class Folded(msgspec.Struct):
