@@ -160,15 +160,17 @@ class Runner:
                 self.held.add(view)
                 log.info("projection runner took over the %s view", view)
 
-    def _confirm_locks(self, locks: psycopg.Connection[Any]) -> None:
-        """Let go of the views whose lock this session no longer holds; a lock connection that
-        died raises, and the session starts again."""
-        rows = locks.execute(
-            "SELECT objid FROM pg_locks WHERE locktype = 'advisory' AND granted "
-            "AND pid = pg_backend_pid() AND classid = %s",
-            (LOCK_NAMESPACE,),
-        ).fetchall()
-        still = {int(row[0]) for row in rows}
+    def _confirm_locks(self, cur: psycopg.Cursor[Any], locks: psycopg.Connection[Any]) -> None:
+        """Let go of the views whose lock the lock session no longer holds (asked from the work
+        transaction, so confirming costs no round trip of its own); a lock connection that
+        died holds nothing, and the session starts again when it next uses it."""
+        row = cur.execute(
+            "SELECT pg_advisory_xact_lock_shared(%s, %s)::text, array(SELECT objid::int "
+            "FROM pg_locks WHERE locktype = 'advisory' AND granted AND pid = %s "
+            "AND classid = %s)",
+            (LOCK_NAMESPACE, SWAP_LOCK, locks.info.backend_pid, LOCK_NAMESPACE),
+        ).fetchone()
+        still = set(row[1]) if row else set()
         for view in sorted(self.held):
             if runner_lock(view) not in still:
                 self.held.discard(view)
@@ -177,13 +179,11 @@ class Runner:
     def _batch(self, locks: psycopg.Connection[Any], work: psycopg.Connection[Any]) -> int:
         """Apply one batch to the live versions of the held views, once their locks are
         confirmed; how many deliveries it read."""
-        self._confirm_locks(locks)
         try:
             with work.transaction(), work.cursor() as cur:
-                # Shared: batches run side by side; a rebuild's swap takes it exclusively.
-                cur.execute(
-                    "SELECT pg_advisory_xact_lock_shared(%s, %s)", (LOCK_NAMESPACE, SWAP_LOCK)
-                )
+                # Takes the swap lock shared (batches run side by side; a rebuild's swap takes
+                # it exclusively) and confirms the view locks in the same statement.
+                self._confirm_locks(cur, locks)
                 versions = [
                     v for v in (live_version(work, name) for name in sorted(self.held)) if v
                 ]
