@@ -6,8 +6,8 @@ baseline receiver (c), driven by wrk with pre-signed simulator deliveries, all i
 
 With `--against REF` it instead measures rollcall's own configurations, intake only (a) and
 the default `rollcall serve` with live views (ap), for this checkout and for the commit REF
-(exported with `git archive`, run with this venv), alternating between the two so that both
-see the same machine, and prints each one's median beside the other with the ratio.
+(exported with `git archive`, run with this venv), alternating between the two (ABBA) so that
+both see the same machine, and prints each one's median beside the other with the ratio.
 
 Needs wrk (`apt-get install wrk`). Uses DATABASE_URL's server if set, else an embedded
 PostgreSQL; every configuration gets a fresh database. Prints deliveries/s, p50/p99 latency and
@@ -187,7 +187,10 @@ def _compare(args: argparse.Namespace, work: Path, server_url: str) -> int:
     runs: dict[tuple[str, str], list[Run]] = {}
     for round_ in range(args.rounds):
         for name, env in (("a", INTAKE_ONLY), ("ap", DEFAULT_SERVE)):
-            for label, root in checkouts.items():
+            # ABBA: which checkout goes first alternates, so neither always inherits the
+            # previous run's after-effects (checkpoints, autovacuum of a dropped database).
+            order = list(checkouts.items())
+            for label, root in order if round_ % 2 == 0 else reversed(order):
                 database_url = new_database(server_url, f"bench_intake_{name}")
                 run = _measure(work, name, label, ["serve"], env, database_url, args, root)
                 drop_database(server_url, database_url)
