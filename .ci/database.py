@@ -7,7 +7,7 @@ import psycopg
 from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict
 
-from service.database import with_database
+from service.eventstore.database import with_database
 
 
 def main(action: str, url: str) -> None:

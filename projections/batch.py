@@ -25,7 +25,7 @@ from projections.payments import PaymentsView
 from projections.roster import RosterView
 from projections.schema import INTERNAL, TRACKING_TABLE, Version, may_migrate
 from projections.source import Record
-from service.database import connection_params
+from service.eventstore.database import connection_params
 
 
 class View(Protocol):

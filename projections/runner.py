@@ -44,7 +44,7 @@ from projections.schema import (
     try_lock,
 )
 from projections.source import read
-from service.store import EVENTS_TABLE, DeliveryStore, StoreUnavailable
+from service.eventstore.store import EVENTS_TABLE, DeliveryStore, StoreUnavailable
 
 log = logging.getLogger("rollcall.projections")
 

@@ -16,7 +16,7 @@ from psycopg import sql
 
 from domain.events import AttendeeEvent, attendee_event
 from domain.interpret import Interpreted, interpret
-from service.store import EVENTS_TABLE, SCHEMA
+from service.eventstore.store import EVENTS_TABLE, SCHEMA
 
 _EVENTS: Final = sql.Identifier(SCHEMA, EVENTS_TABLE)
 # Stored states read per batch, at most (plus one delivery). A batch held in memory costs about

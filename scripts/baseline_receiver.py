@@ -23,8 +23,8 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from service.config import EventConfig
-from service.database import eventsourcing_env
-from service.verification import Rejected, verify
+from service.eventstore.database import eventsourcing_env
+from service.http.verification import Rejected, verify
 
 
 class Delivery(Aggregate):

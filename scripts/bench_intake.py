@@ -34,8 +34,8 @@ import msgspec
 import psycopg
 
 from service.config import EventConfig
-from service.database import drop_database, new_database, server
-from service.simulator import (
+from service.eventstore.database import drop_database, new_database, server
+from service.jte.simulator import (
     SignedDelivery,
     SimulatedDelivery,
     SimulationOptions,

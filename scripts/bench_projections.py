@@ -41,16 +41,16 @@ from domain.interpret import Interpreted, interpret
 from domain.roster import RosterEntry, apply
 from projections.source import head
 from service.config import EventConfig
-from service.database import (
+from service.eventstore.database import (
     drop_database,
     eventsourcing_env,
     new_database,
     server,
 )
-from service.intake import delivery_record
-from service.signing import sign
-from service.simulator import SignedDelivery, SimulationOptions, sign_all, simulate
-from service.store import DeliveryRecorded, DeliveryStore
+from service.eventstore.store import DeliveryRecorded, DeliveryStore
+from service.http.intake import delivery_record
+from service.jte.signing import sign
+from service.jte.simulator import SignedDelivery, SimulationOptions, sign_all, simulate
 
 ROOT = Path(__file__).resolve().parent.parent
 SECRET = "bench-projections-secret"  # noqa: S105 - a throwaway test secret
@@ -219,7 +219,7 @@ class BaselineRoster(Projection[BaselineRosterView]):
 
 def _baseline(database_url: str, events: int) -> float:
     """Events/s of the library's ProjectionRunner building the roster from the first events."""
-    from service.store import Deliveries
+    from service.eventstore.store import Deliveries
 
     env = eventsourcing_env(database_url, SCHEMA="rollcall") | {"CREATE_TABLE": "y"}
     with psycopg.connect(database_url) as conn:

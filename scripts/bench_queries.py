@@ -44,12 +44,12 @@ import psycopg
 
 from projections.runner import Runner
 from service.config import EventConfig
-from service.database import drop_database, new_database, server
-from service.intake import delivery_record
-from service.signing import sign
-from service.simulator import SimulatedDelivery, SimulationOptions, simulate
-from service.store import DeliveryRecorded, DeliveryStore
-from service.tokens import issue
+from service.eventstore.database import drop_database, new_database, server
+from service.eventstore.store import DeliveryRecorded, DeliveryStore
+from service.http.intake import delivery_record
+from service.http.tokens import issue
+from service.jte.signing import sign
+from service.jte.simulator import SimulatedDelivery, SimulationOptions, simulate
 
 ROOT = Path(__file__).resolve().parent.parent
 SECRET = "bench-queries-secret"  # noqa: S105 - a throwaway test secret

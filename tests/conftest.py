@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from hypothesis import HealthCheck, settings
 
-from service import database
+from service.eventstore import database
 from tests.helpers import RunningService, make_settings
 
 # Generation speed varies with machine load (CI shares two cores with PostgreSQL); what the

@@ -31,13 +31,14 @@ from psycopg import sql
 from uvicorn.server import ServerState
 
 from domain.interpret import PARSER_VERSION
-from service import database, tokens
-from service.app import create_app
 from service.config import EventConfig, Settings
-from service.drill.report import Finding
-from service.protocol import GuardedHttpToolsProtocol
-from service.store import DeliveryRecorded, delivery_key
-from service.tokens import Scope
+from service.eventstore import database
+from service.eventstore.store import DeliveryRecorded, delivery_key
+from service.http import tokens
+from service.http.app import create_app
+from service.http.server import GuardedHttpToolsProtocol
+from service.http.tokens import Scope
+from tests.drill.report import Finding
 
 SECRET = "organiser-chosen secret: zażółć 42"
 

@@ -12,8 +12,8 @@ from contextlib import contextmanager
 import httpx
 import pytest
 
-from service import protocol
 from service.config import EventConfig
+from service.http import server as protocol
 from tests.helpers import (
     SECRET,
     RunningService,

@@ -15,12 +15,12 @@ import httpx
 import psycopg
 import pytest
 
-from projections.snapshot import wait_until_caught_up
-from service import tokens
-from service.analysts import grant_analyst
-from service.api import PARAMETERS
-from service.app import create_app
-from service.openapi import document
+from service.eventstore.analysts import grant_analyst
+from service.http import tokens
+from service.http.api import PARAMETERS
+from service.http.app import create_app
+from service.http.openapi import document
+from tests.drill.snapshot import wait_until_caught_up
 from tests.helpers import (
     RunningService,
     analyst_groups,
@@ -502,7 +502,7 @@ def test_analyst_role_reads_analytics_and_nothing_else(
 
     login = f"analyst_{uuid.uuid4().hex[:8]}"  # roles are server-wide: a name of its own
     ensure_views(database_url)
-    from service.store import DeliveryStore
+    from service.eventstore.store import DeliveryStore
 
     DeliveryStore(database_url).close()  # the event store's tables exist
     with psycopg.connect(database_url, autocommit=True) as conn:

@@ -10,9 +10,9 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from service.database import with_database
-from service.roles import role_name
-from service.store import DeliveryStore
+from service.eventstore.database import with_database
+from service.eventstore.roles import role_name
+from service.eventstore.store import DeliveryStore
 from tests.helpers import drop_roles
 
 ROLLCALL = [sys.executable, "-m", "service.cli"]

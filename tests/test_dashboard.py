@@ -20,9 +20,9 @@ import psycopg
 import pytest
 from playwright.async_api import Browser, ConsoleMessage, Error, Page, async_playwright, expect
 
-from projections.snapshot import wait_until_caught_up
 from service.config import EventConfig
-from service.dashboard import STATIC
+from service.http.dashboard import STATIC
+from tests.drill.snapshot import wait_until_caught_up
 from tests.helpers import SECRET, RunningService, api_token, bearer, token_headers
 
 CHROMIUM = Path("/usr/bin/chromium")

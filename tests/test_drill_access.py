@@ -9,12 +9,12 @@ import psycopg
 from psycopg import sql
 
 from projections.runner import Runner, ensure_views
-from service.analysts import grant_analyst
-from service.drill import QUICK, run
-from service.drill.access import access, other_database_probes
-from service.drill.harness import Workspace
-from service.drill.report import Finding
-from service.store import DeliveryStore
+from service.eventstore.analysts import grant_analyst
+from service.eventstore.store import DeliveryStore
+from tests.drill import QUICK, run
+from tests.drill.access import access, other_database_probes
+from tests.drill.harness import Workspace
+from tests.drill.report import Finding
 from tests.helpers import (
     analyst_groups,
     delivery,

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from service.drill import QUICK, Finding, run
-from service.drill.faults import (
+from tests.drill import QUICK, Finding, run
+from tests.drill.faults import (
     BOUND,
     LockSample,
     LockWatch,

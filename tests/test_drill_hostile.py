@@ -9,8 +9,8 @@ from pathlib import Path
 import msgspec
 import pytest
 
-from service.drill import QUICK, Finding, run
-from service.drill.crowd import (
+from tests.drill import QUICK, Finding, run
+from tests.drill.crowd import (
     CAP,
     FLOOD_SLACK_MB,
     UNVERIFIED_MB,
@@ -20,11 +20,11 @@ from service.drill.crowd import (
     check_flood,
     check_slow,
 )
-from service.drill.fuzz import ANY, ApiFacts, Generator, Probe, Tally, is_json_type
-from service.drill.harness import Workspace
-from service.drill.hostile import check_answers
-from service.drill.reads import EXPORT_SLOTS, ExportRead, Reads, check_reads
-from service.drill.wire import NO_ANSWER, Answer, parse_answer
+from tests.drill.fuzz import ANY, ApiFacts, Generator, Probe, Tally, is_json_type
+from tests.drill.harness import Workspace
+from tests.drill.hostile import check_answers
+from tests.drill.reads import EXPORT_SLOTS, ExportRead, Reads, check_reads
+from tests.drill.wire import NO_ANSWER, Answer, parse_answer
 from tests.helpers import drill_directory, figure, held
 
 

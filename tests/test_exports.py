@@ -14,9 +14,9 @@ import asyncpg
 import httpx
 import pytest
 
-from projections.snapshot import wait_until_caught_up
-from service.app import QUERY_TIMEOUT
-from service.exports import FORMULA_START, Exports, csv_rows, csv_select, neutral
+from service.http.app import QUERY_TIMEOUT
+from service.http.exports import FORMULA_START, Exports, csv_rows, csv_select, neutral
+from tests.drill.snapshot import wait_until_caught_up
 from tests.helpers import RunningService, api_token, bearer, token_headers
 
 LIVENESS = 30.0  # seconds: generous, for a shared CI machine; never a speed requirement

@@ -12,8 +12,8 @@ import httpx
 import psycopg
 import pytest
 
-from service.store import DeliveryRecorded, DeliveryStore, StoreUnavailable
-from service.writer import GroupCommitWriter
+from service.eventstore.store import DeliveryRecorded, DeliveryStore, StoreUnavailable
+from service.eventstore.writer import GroupCommitWriter
 from tests.helpers import RunningService, delivery, recorded, stored_rows, token_headers
 
 

@@ -15,9 +15,9 @@ import pytest
 from psycopg import sql
 from standardwebhooks import Webhook
 
-from service import protocol
 from service.config import EventConfig
-from service.protocol import DEFAULT_HEADER_LIMIT
+from service.http import server as protocol
+from service.http.server import DEFAULT_HEADER_LIMIT
 from tests.helpers import (
     SECRET,
     RunningService,

@@ -37,14 +37,14 @@ from projections.batch import (
 from projections.rebuild import build_as_of, rebuild
 from projections.runner import Runner, ensure_views
 from projections.schema import LOCK_NAMESPACE, live_version, runner_lock, versions
-from projections.snapshot import snapshot, wait_until_caught_up
 from projections.source import read
 from projections.status import read_status
 from service.config import EventConfig
-from service.replay import replay_quarantined
-from service.sender import post_all
-from service.simulator import SignedDelivery, SimulationOptions, sign_all, simulate
-from service.store import DeliveryStore
+from service.eventstore.replay import replay_quarantined
+from service.eventstore.store import DeliveryStore
+from service.jte.sender import post_all
+from service.jte.simulator import SignedDelivery, SimulationOptions, sign_all, simulate
+from tests.drill.snapshot import snapshot, wait_until_caught_up
 from tests.helpers import (
     SECRET,
     RunningService,

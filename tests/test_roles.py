@@ -17,12 +17,12 @@ from projections import schema
 from projections.rebuild import build_as_of, rebuild
 from projections.runner import Runner, ensure_views
 from projections.schema import VIEW_NAMES
-from projections.snapshot import wait_until_caught_up
-from service import tokens
-from service.analysts import grant_analyst
-from service.database import Unusable
-from service.roles import Setup, role_name, set_up
-from service.store import DeliveryStore
+from service.eventstore.analysts import grant_analyst
+from service.eventstore.database import Unusable
+from service.eventstore.roles import Setup, role_name, set_up
+from service.eventstore.store import DeliveryStore
+from service.http import tokens
+from tests.drill.snapshot import wait_until_caught_up
 from tests.helpers import (
     RunningService,
     analyst_groups,

@@ -15,8 +15,8 @@ import pytest
 
 from domain.interpret import Unreadable, interpret
 from service.config import EventConfig
-from service.sender import Report, post_all, summary
-from service.simulator import SignedDelivery, SimulationOptions, sign_all, simulate
+from service.jte.sender import Report, post_all, summary
+from service.jte.simulator import SignedDelivery, SimulationOptions, sign_all, simulate
 from tests.helpers import SECRET, RunningService, stored_rows
 
 NOISY = SimulationOptions(

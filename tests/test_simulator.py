@@ -24,8 +24,9 @@ from standardwebhooks import Webhook
 
 from domain.interpret import EVENT_TYPES, Interpreted, Unreadable, interpret
 from service.config import EventConfig
-from service.signing import sign
-from service.simulator import (
+from service.http.verification import Rejected, Verified, verify
+from service.jte.signing import sign
+from service.jte.simulator import (
     SimulatedDelivery,
     SimulationOptions,
     read_jsonl,
@@ -33,7 +34,6 @@ from service.simulator import (
     simulate,
     write_jsonl,
 )
-from service.verification import Rejected, Verified, verify
 from tests.helpers import SECRET, RunningService
 
 NOISY = SimulationOptions(

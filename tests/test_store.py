@@ -13,7 +13,7 @@ import pytest
 from eventsourcing.persistence import OperationalError
 from psycopg import sql
 
-from service.store import DeliveryStore, StoreUnavailable
+from service.eventstore.store import DeliveryStore, StoreUnavailable
 from tests.helpers import delivery, recorded, stored_rows
 
 

@@ -15,7 +15,7 @@ import pytest
 
 from projections.columns import MAX_DIGITS, json_text, storable_number
 from projections.rebuild import rebuild
-from projections.snapshot import wait_until_caught_up
+from tests.drill.snapshot import wait_until_caught_up
 from tests.helpers import RunningService, api_token, bearer, token_headers
 
 # Each was accepted, then broke every read of its event's roster ("value overflows numeric

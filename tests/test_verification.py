@@ -12,7 +12,7 @@ import pytest
 from standardwebhooks import Webhook
 
 from service.config import EventConfig
-from service.verification import MAX_SIGNATURES, Rejected, Verified, verify
+from service.http.verification import MAX_SIGNATURES, Rejected, Verified, verify
 
 BODY = b'{"event":"AttendeeCheckedIn","attendee":{"id":"a-1"}}'
 OLD, NEW = "old secret", "new sekret ąę"

@@ -16,9 +16,9 @@ from hypothesis import strategies as st
 from psycopg import sql
 
 from projections.runner import Runner
-from projections.snapshot import snapshot
-from service.database import with_database
-from service.store import DeliveryStore
+from service.eventstore.database import with_database
+from service.eventstore.store import DeliveryStore
+from tests.drill.snapshot import snapshot
 from tests.helpers import recorded
 
 TYPES = [

@@ -17,14 +17,14 @@ import httpx
 import msgspec
 
 from service.config import EventConfig
-from service.drill.access import scan_logs
-from service.drill.fuzz import TOLERANCE
-from service.drill.harness import Workspace, fresh_deliveries, stored_deliveries, wait_for
-from service.drill.hostile import SEED
-from service.drill.report import Finding, Size, top
-from service.drill.wire import Headers, webhook_path, wire_headers
-from service.signing import sign
-from service.simulator import SimulatedDelivery
+from service.jte.signing import sign
+from service.jte.simulator import SimulatedDelivery
+from tests.drill.access import scan_logs
+from tests.drill.fuzz import TOLERANCE
+from tests.drill.harness import Workspace, fresh_deliveries, stored_deliveries, wait_for
+from tests.drill.hostile import SEED
+from tests.drill.report import Finding, Size, top
+from tests.drill.wire import Headers, webhook_path, wire_headers
 
 ROTATION_SECONDS: Final = 5.0  # how long a removed secret may still work
 

@@ -21,15 +21,16 @@ from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
 from projections.runner import Runner
-from service import api, dashboard, metrics, openapi
+from service import metrics
 from service.config import ConfigError, EventsWatcher, Settings, ensure_secrets, load_settings
-from service.database import redacted
-from service.exports import Exports
-from service.http import json_response
-from service.intake import Intake, is_webhook_path
-from service.logs import RequestIdMiddleware
-from service.store import SCHEMA, DeliveryStore, StoreUnavailable
-from service.writer import DirectWriter, GroupCommitWriter
+from service.eventstore.database import redacted
+from service.eventstore.store import SCHEMA, DeliveryStore, StoreUnavailable
+from service.eventstore.writer import DirectWriter, GroupCommitWriter
+from service.http import api, dashboard, openapi
+from service.http.exports import Exports
+from service.http.intake import Intake, is_webhook_path
+from service.http.logs import RequestIdMiddleware
+from service.http.responses import json_response
 
 log = logging.getLogger("rollcall.app")
 

@@ -17,8 +17,11 @@ import msgspec
 
 from projections.schema import VIEW_NAMES
 from service.config import EventConfig
-from service.drill.harness import STANDARD_SLUG, Workspace
-from service.drill.wire import (
+from service.http.server import DEFAULT_HEADER_LIMIT
+from service.jte.signing import sign
+from service.jte.simulator import SimulationOptions, simulate
+from tests.drill.harness import STANDARD_SLUG, Workspace
+from tests.drill.wire import (
     NO_ANSWER,
     Answer,
     Headers,
@@ -27,9 +30,6 @@ from service.drill.wire import (
     webhook_path,
     wire_headers,
 )
-from service.protocol import DEFAULT_HEADER_LIMIT
-from service.signing import sign
-from service.simulator import SimulationOptions, simulate
 
 ANY: Final[frozenset[int]] = frozenset()  # any answer but a 5xx
 OK: Final = frozenset({200, 202})  # accepted, duplicate or quarantined

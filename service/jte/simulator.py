@@ -23,7 +23,7 @@ from typing import IO, Any, Final, Literal
 import msgspec
 
 from service.config import EventConfig
-from service.signing import sign
+from service.jte.signing import sign
 
 Expect = Literal["accepted", "duplicate", "quarantined", "unauthorized"]
 

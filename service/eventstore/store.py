@@ -28,12 +28,12 @@ from eventsourcing.persistence import (
     Transcoder,
 )
 from eventsourcing.postgres import PostgresApplicationRecorder, PostgresDatastore
-from eventsourcing.utils import Environment, EnvType
+from eventsourcing.utils import Environment, EnvType, get_topic, register_topic
 from psycopg import Cursor, sql
 from psycopg.rows import DictRow
 
 from projections.schema import may_migrate
-from service.database import Unusable, connection_params, eventsourcing_env
+from service.eventstore.database import Unusable, connection_params, eventsourcing_env
 
 SCHEMA: Final = "rollcall"
 EVENTS_TABLE: Final = "deliveries_events"
@@ -66,6 +66,10 @@ class DeliveryRecorded(DomainEvent):
     quarantine_reason: str | None
     # Set on a delivery appended by `rollcall replay`: the quarantined original it re-reads.
     replay_of: UUID | None = None
+
+
+# Deliveries stored before the event store became a package of its own carry this topic.
+register_topic("service.store:DeliveryRecorded", DeliveryRecorded)
 
 
 class DeliveryState(msgspec.Struct, frozen=True, kw_only=True):
@@ -216,7 +220,7 @@ class DeliveryStore:
             # The database-functions path skips the table lock; keep it off (DESIGN.md).
             ENABLE_DB_FUNCTIONS="n",
         )
-        env |= {"APPLICATION_RECORDER_TOPIC": "service.store:IntakeRecorder", "CREATE_TABLE": "y"}
+        env |= {"APPLICATION_RECORDER_TOPIC": get_topic(IntakeRecorder), "CREATE_TABLE": "y"}
         with _setup_lock(params) as conn:
             if may_migrate(conn):
                 conn.execute(

@@ -11,8 +11,8 @@ from typing import Any, Final, Literal
 
 import msgspec
 
-from service import api_models as m
-from service.api import BUCKETS, MAX_LIMIT, STATUSES
+from service.http.api import BUCKETS, MAX_LIMIT, STATUSES
+from service.http.api import models as m
 
 VERSION: Final = "1.0.0"
 

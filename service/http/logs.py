@@ -90,12 +90,12 @@ def logging_config(level: str, fmt: Format = "text") -> dict[str, Any]:
         "text": {
             "format": "%(asctime)s %(levelname)s %(name)s[%(process)d] %(request_id)s: %(message)s"
         },
-        "json": {"()": "service.logs.JsonFormatter"},
+        "json": {"()": "service.http.logs.JsonFormatter"},
     }
     return {
         "version": 1,
         "disable_existing_loggers": False,
-        "filters": {"request_id": {"()": "service.logs.RequestIdFilter"}},
+        "filters": {"request_id": {"()": "service.http.logs.RequestIdFilter"}},
         "formatters": formatters,
         "handlers": {
             "stderr": {

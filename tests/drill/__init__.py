@@ -11,9 +11,9 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Final
 
-from service.drill import access, faults, forgery, hostile
-from service.drill.harness import Workspace
-from service.drill.report import FULL, QUICK, Finding, Size, table
+from tests.drill import access, faults, forgery, hostile
+from tests.drill.harness import Workspace
+from tests.drill.report import FULL, QUICK, Finding, Size, table
 
 Scenario = Callable[[Workspace, Size], Finding]
 

@@ -24,7 +24,9 @@ import psycopg
 
 from projections.schema import LOCK_NAMESPACE, VIEW_NAMES, runner_lock
 from projections.status import read_status
-from service.drill.harness import (
+from service.jte.sender import Report, post_all
+from service.jte.simulator import SignedDelivery, SimulationOptions
+from tests.drill.harness import (
     PYTHON_ROLLCALL,
     Child,
     DrillError,
@@ -34,9 +36,7 @@ from service.drill.harness import (
     stored_ids,
     wait_for,
 )
-from service.drill.report import Finding, Size
-from service.sender import Report, post_all
-from service.simulator import SignedDelivery, SimulationOptions
+from tests.drill.report import Finding, Size
 
 SENDERS = 16
 BOUND: Final = 5.0  # seconds: every timing promise of these scenarios

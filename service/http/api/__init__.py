@@ -30,11 +30,11 @@ from projections.rebuild import BuildBusy, rebuild
 from projections.roster import SEARCH_TEXT
 from projections.schema import VIEW_NAMES
 from projections.status import ViewStatus, read_status
-from service import api_models as m
 from service.config import EventsWatcher
-from service.exports import Exports, ExportsBusy, csv_rows
-from service.http import json_response
-from service.tokens import Scope, TokenCache, allows
+from service.http.api import models as m
+from service.http.exports import Exports, ExportsBusy, csv_rows
+from service.http.responses import json_response
+from service.http.tokens import Scope, TokenCache, allows
 
 log = logging.getLogger("rollcall.api")
 

@@ -17,8 +17,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TypeVar
 
+from service.eventstore.store import DeliveryRecorded, DeliveryStore, StoreUnavailable
 from service.metrics import METRICS
-from service.store import DeliveryRecorded, DeliveryStore, StoreUnavailable
 
 log = logging.getLogger("rollcall.writer")
 

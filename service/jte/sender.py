@@ -19,7 +19,7 @@ import httpx
 import msgspec
 
 from service.config import DEFAULT_SLUG
-from service.simulator import Expect, SignedDelivery
+from service.jte.simulator import Expect, SignedDelivery
 
 _USER_AGENT: Final = "rollcall-simulate/1"
 _BACKOFF_FIRST: Final = 0.1

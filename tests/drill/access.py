@@ -12,12 +12,12 @@ import httpx
 import psycopg
 from psycopg import sql
 
-from projections.snapshot import wait_until_caught_up
-from service.analysts import grant_analyst
-from service.drill.harness import EMAIL, Workspace
-from service.drill.report import Finding, Size
-from service.sender import post_all
-from service.simulator import SimulationOptions
+from service.eventstore.analysts import grant_analyst
+from service.jte.sender import post_all
+from service.jte.simulator import SimulationOptions
+from tests.drill.harness import EMAIL, Workspace
+from tests.drill.report import Finding, Size
+from tests.drill.snapshot import wait_until_caught_up
 
 ANALYST: Final = "drill_analyst"
 _GROUPS: Final = (

@@ -26,10 +26,12 @@ from typing import Final
 import httpx
 import msgspec
 
-from projections.snapshot import wait_until_caught_up
 from service.config import EventConfig
-from service.drill.access import scan_logs
-from service.drill.crowd import (
+from service.http.server import DEFAULT_HEADER_LIMIT
+from service.jte.signing import sign
+from service.jte.simulator import SimulatedDelivery
+from tests.drill.access import scan_logs
+from tests.drill.crowd import (
     CAP,
     DEADLINE,
     UNVERIFIED_MB,
@@ -41,8 +43,8 @@ from service.drill.crowd import (
     slowest,
     unverified_flood,
 )
-from service.drill.fuzz import OK, ApiFacts, Generator, Probe, Tally, fire
-from service.drill.harness import (
+from tests.drill.fuzz import OK, ApiFacts, Generator, Probe, Tally, fire
+from tests.drill.harness import (
     DrillError,
     Serve,
     Workspace,
@@ -52,9 +54,10 @@ from service.drill.harness import (
     stored_deliveries,
     wait_for,
 )
-from service.drill.reads import EXPORT_SLOTS, check_reads, hostile_reads, reads_figures
-from service.drill.report import Finding, Size, top
-from service.drill.wire import (
+from tests.drill.reads import EXPORT_SLOTS, check_reads, hostile_reads, reads_figures
+from tests.drill.report import Finding, Size, top
+from tests.drill.snapshot import wait_until_caught_up
+from tests.drill.wire import (
     HANG,
     Answer,
     Headers,
@@ -64,9 +67,6 @@ from service.drill.wire import (
     webhook_path,
     wire_headers,
 )
-from service.protocol import DEFAULT_HEADER_LIMIT
-from service.signing import sign
-from service.simulator import SimulatedDelivery
 
 CONNECTIONS: Final = 16
 SEED: Final = 20_261_127

@@ -22,14 +22,14 @@ from projections.rebuild import BuildBusy, Progress, build_as_of, rebuild
 from projections.runner import Runner
 from projections.schema import VIEW_NAMES
 from projections.status import ViewStatus, read_status
-from service import tokens
-from service.analysts import BadRoleName, grant_analyst
 from service.config import Settings
-from service.database import Unusable, connect, reason, server
-from service.replay import replay_quarantined
-from service.roles import check_runtime, set_up
-from service.store import EVENTS_TABLE, SCHEMA, DeliveryStore
-from service.tokens import SCOPES
+from service.eventstore.analysts import BadRoleName, grant_analyst
+from service.eventstore.database import Unusable, connect, reason, server
+from service.eventstore.replay import replay_quarantined
+from service.eventstore.roles import check_runtime, set_up
+from service.eventstore.store import EVENTS_TABLE, SCHEMA, DeliveryStore
+from service.http import tokens
+from service.http.tokens import SCOPES
 
 # What these create in the views' schemas, the runtime role could not drop later if another
 # role made it: on a database set up for two roles, they run as its runtime role only.

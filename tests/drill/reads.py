@@ -23,15 +23,15 @@ import httpx
 import msgspec
 import psycopg
 
-from projections.snapshot import wait_until_caught_up
-from service.app import QUERY_TIMEOUT
 from service.config import EventConfig
-from service.drill.fuzz import OK, Probe, Tally
-from service.drill.harness import Serve
-from service.drill.report import Finding, Size
-from service.drill.wire import exchange, request, webhook_path, wire_headers
-from service.exports import FORMULA_START
-from service.signing import sign
+from service.http.app import QUERY_TIMEOUT
+from service.http.exports import FORMULA_START
+from service.jte.signing import sign
+from tests.drill.fuzz import OK, Probe, Tally
+from tests.drill.harness import Serve
+from tests.drill.report import Finding, Size
+from tests.drill.snapshot import wait_until_caught_up
+from tests.drill.wire import exchange, request, webhook_path, wire_headers
 
 EXPORT_SLOTS: Final = 4  # ROLLCALL_EXPORT_CONNECTIONS of the hostile server
 READ_RATE: Final = 1_000_000  # bytes a second: a slow export reader, as in issue 10

@@ -37,9 +37,9 @@ from projections.schema import (
     ensure_internal,
     recorded_role,
 )
-from service import tokens
-from service.database import Unusable, connect, with_user
-from service.store import EVENTS_TABLE, SCHEMA, DeliveryStore
+from service.eventstore.database import Unusable, connect, with_user
+from service.eventstore.store import EVENTS_TABLE, SCHEMA, DeliveryStore
+from service.http import tokens
 
 Purpose = Literal["owner", "runtime", "analysts"]
 _SUFFIX: Final = {"owner": "_owner", "runtime": "_app", "analysts": "_analysts"}

@@ -12,20 +12,19 @@ import sys
 import time
 from collections.abc import Sequence
 from datetime import date
-from pathlib import Path
 from types import FrameType
 
 import psycopg
 import uvicorn
 
+from service.cli.operate import add_commands, require_store
 from service.config import DEFAULT_SLUG, ConfigError, Settings, ensure_secrets, load_settings
-from service.database import EmbeddedPostgres, Unusable, connect, reason, redacted
-from service.logs import logging_config
-from service.operate import add_commands, require_store
-from service.roles import check_runtime, owns_event_store, set_up
-from service.sender import post_all, summary
-from service.simulator import SimulationOptions, sign_all, simulate, write_jsonl
-from service.store import StoreUnavailable
+from service.eventstore.database import EmbeddedPostgres, Unusable, connect, reason, redacted
+from service.eventstore.roles import check_runtime, owns_event_store, set_up
+from service.eventstore.store import StoreUnavailable
+from service.http.logs import logging_config
+from service.jte.sender import post_all, summary
+from service.jte.simulator import SimulationOptions, sign_all, simulate, write_jsonl
 
 log = logging.getLogger("rollcall")
 
@@ -79,15 +78,6 @@ def _parser() -> argparse.ArgumentParser:
     _simulate_parser(commands)
     add_commands(commands)
 
-    drill = commands.add_parser(
-        "drill", help="run the reliability and security drill; exit 1 if a promise broke"
-    )
-    drill.add_argument(
-        "scenarios", nargs="*", metavar="SCENARIO", help="which (default: all, in order)"
-    )
-    drill.add_argument("--quick", action="store_true", help="CI-sized loads")
-    drill.add_argument("--markdown", metavar="FILE", help="also write the table to FILE")
-    drill.set_defaults(run=_drill)
     return parser
 
 
@@ -152,7 +142,7 @@ def _serve(settings: Settings, args: argparse.Namespace) -> int:
         else:
             _check_serving_role(settings.database_url)
         uvicorn.run(
-            "service.app:create_app",
+            "service.http.app:create_app",
             factory=True,
             host=args.host,
             port=args.port,
@@ -163,7 +153,7 @@ def _serve(settings: Settings, args: argparse.Namespace) -> int:
             timeout_keep_alive=5,
             # Headers have a deadline too (slow-drip clients), and requests a ceiling: beyond
             # it, idle connections are closed and new requests answered 503 (service/protocol.py).
-            http="service.protocol:GuardedHttpToolsProtocol",
+            http="service.http.server:GuardedHttpToolsProtocol",
             limit_concurrency=settings.max_connections,
         )
     except KeyboardInterrupt:
@@ -177,7 +167,7 @@ def _serve(settings: Settings, args: argparse.Namespace) -> int:
 def _check_serving_role(database_url: str | None) -> None:
     """Before serving: the database answers (waiting a while for one that is starting), the
     role is its runtime role if it has one, and a role that owns the event store is told so."""
-    from service.app import STARTUP_TIMEOUT  # here: other commands need not load the app
+    from service.http.app import STARTUP_TIMEOUT  # here: other commands need not load the app
 
     assert database_url is not None
     deadline = time.monotonic() + STARTUP_TIMEOUT
@@ -201,35 +191,8 @@ def _check_serving_role(database_url: str | None) -> None:
             )
 
 
-def _drill(settings: Settings, args: argparse.Namespace) -> int:
-    # Imported here: the drill pulls in the sender and the simulator, which serve never needs.
-    from service import drill
-
-    names = args.scenarios or list(drill.SCENARIOS)
-    unknown = [n for n in names if n not in drill.SCENARIOS]
-    if unknown:
-        print(
-            f"rollcall drill: no scenario {', '.join(unknown)}; "
-            f"there are {', '.join(drill.SCENARIOS)}",
-            file=sys.stderr,
-        )
-        return 2
-    # A terminated drill still stops the servers and the PostgreSQL it started (its finally).
-    signal.signal(signal.SIGTERM, _interrupted)
-    findings = drill.run(names, drill.QUICK if args.quick else drill.FULL)
-    text = drill.table(findings)
-    print("\n" + text)
-    if args.markdown:
-        Path(args.markdown).write_text(text + "\n")
-    return 0 if all(f.held for f in findings) else 1
-
-
 def _raise_system_exit(signum: int, frame: FrameType | None) -> None:
     raise SystemExit(0)
-
-
-def _interrupted(signum: int, frame: FrameType | None) -> None:
-    raise SystemExit(128 + signum)  # as a shell reports a process the signal killed
 
 
 def _secret(settings: Settings, args: argparse.Namespace) -> int:

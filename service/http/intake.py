@@ -19,12 +19,12 @@ import msgspec
 from starlette.types import Receive, Scope, Send
 
 from domain.interpret import PARSER_VERSION, Interpreted, interpret
-from service.admission import Admission, Drop, Ticket, unverified_slots
 from service.config import DEFAULT_SLUG, EventConfig, EventsWatcher, Settings
+from service.eventstore.store import DeliveryRecorded, StoreUnavailable, delivery_key
+from service.http.admission import Admission, Drop, Ticket, unverified_slots
+from service.http.server import DROP_EXTENSION
+from service.http.verification import Pending, Rejected, Verified, check_body, screen
 from service.metrics import METRICS
-from service.protocol import DROP_EXTENSION
-from service.store import DeliveryRecorded, StoreUnavailable, delivery_key
-from service.verification import Pending, Rejected, Verified, check_body, screen
 
 log = logging.getLogger("rollcall.intake")
 _encoder: Final = msgspec.json.Encoder()

@@ -1,0 +1,1 @@
+"""The `rollcall` command line (service.cli.main is the entry point)."""
