@@ -11,7 +11,7 @@ minutes a batch touches, and the peak is the best minute.
 from __future__ import annotations
 
 from collections import Counter, defaultdict
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from datetime import datetime
 from typing import Any, Final
 
@@ -23,9 +23,8 @@ from domain.events import AttendeeEvent
 from domain.presence import Change, Moves, Presence, add, changes, is_move, presence
 from projections.columns import text
 from projections.schema import Version
+from projections.view import Key, Poison
 
-Poison = Callable[[AttendeeEvent, Exception], None]
-Key = tuple[str, str]
 _encode: Final = msgspec.json.Encoder().encode
 _decode: Final = msgspec.json.Decoder(Moves).decode
 _COUNTERS: Final = ("check_ins", "check_outs", "repeated_check_ins", "stray_check_outs")

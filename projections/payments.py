@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any, Final
 
 import psycopg
@@ -12,8 +12,7 @@ from domain.events import PAYMENT_CONFIRMED, AttendeeEvent
 from domain.ledger import LedgerEntry, ledger_entry, merge
 from projections.columns import text
 from projections.schema import Version
-
-Poison = Callable[[AttendeeEvent, Exception], None]
+from projections.view import Key, Poison
 
 
 class PaymentsView:
@@ -61,17 +60,15 @@ class PaymentsView:
             ),
         ]
 
-    def keys(self, events: Sequence[AttendeeEvent]) -> set[tuple[str, str]]:
+    def keys(self, events: Sequence[AttendeeEvent]) -> set[Key]:
         return set()  # each confirmation is decided in SQL: the later order wins
 
-    def load(
-        self, cur: psycopg.Cursor[Any], version: Version, keys: list[tuple[str, str]]
-    ) -> dict[tuple[str, str], None]:
+    def load(self, cur: psycopg.Cursor[Any], version: Version, keys: list[Key]) -> dict[Key, None]:
         return {}
 
     def fold(
-        self, states: dict[tuple[str, str], None], events: Sequence[AttendeeEvent], poison: Poison
-    ) -> tuple[dict[tuple[str, str], None], list[LedgerEntry]]:
+        self, states: dict[Key, None], events: Sequence[AttendeeEvent], poison: Poison
+    ) -> tuple[dict[Key, None], list[LedgerEntry]]:
         """The batch's ledger entries, the latest per payment reference."""
         entries: list[LedgerEntry] = []
         for event in events:

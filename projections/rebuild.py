@@ -16,33 +16,30 @@ from typing import Any, Final
 
 import msgspec
 import psycopg
-from eventsourcing.postgres import PostgresTrackingRecorder
 
-from projections.batch import (
-    VIEWS,
-    PoisonError,
-    Target,
-    apply_records,
-    positions,
-    tracking_recorder,
-)
+from projections.fold import PoisonError, apply_records
+from projections.registry import VIEWS
 from projections.runner import ensure_views
 from projections.schema import (
     ANALYTICS,
     LOCK_NAMESPACE,
     SWAP_LOCK,
     Version,
+    as_of,
     build_lock,
     create_version,
     drop_tables,
     live_version,
+    note_build_error,
     publish_views,
     set_state,
     try_lock,
     unlock,
     versions,
 )
-from projections.source import head, read
+from projections.source import DeliverySource, Record, read
+from projections.tracking import ViewTracking, positions
+from projections.view import Target
 
 BATCH: Final = 5000
 
@@ -80,24 +77,25 @@ class BuildBusy(Exception):
 def rebuild(
     database_url: str,
     views: Sequence[str],
+    source: DeliverySource,
     *,
     skip_poison: bool = False,
     on_progress: Callable[[Progress], None] = lambda progress: None,
     batch_size: int = BATCH,
 ) -> list[Version]:
     """Build new versions of `views` from the first event and make them live; the new versions."""
-    ensure_views(database_url)
-    recorder = tracking_recorder(database_url)
+    tracking = ensure_views(database_url)
+    build = _Build(source, tracking, skip_poison, on_progress, batch_size)
     with psycopg.connect(database_url, autocommit=True) as conn, _build_locks(conn, views):
         building = [_resume_or_create(conn, view) for view in views]
-        _note_error(conn, building, None)
+        note_build_error(conn, building, None)
         try:
-            targets = _fill(conn, recorder, building, skip_poison, on_progress, batch_size)
+            targets = build.fill(conn, building)
             _index(conn, targets)
-            _swap(conn, recorder, targets, skip_poison)
+            build.swap(conn, targets)
         except PoisonError as error:
             # Kept with the unfinished versions: status shows why the build stopped.
-            _note_error(conn, building, str(error))
+            note_build_error(conn, building, str(error))
             raise
     return [Version(t.version.view, t.version.version, "live") for t in targets]
 
@@ -105,22 +103,23 @@ def rebuild(
 def build_as_of(
     database_url: str,
     views: Sequence[str],
-    as_of: datetime,
+    source: DeliverySource,
+    when: datetime,
     *,
     skip_poison: bool = False,
     on_progress: Callable[[Progress], None] = lambda progress: None,
     batch_size: int = BATCH,
 ) -> str:
-    """Build the views as they stood at `as_of` into a schema of their own; its name."""
-    ensure_views(database_url)
-    recorder = tracking_recorder(database_url)
-    schema = as_of_schema(as_of)
+    """Build the views as they stood at `when` into a schema of their own; its name."""
+    tracking = ensure_views(database_url)
+    build = _Build(source, tracking, skip_poison, on_progress, batch_size, as_of=when)
+    schema = as_of_schema(when)
     with psycopg.connect(database_url, autocommit=True) as conn:
         created = []
         for view in views:
             with conn.transaction():
-                created.append(create_version(conn, view, "building", VIEWS[view].ddl, as_of))
-        targets = _fill(conn, recorder, created, skip_poison, on_progress, batch_size, as_of=as_of)
+                created.append(create_version(conn, view, "building", VIEWS[view].ddl, when))
+        targets = build.fill(conn, created)
         _index(conn, targets)
         with conn.transaction():
             for target in targets:
@@ -150,64 +149,81 @@ def _build_locks(conn: psycopg.Connection[Any], views: Sequence[str]) -> Iterato
 def _resume_or_create(conn: psycopg.Connection[Any], view: str) -> Version:
     """An interrupted build of this view if there is one, else a new version."""
     unfinished = [v for v in versions(conn, view) if v.state == "building"]
-    resumable = [v for v in unfinished if _as_of(conn, v) is None]
+    resumable = [v for v in unfinished if as_of(conn, v) is None]
     if resumable:
         return resumable[-1]
     with conn.transaction():
         return create_version(conn, view, "building", VIEWS[view].ddl)
 
 
-def _note_error(conn: psycopg.Connection[Any], building: list[Version], error: str | None) -> None:
-    for version in building:
-        conn.execute(
-            "UPDATE rollcall.view_versions SET last_error = %s "
-            "WHERE view = %s AND version = %s AND state = 'building'",
-            (error, version.view, version.version),
+class _Build:
+    """How a build reads and applies: strictly one batch after another (reading ahead or
+    writing behind on other threads was measured slower: the GIL serialises the Python work,
+    which dominates)."""
+
+    def __init__(
+        self,
+        source: DeliverySource,
+        tracking: ViewTracking,
+        skip_poison: bool,
+        on_progress: Callable[[Progress], None],
+        batch_size: int,
+        *,
+        as_of: datetime | None = None,
+    ) -> None:
+        self._source = source
+        self._tracking = tracking
+        self._strict = not skip_poison
+        self._on_progress = on_progress
+        self._batch_size = batch_size
+        self._as_of = as_of
+
+    def fill(self, conn: psycopg.Connection[Any], building: list[Version]) -> list[Target]:
+        """Apply batches until the versions reach the head of the store."""
+        with conn.cursor() as cur:
+            current = positions(cur, building)
+            targets = [Target(v, current[v]) for v in building]
+            start = min(current.values())
+            top = self._source.head(cur)
+            progress = Progress(position=start, start=start, head=top, started=time.monotonic())
+            self._on_progress(progress)
+            while True:
+                with conn.transaction():
+                    after = min(t.position for t in targets)
+                    records = read(self._source, cur, after, self._batch_size)
+                    if not records:
+                        break
+                    targets = self._apply(cur, targets, records)
+                progress.position = records[-1].position
+                progress.head = max(progress.head, progress.position)
+                self._on_progress(progress)
+            progress.head = progress.position = self._source.head(cur)
+            self._on_progress(progress)
+        return targets
+
+    def swap(self, conn: psycopg.Connection[Any], targets: list[Target]) -> None:
+        """Under the exclusive swap lock (the live runner pauses): catch up the last deliveries,
+        make the new versions live, point `analytics` at them, and drop the versions they
+        replace."""
+        with conn.transaction(), conn.cursor() as cur:
+            cur.execute("SELECT pg_advisory_xact_lock(%s, %s)", (LOCK_NAMESPACE, SWAP_LOCK))
+            while records := read(self._source, cur, min(t.position for t in targets), BATCH):
+                targets = self._apply(cur, targets, records)
+            for target in targets:
+                view = VIEWS[target.version.view]
+                old = live_version(conn, target.version.view)
+                set_state(conn, target.version, "live")
+                publish_views(conn, ANALYTICS, view.analytics(target.version))
+                if old is not None:
+                    set_state(conn, old, "retired")
+                    drop_tables(conn, old, view.tables)
+
+    def _apply(
+        self, cur: psycopg.Cursor[Any], targets: list[Target], records: list[Record]
+    ) -> list[Target]:
+        return apply_records(
+            cur, self._tracking, targets, records, strict=self._strict, as_of=self._as_of
         )
-
-
-def _as_of(conn: psycopg.Connection[Any], version: Version) -> datetime | None:
-    row = conn.execute(
-        "SELECT as_of FROM rollcall.view_versions WHERE view = %s AND version = %s",
-        (version.view, version.version),
-    ).fetchone()
-    return row[0] if row else None
-
-
-def _fill(
-    conn: psycopg.Connection[Any],
-    recorder: PostgresTrackingRecorder,
-    building: list[Version],
-    skip_poison: bool,
-    on_progress: Callable[[Progress], None],
-    batch_size: int,
-    *,
-    as_of: datetime | None = None,
-) -> list[Target]:
-    """Apply batches until the versions reach the head of the store.
-
-    Strictly one batch after another: reading ahead or writing behind on other threads was
-    measured slower (the GIL serialises the Python work, which dominates)."""
-    with conn.cursor() as cur:
-        current = positions(cur, building)
-        targets = [Target(v, current[v]) for v in building]
-        start = min(current.values())
-        progress = Progress(position=start, start=start, head=head(cur), started=time.monotonic())
-        on_progress(progress)
-        while True:
-            with conn.transaction():
-                records = read(cur, min(t.position for t in targets), batch_size)
-                if not records:
-                    break
-                targets = apply_records(
-                    cur, recorder, targets, records, strict=not skip_poison, as_of=as_of
-                )
-            progress.position = records[-1].position
-            progress.head = max(progress.head, progress.position)
-            on_progress(progress)
-        progress.head = progress.position = head(cur)
-        on_progress(progress)
-    return targets
 
 
 def _index(conn: psycopg.Connection[Any], targets: list[Target]) -> None:
@@ -215,25 +231,3 @@ def _index(conn: psycopg.Connection[Any], targets: list[Target]) -> None:
     for target in targets:
         for statement in VIEWS[target.version.view].indexes(target.version):
             conn.execute(statement)
-
-
-def _swap(
-    conn: psycopg.Connection[Any],
-    recorder: PostgresTrackingRecorder,
-    targets: list[Target],
-    skip_poison: bool,
-) -> None:
-    """Under the exclusive swap lock (the live runner pauses): catch up the last deliveries, make
-    the new versions live, point `analytics` at them, and drop the versions they replace."""
-    with conn.transaction(), conn.cursor() as cur:
-        cur.execute("SELECT pg_advisory_xact_lock(%s, %s)", (LOCK_NAMESPACE, SWAP_LOCK))
-        while records := read(cur, min(t.position for t in targets), BATCH):
-            targets = apply_records(cur, recorder, targets, records, strict=not skip_poison)
-        for target in targets:
-            view = VIEWS[target.version.view]
-            old = live_version(conn, target.version.view)
-            set_state(conn, target.version, "live")
-            publish_views(conn, ANALYTICS, view.analytics(target.version))
-            if old is not None:
-                set_state(conn, old, "retired")
-                drop_tables(conn, old, view.tables)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from decimal import Decimal
 from typing import Any, Final
 
@@ -14,9 +14,8 @@ from domain.events import AttendeeEvent
 from domain.roster import RosterEntry, apply
 from projections.columns import json_text, text
 from projections.schema import Version
+from projections.view import Key, Poison
 
-Poison = Callable[[AttendeeEvent, Exception], None]
-Key = tuple[str, str]
 _Stored = tuple[RosterEntry, list[str], dict[str, int]]
 # JSON with exact decimals both ways: the attendee's fields are untyped, and a number must come
 # back as the same Decimal it was (MessagePack would turn it into a string, JSON's default into
@@ -153,9 +152,7 @@ class RosterView:
             )
 
 
-def _load(
-    cur: psycopg.Cursor[Any], version: Version, keys: list[tuple[str, str]]
-) -> dict[tuple[str, str], RosterEntry]:
+def _load(cur: psycopg.Cursor[Any], version: Version, keys: list[Key]) -> dict[Key, RosterEntry]:
     if not keys:
         return {}
     rows = cur.execute(

@@ -17,34 +17,29 @@ from collections.abc import Sequence
 from typing import Any, Final
 
 import psycopg
-from eventsourcing.postgres import PostgresTrackingRecorder
 from psycopg import sql
 
-from projections.batch import (
-    VIEWS,
-    StalePosition,
-    Target,
-    apply_records,
-    positions,
-    tracking_recorder,
-)
+from projections.fold import apply_records
+from projections.registry import VIEW_NAMES, VIEWS
 from projections.schema import (
-    INTERNAL,
+    ANALYTICS,
     LOCK_NAMESPACE,
     SETUP_LOCK,
     SWAP_LOCK,
-    VIEW_NAMES,
     Version,
     advisory_lock,
+    clear_failure,
     create_version,
     ensure_internal,
     live_version,
     publish_views,
+    record_failure,
     runner_lock,
     try_lock,
 )
-from projections.source import read
-from service.eventstore.store import EVENTS_TABLE, DeliveryStore, StoreUnavailable
+from projections.source import DeliverySource, SourceUnavailable, read
+from projections.tracking import StalePosition, ViewTracking, positions, view_tracking
+from projections.view import Target
 
 log = logging.getLogger("rollcall.projections")
 
@@ -54,10 +49,9 @@ _BACKOFF_FIRST: Final = 0.5
 _BACKOFF_MAX: Final = 1.0
 
 
-def ensure_views(database_url: str) -> None:
-    """Create the views' schemas and registry, and a live version of each view if none exists
-    (and the event store's table, for a runner started before any intake ever ran)."""
-    DeliveryStore(database_url, pool_size=1).close()
+def ensure_views(database_url: str) -> ViewTracking:
+    """Create the views' schemas, registry and tracking table, and a live version of each view
+    if none exists; the views' tracking recorder."""
     with psycopg.connect(database_url, autocommit=True) as conn, advisory_lock(conn, SETUP_LOCK):
         ensure_internal(conn)
         for name in VIEW_NAMES:
@@ -67,12 +61,14 @@ def ensure_views(database_url: str) -> None:
                     version = create_version(conn, name, "live", VIEWS[name].ddl)
                     for statement in VIEWS[name].indexes(version):
                         conn.execute(statement)
-                    publish_views(conn, "analytics", VIEWS[name].analytics(version))
+                    publish_views(conn, ANALYTICS, VIEWS[name].analytics(version))
             else:
                 # IF NOT EXISTS: a no-op unless this release added an index to a live view.
                 for statement in VIEWS[name].indexes(live):
                     conn.execute(statement)
-    tracking_recorder(database_url)
+        tracking = view_tracking(database_url)
+        tracking.ensure_table(conn)
+    return tracking
 
 
 class Runner:
@@ -81,19 +77,21 @@ class Runner:
     def __init__(
         self,
         database_url: str,
+        source: DeliverySource,
         *,
         views: Sequence[str] = VIEW_NAMES,
         batch_size: int = 2000,
         poll_seconds: float = 0.5,
     ) -> None:
         self._url = database_url
+        self._source = source
         self._views = list(views)
         self._batch_size = batch_size
         self._poll = poll_seconds
         self.held: set[str] = set()
         self.applied = 0  # deliveries read by this runner's batches, for tests and logs
         self._failing = False
-        self._recorder: PostgresTrackingRecorder | None = None
+        self._tracking: ViewTracking | None = None
 
     def run(self, stop: threading.Event) -> None:
         """Keep the views up to date until `stop` is set; survive database outages."""
@@ -106,7 +104,7 @@ class Runner:
                 psycopg.OperationalError,
                 psycopg.InterfaceError,
                 OSError,
-                StoreUnavailable,  # from ensure_views, while the database is down
+                SourceUnavailable,  # from preparing the source, while the database is down
             ) as error:
                 log.warning(
                     "projection runner lost the database (%s); retrying in %.1fs", error, backoff
@@ -122,8 +120,7 @@ class Runner:
 
     def catch_up(self) -> int:
         """Once, in the caller's thread: take the locks, apply everything there is, let go."""
-        ensure_views(self._url)
-        self._recorder = tracking_recorder(self._url)
+        self._prepare()
         with (
             psycopg.connect(self._url, autocommit=True, application_name=_name()) as locks,
             psycopg.connect(self._url, application_name=_name()) as work,
@@ -136,13 +133,12 @@ class Runner:
             return total
 
     def _session(self, stop: threading.Event) -> None:
-        ensure_views(self._url)
-        self._recorder = tracking_recorder(self._url)
+        self._prepare()
         with (
             psycopg.connect(self._url, autocommit=True, application_name=_name()) as locks,
             psycopg.connect(self._url, application_name=_name()) as work,
         ):
-            locks.execute(sql.SQL("LISTEN {}").format(sql.Identifier(EVENTS_TABLE)))
+            locks.execute(sql.SQL("LISTEN {}").format(sql.Identifier(self._source.channel)))
             log.info("projection runner connected")
             self.held.clear()
             while not stop.is_set():
@@ -153,6 +149,12 @@ class Runner:
                 if not busy:
                     for _ in locks.notifies(timeout=self._poll, stop_after=1):
                         pass
+
+    def _prepare(self) -> None:
+        """The store readable (created for a runner started before any intake ever ran), the
+        views and their tracking in place."""
+        self._source.prepare(self._url)
+        self._tracking = ensure_views(self._url)
 
     def _take_locks(self, locks: psycopg.Connection[Any]) -> None:
         for view in self._views:
@@ -189,11 +191,11 @@ class Runner:
                 ]
                 if not versions:
                     return 0
+                assert self._tracking is not None
                 current = positions(cur, versions)
                 targets = [Target(v, current[v]) for v in versions]
-                records = read(cur, min(current.values()), self._batch_size)
-                assert self._recorder is not None
-                apply_records(cur, self._recorder, targets, records, strict=False)
+                records = read(self._source, cur, min(current.values()), self._batch_size)
+                apply_records(cur, self._tracking, targets, records, strict=False)
         except StalePosition as error:
             log.warning("another runner moved a view on (%s); re-reading", error)
             return 0
@@ -207,11 +209,7 @@ class Runner:
         self._failing = True
         try:
             with psycopg.connect(self._url, autocommit=True, connect_timeout=3) as conn:
-                conn.execute(
-                    f"UPDATE {INTERNAL}.view_versions SET last_error = %s, failed_at = now() "
-                    "WHERE state = 'live' AND view = ANY(%s)",
-                    (f"{type(error).__name__}: {error}"[:1000], views),
-                )
+                record_failure(conn, views, f"{type(error).__name__}: {error}"[:1000])
         except psycopg.Error:
             log.warning("could not record the projection failure")
 
@@ -219,11 +217,7 @@ class Runner:
         if not self._failing:
             return
         with psycopg.connect(self._url, autocommit=True) as conn:
-            conn.execute(
-                f"UPDATE {INTERNAL}.view_versions SET last_error = NULL, failed_at = NULL "
-                "WHERE state = 'live' AND view = ANY(%s)",
-                ([v.view for v in versions],),
-            )
+            clear_failure(conn, [v.view for v in versions])
         self._failing = False
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from datetime import datetime
 from typing import Any, Final, Literal
 
 import msgspec
@@ -21,11 +22,14 @@ log = logging.getLogger("rollcall.projections")
 
 VIEWS_SCHEMA: Final = "rollcall_views"
 ANALYTICS: Final = "analytics"
+# rollcall's own tables: the event store (service/eventstore), the registry of view versions,
+# dead letters, tracking, API tokens and roles.
 INTERNAL: Final = "rollcall"
+VIEW_VERSIONS: Final = "view_versions"
+DEAD_LETTERS: Final = "dead_letters"
 TRACKING_TABLE: Final = "projection_tracking"
-VIEW_NAMES: Final = ("roster", "occupancy", "payments")
-# Which role does what in this database (service/roles.py, service/analysts.py): a role is
-# given rights here only once it is recorded here, never because a role of some name exists.
+# Which role does what in this database (service/eventstore/roles.py): a role is given rights
+# here only once it is recorded here, never because a role of some name exists.
 ROLES_TABLE: Final = "roles"
 # Before rollcall scoped analyst grants to one database, one server-wide group held them all.
 LEGACY_ANALYST_GROUP: Final = "rollcall_analyst"
@@ -66,7 +70,6 @@ def build_lock(view: str) -> int:
 
 Connection = psycopg.Connection[Any]
 TableDDL = Callable[[Version], list[sql.Composed]]
-AnalyticsDDL = Callable[[Version], list[tuple[str, sql.Composed]]]
 
 _INTERNAL_DDL: Final = [
     f"CREATE SCHEMA IF NOT EXISTS {INTERNAL}",
@@ -75,7 +78,7 @@ _INTERNAL_DDL: Final = [
     # Trigram indexes make the roster's `q=` search an index lookup (projections/roster.py).
     # pg_trgm ships with PostgreSQL (contrib) and is trusted: database CREATE rights suffice.
     "CREATE EXTENSION IF NOT EXISTS pg_trgm",
-    f"""CREATE TABLE IF NOT EXISTS {INTERNAL}.view_versions (
+    f"""CREATE TABLE IF NOT EXISTS {INTERNAL}.{VIEW_VERSIONS} (
         view text NOT NULL,
         version integer NOT NULL,
         state text NOT NULL,
@@ -85,7 +88,7 @@ _INTERNAL_DDL: Final = [
         last_error text,
         failed_at timestamptz,
         PRIMARY KEY (view, version))""",
-    f"""CREATE TABLE IF NOT EXISTS {INTERNAL}.dead_letters (
+    f"""CREATE TABLE IF NOT EXISTS {INTERNAL}.{DEAD_LETTERS} (
         view text NOT NULL,
         version integer NOT NULL,
         position bigint NOT NULL,
@@ -196,7 +199,7 @@ def unlock(conn: Connection, key: int) -> None:
 def versions(conn: Connection, view: str | None = None) -> list[Version]:
     """Registered versions, oldest first."""
     rows = conn.execute(
-        f"SELECT view, version, state FROM {INTERNAL}.view_versions "
+        f"SELECT view, version, state FROM {INTERNAL}.{VIEW_VERSIONS} "
         "WHERE %s::text IS NULL OR view = %s ORDER BY view, version",
         (view, view),
     ).fetchall()
@@ -212,13 +215,13 @@ def create_version(
 ) -> Version:
     """Register the next version of a view and create its empty tables."""
     row = conn.execute(
-        f"SELECT coalesce(max(version), 0) + 1 FROM {INTERNAL}.view_versions WHERE view = %s",
+        f"SELECT coalesce(max(version), 0) + 1 FROM {INTERNAL}.{VIEW_VERSIONS} WHERE view = %s",
         (view,),
     ).fetchone()
     assert row is not None
     version = Version(view, int(row[0]), state)
     conn.execute(
-        f"INSERT INTO {INTERNAL}.view_versions (view, version, state, as_of) "
+        f"INSERT INTO {INTERNAL}.{VIEW_VERSIONS} (view, version, state, as_of) "
         "VALUES (%s, %s, %s, %s)",
         (view, version.version, state, as_of),
     )
@@ -229,7 +232,7 @@ def create_version(
 
 def set_state(conn: Connection, version: Version, state: State) -> Version:
     conn.execute(
-        f"UPDATE {INTERNAL}.view_versions SET state = %s, "
+        f"UPDATE {INTERNAL}.{VIEW_VERSIONS} SET state = %s, "
         "published_at = CASE WHEN %s IN ('live', 'as-of') THEN now() ELSE published_at END "
         "WHERE view = %s AND version = %s",
         (state, state, version.view, version.version),
@@ -265,3 +268,57 @@ def grant_analysts(conn: Connection, schema: str) -> None:
 def drop_tables(conn: Connection, version: Version, tables: tuple[str, ...]) -> None:
     for name in tables:
         conn.execute(sql.SQL("DROP TABLE IF EXISTS {} CASCADE").format(version.table(name)))
+
+
+def record_failure(conn: Connection, views: list[str], error: str) -> None:
+    """Mark the live versions of `views` failed, with the error, for status and metrics."""
+    conn.execute(
+        f"UPDATE {INTERNAL}.{VIEW_VERSIONS} SET last_error = %s, failed_at = now() "
+        "WHERE state = 'live' AND view = ANY(%s)",
+        (error, views),
+    )
+
+
+def clear_failure(conn: Connection, views: list[str]) -> None:
+    """The live versions of `views` work again."""
+    conn.execute(
+        f"UPDATE {INTERNAL}.{VIEW_VERSIONS} SET last_error = NULL, failed_at = NULL "
+        "WHERE state = 'live' AND view = ANY(%s)",
+        (views,),
+    )
+
+
+def note_build_error(conn: Connection, building: list[Version], error: str | None) -> None:
+    """Keep (or, with None, clear) what stopped a build with its unfinished versions."""
+    for version in building:
+        conn.execute(
+            f"UPDATE {INTERNAL}.{VIEW_VERSIONS} SET last_error = %s "
+            "WHERE view = %s AND version = %s AND state = 'building'",
+            (error, version.view, version.version),
+        )
+
+
+def as_of(conn: Connection, version: Version) -> datetime | None:
+    """The past instant a version is built as of, if it is one of those."""
+    row = conn.execute(
+        f"SELECT as_of FROM {INTERNAL}.{VIEW_VERSIONS} WHERE view = %s AND version = %s",
+        (version.view, version.version),
+    ).fetchone()
+    return row[0] if row else None
+
+
+def errors(conn: Connection) -> dict[tuple[str, int], str]:
+    """The last error of each version that has one."""
+    rows = conn.execute(
+        f"SELECT view, version, last_error FROM {INTERNAL}.{VIEW_VERSIONS} "
+        "WHERE last_error IS NOT NULL"
+    ).fetchall()
+    return {(r[0], r[1]): r[2] for r in rows}
+
+
+def dead_letter_counts(conn: Connection) -> dict[tuple[str, int], int]:
+    """How many deliveries each version dead-lettered."""
+    rows = conn.execute(
+        f"SELECT view, version, count(*) FROM {INTERNAL}.{DEAD_LETTERS} GROUP BY view, version"
+    ).fetchall()
+    return {(r[0], r[1]): int(r[2]) for r in rows}

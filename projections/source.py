@@ -1,4 +1,9 @@
-"""Reading stored deliveries in position order and interpreting them for the folds.
+"""Where the projections read stored deliveries (the port), and what each one means to the folds.
+
+The views never name the event store: they read through `DeliverySource`, which the service
+implements over its PostgreSQL table (service/eventstore/source.py) and hands to the runner,
+the rebuilds and the status. Reads happen inside the caller's transaction, on the database the
+views live in, so a batch reads and writes in one transaction.
 
 Every stored body is interpreted again with the current parser: the raw delivery is the fact,
 so a parser fix followed by a rebuild changes the views without touching the store.
@@ -7,18 +12,16 @@ so a parser fix followed by a rebuild changes the views without touching the sto
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, Final
+from typing import Any, Final, Protocol
 from uuid import UUID
 
 import msgspec
 import psycopg
-from psycopg import sql
 
+from domain.deliveries import DeliveryState
 from domain.events import AttendeeEvent, attendee_event
 from domain.interpret import Interpreted, interpret
-from service.eventstore.store import EVENTS_TABLE, SCHEMA
 
-_EVENTS: Final = sql.Identifier(SCHEMA, EVENTS_TABLE)
 # Stored states read per batch, at most (plus one delivery). A batch held in memory costs about
 # three times its states (the driver's copy, Python's, the decoded bodies): bounded by rows
 # alone, 5,000 bodies near intake's 1 MiB limit took gigabytes. Everyday deliveries (~2 KB)
@@ -26,23 +29,44 @@ _EVENTS: Final = sql.Identifier(SCHEMA, EVENTS_TABLE)
 BATCH_BYTES: Final = 32 * 2**20
 
 
-class _Stored(msgspec.Struct):
-    """The parts of a stored delivery the views need (decoding skips the rest)."""
-
-    timestamp: datetime
-    slug: str
-    body: bytes
-    quarantine_reason: str | None
+class SourceUnavailable(Exception):
+    """The stored deliveries cannot be reached now (the database is down): try again later."""
 
 
-_decode_state: Final = msgspec.json.Decoder(_Stored).decode
+class StoredDelivery(msgspec.Struct, frozen=True):
+    """A delivery read back from the store, at its global position."""
+
+    position: int
+    key: UUID
+    state: DeliveryState
 
 
-class _ReceivedAt(msgspec.Struct):
-    timestamp: datetime
+class DeliverySource(Protocol):
+    """Stored deliveries in position order, read inside the caller's transaction."""
 
+    @property
+    def channel(self) -> str:
+        """The channel the store NOTIFYs when it stores deliveries."""
+        ...
 
-_decode_received: Final = msgspec.json.Decoder(_ReceivedAt).decode
+    def prepare(self, database_url: str) -> None:
+        """Make the store readable (created if missing); SourceUnavailable while unreachable."""
+        ...
+
+    def read(
+        self, cur: psycopg.Cursor[Any], after: int, limit: int, budget: int
+    ) -> list[StoredDelivery]:
+        """Up to `limit` deliveries after position `after`; fewer once their stored states pass
+        `budget` bytes (at least one, however large)."""
+        ...
+
+    def head(self, cur: psycopg.Cursor[Any]) -> int:
+        """The highest stored position (0 for an empty store)."""
+        ...
+
+    def received_after(self, cur: psycopg.Cursor[Any], position: int) -> datetime | None:
+        """When the first delivery after `position` was received (None if there is none)."""
+        ...
 
 
 class Record(msgspec.Struct, frozen=True, kw_only=True):
@@ -57,26 +81,19 @@ class Record(msgspec.Struct, frozen=True, kw_only=True):
 
 
 def read(
-    cur: psycopg.Cursor[Any], after: int, limit: int, budget: int = BATCH_BYTES
+    source: DeliverySource,
+    cur: psycopg.Cursor[Any],
+    after: int,
+    limit: int,
+    budget: int = BATCH_BYTES,
 ) -> list[Record]:
-    """Up to `limit` deliveries after position `after`, interpreted; fewer once their stored
-    states pass `budget` bytes (at least one, however large)."""
-    rows = cur.execute(
-        sql.SQL(
-            "SELECT notification_id, originator_id, state FROM ("
-            "SELECT notification_id, originator_id, state, "
-            "sum(octet_length(state)) OVER (ORDER BY notification_id) AS upto FROM {} "
-            "WHERE notification_id > %s ORDER BY notification_id LIMIT %s) batch "
-            "WHERE upto - octet_length(state) < %s ORDER BY notification_id"
-        ).format(_EVENTS),
-        (after, limit, budget),
-    ).fetchall()
-    return [record(position, key, bytes(state)) for position, key, state in rows]
+    """Up to `limit` deliveries after position `after`, interpreted (see DeliverySource.read)."""
+    return [record(stored) for stored in source.read(cur, after, limit, budget)]
 
 
-def record(position: int, key: UUID, state: bytes) -> Record:
+def record(stored: StoredDelivery) -> Record:
     """Interpret one stored delivery."""
-    delivery = _decode_state(state)
+    delivery, position, key = stored.state, stored.position, stored.key
     if delivery.quarantine_reason is not None:
         return Record(
             position=position, key=key, received_at=delivery.timestamp, event=None, quarantined=True
@@ -92,22 +109,3 @@ def record(position: int, key: UUID, state: bytes) -> Record:
         )
     event = attendee_event(delivery.slug, position, key, delivery.timestamp, reading)
     return Record(position=position, key=key, received_at=delivery.timestamp, event=event)
-
-
-def head(cur: psycopg.Cursor[Any]) -> int:
-    """The highest stored position (0 for an empty store)."""
-    row = cur.execute(
-        sql.SQL("SELECT coalesce(max(notification_id), 0) FROM {}").format(_EVENTS)
-    ).fetchone()
-    return int(row[0]) if row else 0
-
-
-def received_after(cur: psycopg.Cursor[Any], position: int) -> datetime | None:
-    """When the first delivery after `position` was received (None if there is none)."""
-    row = cur.execute(
-        sql.SQL(
-            "SELECT state FROM {} WHERE notification_id > %s ORDER BY notification_id LIMIT 1"
-        ).format(_EVENTS),
-        (position,),
-    ).fetchone()
-    return _decode_received(bytes(row[0])).timestamp if row else None

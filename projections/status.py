@@ -1,4 +1,8 @@
-"""Where each view stands: position, head, lag in events and seconds, state, dead letters."""
+"""Where each view stands: position, head, lag in events and seconds, state, dead letters.
+
+Computed here only: `rollcall status`, GET /v1/projections (and the dashboard, which reads it)
+and /metrics all report what read_status says.
+"""
 
 from __future__ import annotations
 
@@ -8,9 +12,10 @@ from typing import Any, Literal
 import msgspec
 import psycopg
 
-from projections.batch import positions
-from projections.schema import INTERNAL, VIEW_NAMES, Version, versions
-from projections.source import head, received_after
+from projections.registry import VIEW_NAMES
+from projections.schema import Version, dead_letter_counts, errors, versions
+from projections.source import DeliverySource
+from projections.tracking import positions
 
 State = Literal["live", "rebuilding", "failed", "missing"]
 
@@ -38,33 +43,21 @@ class ViewStatus(msgspec.Struct, frozen=True, kw_only=True):
     rebuilding: Rebuilding | None
 
 
-def read_status(conn: psycopg.Connection[Any]) -> list[ViewStatus]:
+def read_status(conn: psycopg.Connection[Any], source: DeliverySource) -> list[ViewStatus]:
     """Every view's status, read in one go."""
     with conn.cursor() as cur:
-        top = head(cur)
+        top = source.head(cur)
         registered = versions(conn)
         tracked = positions(cur, registered)
-        errors = dict(
-            ((r[0], r[1]), r[2])
-            for r in cur.execute(
-                f"SELECT view, version, last_error FROM {INTERNAL}.view_versions "
-                "WHERE last_error IS NOT NULL"
-            ).fetchall()
-        )
-        letters = dict(
-            ((r[0], r[1]), int(r[2]))
-            for r in cur.execute(
-                f"SELECT view, version, count(*) FROM {INTERNAL}.dead_letters "
-                "GROUP BY view, version"
-            ).fetchall()
-        )
+        failed, letters = errors(conn), dead_letter_counts(conn)
         return [
-            _view_status(cur, name, registered, tracked, errors, letters, top)
+            _view_status(source, cur, name, registered, tracked, failed, letters, top)
             for name in VIEW_NAMES
         ]
 
 
 def _view_status(
+    source: DeliverySource,
     cur: psycopg.Cursor[Any],
     name: str,
     registered: list[Version],
@@ -94,18 +87,20 @@ def _view_status(
         position=position,
         head=top,
         lag_events=max(0, top - position),
-        lag_seconds=_lag_seconds(cur, position, top),
+        lag_seconds=_lag_seconds(source, cur, position, top),
         dead_letters=letters.get((name, live.version), 0),
         last_error=error,
         rebuilding=rebuilding,
     )
 
 
-def _lag_seconds(cur: psycopg.Cursor[Any], position: int, top: int) -> float:
+def _lag_seconds(
+    source: DeliverySource, cur: psycopg.Cursor[Any], position: int, top: int
+) -> float:
     """How long the oldest delivery the view has not applied has been waiting."""
     if position >= top:
         return 0.0
-    oldest = received_after(cur, position)
+    oldest = source.received_after(cur, position)
     if oldest is None:
         return 0.0
     return max(0.0, (datetime.now(UTC) - oldest).total_seconds())

@@ -39,7 +39,6 @@ from eventsourcing.projection import Projection, ProjectionRunner
 from domain.events import attendee_event
 from domain.interpret import Interpreted, interpret
 from domain.roster import RosterEntry, apply
-from projections.source import head
 from service.config import EventConfig
 from service.eventstore.database import (
     drop_database,
@@ -47,6 +46,7 @@ from service.eventstore.database import (
     new_database,
     server,
 )
+from service.eventstore.source import SOURCE
 from service.eventstore.store import DeliveryRecorded, DeliveryStore
 from service.http.intake import delivery_record
 from service.jte.signing import sign
@@ -135,7 +135,7 @@ def _record(conference: EventConfig, body: bytes) -> DeliveryRecorded:
 def _rebuild(database_url: str, work: Path) -> tuple[int, float, float]:
     """Run `rollcall rebuild all` in its own process; events, events/s and its peak RSS (MB)."""
     with psycopg.connect(database_url) as conn, conn.cursor() as cur:
-        events = head(cur)
+        events = SOURCE.head(cur)
     env = {**os.environ, "DATABASE_URL": database_url, "ROLLCALL_DATA_DIR": str(work / "cli")}
     started = time.monotonic()
     process = subprocess.Popen(

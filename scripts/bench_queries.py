@@ -45,6 +45,7 @@ import psycopg
 from projections.runner import Runner
 from service.config import EventConfig
 from service.eventstore.database import drop_database, new_database, server
+from service.eventstore.source import SOURCE
 from service.eventstore.store import DeliveryRecorded, DeliveryStore
 from service.http.intake import delivery_record
 from service.http.tokens import issue
@@ -212,7 +213,7 @@ def _seed(database_url: str, args: argparse.Namespace) -> Seeded:
         raise BenchFailure(f"{len(bodies) - appended} seeded deliveries were taken as duplicates")
     stored = time.monotonic()
     print(f"appended {appended:,} deliveries in {stored - simulated:.1f} s", flush=True)
-    projected = Runner(database_url, batch_size=5000).catch_up()
+    projected = Runner(database_url, SOURCE, batch_size=5000).catch_up()
     if projected != appended:
         raise BenchFailure(f"the views applied {projected:,} of {appended:,} deliveries")
     built = time.monotonic()

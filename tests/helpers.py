@@ -30,10 +30,11 @@ import uvicorn
 from psycopg import sql
 from uvicorn.server import ServerState
 
+from domain.deliveries import delivery_key
 from domain.interpret import PARSER_VERSION
 from service.config import EventConfig, Settings
 from service.eventstore import database
-from service.eventstore.store import DeliveryRecorded, delivery_key
+from service.eventstore.store import DeliveryRecorded
 from service.http import tokens
 from service.http.app import create_app
 from service.http.server import GuardedHttpToolsProtocol

@@ -10,6 +10,7 @@ from psycopg import sql
 
 from projections.runner import Runner, ensure_views
 from service.eventstore.analysts import grant_analyst
+from service.eventstore.source import SOURCE
 from service.eventstore.store import DeliveryStore
 from tests.drill import QUICK, run
 from tests.drill.access import access, other_database_probes
@@ -64,7 +65,7 @@ def test_the_other_database_probe_finds_a_readable_view(
         store = DeliveryStore(other)
         store.append([recorded(delivery(attendee_id="b-1"))])
         store.close()
-        Runner(other).catch_up()
+        Runner(other, SOURCE).catch_up()
         kept = Finding(scenario="access", load="", faults="")
         probed = other_database_probes(kept, login, password, other)
         assert kept.held and probed >= 5, kept.broken

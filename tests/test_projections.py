@@ -25,22 +25,18 @@ import pytest
 from domain import ledger, presence, roster
 from domain.events import attendee_event
 from domain.interpret import Interpreted, interpret
-from projections import batch
-from projections.batch import (
-    PoisonError,
-    StalePosition,
-    Target,
-    apply_records,
-    positions,
-    tracking_recorder,
-)
+from projections import fold
+from projections.fold import PoisonError, apply_records
 from projections.rebuild import build_as_of, rebuild
 from projections.runner import Runner, ensure_views
 from projections.schema import LOCK_NAMESPACE, live_version, runner_lock, versions
 from projections.source import read
 from projections.status import read_status
+from projections.tracking import StalePosition, ViewTracking, positions, view_tracking
+from projections.view import Target
 from service.config import EventConfig
 from service.eventstore.replay import replay_quarantined
+from service.eventstore.source import SOURCE
 from service.eventstore.store import DeliveryStore
 from service.jte.sender import post_all
 from service.jte.simulator import SignedDelivery, SimulationOptions, sign_all, simulate
@@ -179,7 +175,7 @@ async def test_a_live_built_view_equals_a_rebuilt_one(
     await send(service, simulated_day(duplicates=0.05, out_of_order=0.3))
     wait_until_caught_up(database_url)
     live = snapshot(database_url)
-    built = rebuild(database_url, ["roster", "occupancy", "payments"], batch_size=97)
+    built = rebuild(database_url, ["roster", "occupancy", "payments"], SOURCE, batch_size=97)
     assert {v.version for v in built} == {2}
     assert snapshot(database_url) == live
     with psycopg.connect(database_url) as conn:
@@ -214,7 +210,7 @@ def test_an_interrupted_rebuild_leaves_the_live_views_and_resumes(database_url: 
         )
     finally:
         store.close()
-    Runner(database_url).catch_up()
+    Runner(database_url, SOURCE).catch_up()
     live = snapshot(database_url)
     seen = []
 
@@ -224,7 +220,13 @@ def test_an_interrupted_rebuild_leaves_the_live_views_and_resumes(database_url: 
             raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        rebuild(database_url, ["occupancy"], batch_size=10, on_progress=interrupt_after_two_batches)
+        rebuild(
+            database_url,
+            ["occupancy"],
+            SOURCE,
+            batch_size=10,
+            on_progress=interrupt_after_two_batches,
+        )
     with psycopg.connect(database_url) as conn:
         (building,) = [v for v in versions(conn, "occupancy") if v.state == "building"]
         with conn.cursor() as cur:
@@ -234,7 +236,11 @@ def test_an_interrupted_rebuild_leaves_the_live_views_and_resumes(database_url: 
     assert snapshot(database_url) == live
     starts = []
     built = rebuild(
-        database_url, ["occupancy"], batch_size=10, on_progress=lambda p: starts.append(p.start)
+        database_url,
+        ["occupancy"],
+        SOURCE,
+        batch_size=10,
+        on_progress=lambda p: starts.append(p.start),
     )
     assert built[0].version == building.version, "the rerun resumes the interrupted build"
     assert starts[0] == halfway
@@ -266,11 +272,11 @@ def test_runner_killed_mid_batch_ends_with_the_views_of_a_clean_build(
         runner.kill()
         runner.wait()
     with psycopg.connect(database_url) as conn:
-        partial = read_status(conn)
+        partial = read_status(conn, SOURCE)
     assert any(s.position < s.head for s in partial) or all(s.lag_events == 0 for s in partial)
-    Runner(database_url).catch_up()
+    Runner(database_url, SOURCE).catch_up()
     survived = snapshot(database_url)
-    rebuild(database_url, ["roster", "occupancy", "payments"])
+    rebuild(database_url, ["roster", "occupancy", "payments"], SOURCE)
     assert snapshot(database_url) == survived
 
 
@@ -289,7 +295,7 @@ def test_runner_retries_a_lost_database_at_least_every_second() -> None:
             return self.is_set()
 
     stop = Waits()
-    runner = Runner("postgresql://rollcall@127.0.0.1:1/nothing-listens-here")
+    runner = Runner("postgresql://rollcall@127.0.0.1:1/nothing-listens-here", SOURCE)
     crashes: list[Exception] = []
     runner._record_failure = lambda error, views: crashes.append(error)  # type: ignore[method-assign]
     runner.run(stop)
@@ -307,7 +313,7 @@ def test_two_runners_never_apply_an_event_twice(database_url: str) -> None:
     finally:
         store.close()
     ensure_views(database_url)
-    recorder = tracking_recorder(database_url)
+    recorder = view_tracking(database_url)
     # Two runners that both believe they may write (no advisory lock): the tracking check
     # lets exactly one of them apply a given batch.
     with (
@@ -318,11 +324,14 @@ def test_two_runners_never_apply_an_event_twice(database_url: str) -> None:
         assert version is not None
         target = Target(version, 0)
         with a.transaction(), a.cursor() as cur:
-            apply_records(cur, recorder, [target], read(cur, 0, 100), strict=False)
+            apply_records(cur, recorder, [target], read(SOURCE, cur, 0, 100), strict=False)
         with pytest.raises(StalePosition), b.transaction(), b.cursor() as cur:
-            apply_records(cur, recorder, [target], read(cur, 0, 100), strict=False)
+            apply_records(cur, recorder, [target], read(SOURCE, cur, 0, 100), strict=False)
     # Two real runners side by side: one holds each view's lock, the other stands by.
-    first, second = Runner(database_url, batch_size=50), Runner(database_url, batch_size=50)
+    first, second = (
+        Runner(database_url, SOURCE, batch_size=50),
+        Runner(database_url, SOURCE, batch_size=50),
+    )
     with psycopg.connect(database_url, autocommit=True) as locks:
         second._take_locks(locks)
         assert first.catch_up() == 0 and first.held == set()
@@ -354,11 +363,11 @@ class Interleaving:
         self.fold_on = {name: threading.Event() for name in ("first", "second")}
         self.written, self.commit = threading.Event(), threading.Event()
         self.first_pid = 0
-        self._fold, self._write = batch.fold_records, batch.write_folded
-        monkeypatch.setattr(batch, "fold_records", self.fold)
-        monkeypatch.setattr(batch, "write_folded", self.write)
+        self._fold, self._write = fold.fold_records, ViewTracking.record
+        monkeypatch.setattr(fold, "fold_records", self.fold)
+        monkeypatch.setattr(ViewTracking, "record", lambda tracking, *a: self.write(tracking, *a))
 
-    def fold(self, *args: Any, **kwargs: Any) -> batch.Folded:
+    def fold(self, *args: Any, **kwargs: Any) -> fold.Folded:
         folded = self._fold(*args, **kwargs)
         name = threading.current_thread().name
         if name in self.folded and not self.folded[name].is_set():
@@ -366,8 +375,8 @@ class Interleaving:
             assert self.fold_on[name].wait(30)
         return folded
 
-    def write(self, cur: psycopg.Cursor[Any], *args: Any) -> list[Target]:
-        moved = self._write(cur, *args)
+    def write(self, tracking: ViewTracking, cur: psycopg.Cursor[Any], *args: Any) -> list[Target]:
+        moved = self._write(tracking, cur, *args)
         if threading.current_thread().name == "first" and not self.written.is_set():
             self.first_pid = cur.connection.info.backend_pid
             self.written.set()
@@ -392,7 +401,9 @@ def test_runners_overlapping_on_a_brand_new_version_never_apply_an_event_twice(
         except BaseException as error:
             errors[threading.current_thread().name] = error
 
-    runners = {name: Runner(database_url, views=["occupancy"]) for name in ("first", "second")}
+    runners = {
+        name: Runner(database_url, SOURCE, views=["occupancy"]) for name in ("first", "second")
+    }
     threads = {
         name: threading.Thread(target=run, name=name, args=(runner,))
         for name, runner in runners.items()
@@ -418,7 +429,7 @@ def test_runners_overlapping_on_a_brand_new_version_never_apply_an_event_twice(
         steps.commit.set()
     for thread in threads.values():
         thread.join(60)
-    Runner(database_url, views=["occupancy"]).catch_up()
+    Runner(database_url, SOURCE, views=["occupancy"]).catch_up()
     with psycopg.connect(database_url) as conn:
         counted = conn.execute(
             "SELECT check_ins, inside_now FROM analytics.occupancy WHERE event = 'default'"
@@ -445,9 +456,9 @@ def test_poison_is_dead_lettered_live_and_strict_in_a_rebuild(database_url: str)
         store.append([recorded(bad), recorded(good)])
     finally:
         store.close()
-    Runner(database_url).catch_up()
+    Runner(database_url, SOURCE).catch_up()
     with psycopg.connect(database_url) as conn:
-        statuses = {s.view: s for s in read_status(conn)}
+        statuses = {s.view: s for s in read_status(conn, SOURCE)}
         letters = conn.execute("SELECT view, error FROM rollcall.dead_letters").fetchall()
         ledger_rows = conn.execute(
             "SELECT attendee_id, amount, currency FROM analytics.payments"
@@ -460,15 +471,15 @@ def test_poison_is_dead_lettered_live_and_strict_in_a_rebuild(database_url: str)
     assert ledger_rows == [("p-2", Decimal("10.50"), "PLN")]
     assert paid == [("p-1", False, None), ("p-2", True, Decimal("10.50"))]
     with pytest.raises(PoisonError, match="not a decimal"):
-        rebuild(database_url, ["payments"])
+        rebuild(database_url, ["payments"], SOURCE)
     with psycopg.connect(database_url) as conn:
-        stopped = {s.view: s for s in read_status(conn)}["payments"]
+        stopped = {s.view: s for s in read_status(conn, SOURCE)}["payments"]
     assert stopped.rebuilding and "not a decimal" in (stopped.rebuilding.error or "")
     assert stopped.state == "rebuilding" and stopped.last_error is None, "live is not failed"
-    rebuild(database_url, ["payments"], skip_poison=True)
+    rebuild(database_url, ["payments"], SOURCE, skip_poison=True)
     with psycopg.connect(database_url) as conn:
         assert conn.execute("SELECT count(*) FROM analytics.payments").fetchone() == (1,)
-        assert {s.view: s for s in read_status(conn)}["payments"].rebuilding is None
+        assert {s.view: s for s in read_status(conn, SOURCE)}["payments"].rebuilding is None
 
 
 def _payment(attendee_id: str, at: str, amount: str, currency: str, delivery_id: str) -> bytes:
@@ -507,7 +518,7 @@ def test_roster_and_ledger_agree_after_an_unusable_payment(database_url: str) ->
         store.append([recorded(d, f"d-{n}") for n, d in enumerate(deliveries)])
     finally:
         store.close()
-    Runner(database_url).catch_up()
+    Runner(database_url, SOURCE).catch_up()
     at_nine = datetime(2026, 5, 14, 9, tzinfo=UTC)
     paid = (Decimal("349.00"), "PLN", "payu", at_nine)
     expected = [
@@ -515,7 +526,7 @@ def test_roster_and_ledger_agree_after_an_unusable_payment(database_url: str) ->
         ("a-2", False, None, None, None, None, False, None, None, None, None),
     ]
     assert _roster_against_ledger(database_url) == expected
-    rebuild(database_url, ["roster", "payments"], skip_poison=True)
+    rebuild(database_url, ["roster", "payments"], SOURCE, skip_poison=True)
     assert _roster_against_ledger(database_url) == expected, "and so does a rebuild"
 
 
@@ -542,7 +553,7 @@ def test_replay_appends_what_now_parses_once(database_url: str) -> None:
     rows = stored_rows(database_url)
     assert len(rows) == 3
     assert str(rows[-1]["replay_of"]) == str(rows[0]["key"])
-    Runner(database_url).catch_up()
+    Runner(database_url, SOURCE).catch_up()
     with psycopg.connect(database_url) as conn:
         assert conn.execute("SELECT attendee_id FROM analytics.roster").fetchall() == [
             ("late-reader",)
@@ -558,8 +569,8 @@ def test_as_of_builds_the_views_as_they_stood(database_url: str) -> None:
         store.append([recorded(delivery("AttendeeCheckedIn", attendee_id="late"))])
     finally:
         store.close()
-    Runner(database_url).catch_up()
-    schema = build_as_of(database_url, ["occupancy"], cut)
+    Runner(database_url, SOURCE).catch_up()
+    schema = build_as_of(database_url, ["occupancy"], SOURCE, cut)
     with psycopg.connect(database_url) as conn:
         then = conn.execute(f'SELECT attendee_id FROM "{schema}".presence').fetchall()
         now = conn.execute("SELECT attendee_id FROM analytics.presence ORDER BY 1").fetchall()
@@ -612,9 +623,9 @@ def test_fields_keep_their_exact_numbers_when_a_row_is_rewritten(database_url: s
     store = DeliveryStore(database_url)
     try:
         store.append([recorded(paid, "p-1")])
-        Runner(database_url).catch_up()  # one batch writes the row...
+        Runner(database_url, SOURCE).catch_up()  # one batch writes the row...
         store.append([recorded(later)])
-        Runner(database_url).catch_up()  # ...and the next one reads it back and rewrites it
+        Runner(database_url, SOURCE).catch_up()  # ...and the next one reads it back and rewrites it
     finally:
         store.close()
     with psycopg.connect(database_url) as conn:
@@ -638,11 +649,11 @@ def test_a_batch_is_bounded_by_the_bytes_it_reads(database_url: str) -> None:
     with psycopg.connect(database_url) as conn, conn.cursor() as cur:
         # Each state holds its body in base64 (~133 KB): two fit under 250 KB, and one always
         # comes however large it is.
-        assert [r.position for r in read(cur, 0, 100, budget=250_000)] == [1, 2]
-        assert [r.position for r in read(cur, 2, 100, budget=1)] == [3]
+        assert [r.position for r in read(SOURCE, cur, 0, 100, budget=250_000)] == [1, 2]
+        assert [r.position for r in read(SOURCE, cur, 2, 100, budget=1)] == [3]
         walked, after = [], 0
-        while batch := read(cur, after, 100, budget=250_000):
+        while batch := read(SOURCE, cur, after, 100, budget=250_000):
             walked += [r.position for r in batch]
             after = batch[-1].position
         assert walked == [1, 2, 3, 4, 5]
-        assert [r.position for r in read(cur, 0, 100)] == [1, 2, 3, 4, 5]
+        assert [r.position for r in read(SOURCE, cur, 0, 100)] == [1, 2, 3, 4, 5]

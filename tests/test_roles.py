@@ -15,11 +15,12 @@ from psycopg import sql
 
 from projections import schema
 from projections.rebuild import build_as_of, rebuild
+from projections.registry import VIEW_NAMES
 from projections.runner import Runner, ensure_views
-from projections.schema import VIEW_NAMES
 from service.eventstore.analysts import grant_analyst
 from service.eventstore.database import Unusable
 from service.eventstore.roles import Setup, role_name, set_up
+from service.eventstore.source import SOURCE
 from service.eventstore.store import DeliveryStore
 from service.http import tokens
 from tests.drill.snapshot import wait_until_caught_up
@@ -134,9 +135,9 @@ def test_the_runtime_role_serves_projects_rebuilds_and_issues_tokens(
             assert client.get("/readyz").json()["status"] == "ready"
     finally:
         service.stop()
-    rebuilt = rebuild(runtime_url, VIEW_NAMES)
+    rebuilt = rebuild(runtime_url, VIEW_NAMES, SOURCE)
     assert [v.version for v in rebuilt] == [2, 2, 2]
-    schema_name = build_as_of(runtime_url, ["roster"], datetime.now(UTC))
+    schema_name = build_as_of(runtime_url, ["roster"], SOURCE, datetime.now(UTC))
     with psycopg.connect(runtime_url) as conn:
         [count] = conn.execute(
             sql.SQL("SELECT count(*) FROM {}.roster").format(sql.Identifier(schema_name))
@@ -151,7 +152,7 @@ def test_db_setup_takes_over_a_one_role_database_and_keeps_the_runtime_password(
     store = DeliveryStore(database_url)
     store.append([recorded(delivery(attendee_id=f"a-{n}")) for n in range(3)])
     store.close()
-    Runner(database_url).catch_up()
+    Runner(database_url, SOURCE).catch_up()
     try:
         first = set_up(database_url)
         again = set_up(database_url)
@@ -160,7 +161,7 @@ def test_db_setup_takes_over_a_one_role_database_and_keeps_the_runtime_password(
         chosen = set_up(database_url, password="chosen-password")
         assert chosen.password_set and "chosen-password" in chosen.runtime_url
         # The views an older release made are now the runtime role's to replace.
-        assert [v.version for v in rebuild(first.runtime_url, VIEW_NAMES)] == [2, 2, 2]
+        assert [v.version for v in rebuild(first.runtime_url, VIEW_NAMES, SOURCE)] == [2, 2, 2]
         with psycopg.connect(first.runtime_url) as conn:
             assert conn.execute("SELECT count(*) FROM analytics.roster").fetchone() == (3,)
             public = conn.execute(
@@ -200,8 +201,8 @@ def test_an_analyst_of_one_database_reads_nothing_of_another(
         store = DeliveryStore(other)
         store.append([recorded(delivery(attendee_id=f"b-{n}")) for n in range(3)])
         store.close()
-        Runner(other).catch_up()
-        rebuild(other, VIEW_NAMES)
+        Runner(other, SOURCE).catch_up()
+        rebuild(other, VIEW_NAMES, SOURCE)
         with psycopg.connect(as_role(granted, login, password)) as analyst:
             assert analyst.execute("SELECT count(*) FROM analytics.roster").fetchone() == (0,)
         read = []

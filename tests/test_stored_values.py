@@ -15,6 +15,7 @@ import pytest
 
 from projections.columns import MAX_DIGITS, json_text, storable_number
 from projections.rebuild import rebuild
+from service.eventstore.source import SOURCE
 from tests.drill.snapshot import wait_until_caught_up
 from tests.helpers import RunningService, api_token, bearer, token_headers
 
@@ -90,7 +91,9 @@ async def test_a_hostile_number_in_a_field_breaks_no_read(
 
     with psycopg.connect(database_url) as conn:
         assert len(conn.execute("SELECT * FROM analytics.roster").fetchall()) == count
-    rebuild(database_url, ["roster"])  # a rebuild reads every delivery again, and so do readers
+    rebuild(
+        database_url, ["roster"], SOURCE
+    )  # a rebuild reads every delivery again, and so do readers
     with psycopg.connect(database_url) as conn:
         rebuilt = conn.execute(
             "SELECT fields ->> 'customField' FROM analytics.roster WHERE attendee_id = 'a-0'"
@@ -116,7 +119,7 @@ async def test_a_row_written_before_the_rule_is_a_documented_503_not_a_500(
             answer = await client.get(f"/v1/events/default/{path}")
             assert answer.status_code == 503, (path, answer.text)
             assert answer.json()["error"] == "unreadable"
-    rebuild(database_url, ["roster"])  # what the message tells the operator to do
+    rebuild(database_url, ["roster"], SOURCE)  # what the message tells the operator to do
     async with httpx.AsyncClient(base_url=service.url, timeout=30) as client:
         client.headers.update(bearer(api_token(database_url)))
         assert (await client.get("/v1/events/default/roster")).status_code == 200

@@ -17,6 +17,7 @@ from psycopg import sql
 
 from projections.runner import Runner
 from service.eventstore.database import with_database
+from service.eventstore.source import SOURCE
 from service.eventstore.store import DeliveryStore
 from tests.drill.snapshot import snapshot
 from tests.helpers import recorded
@@ -90,7 +91,7 @@ def views_after(server_url: str, bodies: list[bytes], batch_size: int) -> dict[s
                 store.append([recorded(b, json.loads(b)["id"]) for b in bodies[start : start + 7]])
         finally:
             store.close()
-        Runner(url, batch_size=batch_size).catch_up()
+        Runner(url, SOURCE, batch_size=batch_size).catch_up()
         return snapshot(url)  # type: ignore[return-value]
 
 

@@ -17,17 +17,19 @@ import msgspec
 import psycopg
 
 from domain.interpret import parse_time
-from projections.batch import PoisonError
+from projections.fold import PoisonError
 from projections.rebuild import BuildBusy, Progress, build_as_of, rebuild
+from projections.registry import VIEW_NAMES
 from projections.runner import Runner
-from projections.schema import VIEW_NAMES
+from projections.schema import INTERNAL
 from projections.status import ViewStatus, read_status
 from service.config import Settings
 from service.eventstore.analysts import BadRoleName, grant_analyst
 from service.eventstore.database import Unusable, connect, reason, server
 from service.eventstore.replay import replay_quarantined
 from service.eventstore.roles import check_runtime, set_up
-from service.eventstore.store import EVENTS_TABLE, SCHEMA, DeliveryStore
+from service.eventstore.source import SOURCE
+from service.eventstore.store import EVENTS_TABLE, DeliveryStore
 from service.http import tokens
 from service.http.tokens import SCOPES
 
@@ -71,7 +73,7 @@ def require_store(conn: psycopg.Connection[Any], *, creatable: bool = False) -> 
     role may create it: serve and project set up an empty database)."""
     row = conn.execute(
         "SELECT to_regclass(%s) IS NOT NULL, has_database_privilege(current_database(), 'CREATE')",
-        (f"{SCHEMA}.{EVENTS_TABLE}",),
+        (f"{INTERNAL}.{EVENTS_TABLE}",),
     ).fetchone()
     exists, may_create = row if row else (False, False)
     if exists:
@@ -152,7 +154,7 @@ def run_project(settings: Settings, args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, request_stop)
     signal.signal(signal.SIGINT, request_stop)
     with database(settings, "project", created=False) as url:
-        Runner(url).run(stop)
+        Runner(url, SOURCE).run(stop)
     return 0
 
 
@@ -164,7 +166,7 @@ def run_rebuild(settings: Settings, args: argparse.Namespace) -> int:
         with database(settings, "rebuild") as url:
             if as_of is not None:
                 schema = build_as_of(
-                    url, views, as_of, skip_poison=args.skip_poison, on_progress=show
+                    url, views, SOURCE, as_of, skip_poison=args.skip_poison, on_progress=show
                 )
                 show.finish(
                     f"built {', '.join(views)} as of {as_of.isoformat()} into schema {schema}"
@@ -173,6 +175,7 @@ def run_rebuild(settings: Settings, args: argparse.Namespace) -> int:
                 built = rebuild(
                     url,
                     views,
+                    SOURCE,
                     skip_poison=args.skip_poison,
                     on_progress=show,
                     batch_size=args.batch_size,
@@ -192,7 +195,7 @@ def run_rebuild(settings: Settings, args: argparse.Namespace) -> int:
 
 def run_status(settings: Settings, args: argparse.Namespace) -> int:
     with database(settings, "status") as url, psycopg.connect(url) as conn:
-        statuses = read_status(conn)
+        statuses = read_status(conn, SOURCE)
     if args.json:
         print(msgspec.json.encode(statuses).decode())
     else:

@@ -17,7 +17,8 @@ from uuid import uuid4
 
 import psycopg
 from psycopg import sql
-from psycopg.conninfo import conninfo_to_dict
+
+from projections.tracking import connection_params
 
 EMBEDDED_DATABASE: Final = "rollcall"
 
@@ -43,18 +44,6 @@ def reason(error: Exception) -> str:
     for prefix in ("connection failed: ", "FATAL:  ", "FATAL: "):
         text = text.removeprefix(prefix)
     return text[:300]
-
-
-def connection_params(database_url: str) -> dict[str, str]:
-    """Split a URL into the separate settings eventsourcing's recorder asks for."""
-    params = conninfo_to_dict(database_url)
-    return {
-        "dbname": str(params.get("dbname") or params.get("user") or "postgres"),
-        "host": str(params.get("host") or "localhost"),
-        "port": str(params.get("port") or "5432"),
-        "user": str(params.get("user") or "postgres"),
-        "password": str(params.get("password") or ""),
-    }
 
 
 def eventsourcing_env(database_url: str, **settings: str) -> dict[str, str]:

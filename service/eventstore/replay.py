@@ -13,7 +13,8 @@ from uuid import UUID, uuid5
 import msgspec
 
 from domain.interpret import PARSER_VERSION, Interpreted, interpret
-from service.eventstore.store import DeliveryRecorded, DeliveryStore, StoredDelivery
+from projections.source import StoredDelivery
+from service.eventstore.store import DeliveryRecorded, DeliveryStore
 
 _REPLAY_NAMESPACE: Final = UUID("2f0c8a5e-3b1d-5c4e-9a7f-6d8e0b1c2a3f")
 _SCAN: Final = 2000

@@ -25,7 +25,6 @@ import msgspec
 import psycopg
 from psycopg import sql
 
-from projections.batch import tracking_recorder
 from projections.schema import (
     INTERNAL,
     ROLES_TABLE,
@@ -37,8 +36,9 @@ from projections.schema import (
     ensure_internal,
     recorded_role,
 )
+from projections.tracking import view_tracking
 from service.eventstore.database import Unusable, connect, with_user
-from service.eventstore.store import EVENTS_TABLE, SCHEMA, DeliveryStore
+from service.eventstore.store import EVENTS_TABLE, ensure_store
 from service.http import tokens
 
 Purpose = Literal["owner", "runtime", "analysts"]
@@ -154,7 +154,7 @@ def owns_event_store(conn: psycopg.Connection[Any]) -> bool:
     row = conn.execute(
         "SELECT rolsuper OR pg_has_role(c.relowner, 'USAGE') FROM pg_roles r "
         "LEFT JOIN pg_class c ON c.oid = to_regclass(%s) WHERE r.rolname = current_user",
-        (f"{SCHEMA}.{EVENTS_TABLE}",),
+        (f"{INTERNAL}.{EVENTS_TABLE}",),
     ).fetchone()
     return bool(row and row[0])
 
@@ -171,9 +171,9 @@ def _require_superuser(conn: psycopg.Connection[Any]) -> None:
 def _create_schema(conn: psycopg.Connection[Any], admin_url: str) -> None:
     """Everything the owner owns, created as in a one-role setup (this session may: it is a
     superuser); _hand_over gives it to the owner afterwards."""
-    DeliveryStore(admin_url, pool_size=1).close()
+    ensure_store(admin_url)
     ensure_internal(conn)
-    tracking_recorder(admin_url)
+    view_tracking(admin_url).ensure_table(conn)
     tokens.ensure_table(conn)
 
 

@@ -6,7 +6,6 @@ a second delivery with the same key conflicts and is reported as a duplicate, ne
 
 from __future__ import annotations
 
-import hashlib
 import threading
 import time
 from collections.abc import Iterable, Iterator, Sequence
@@ -14,7 +13,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Final
-from uuid import UUID, uuid5
+from uuid import UUID
 
 import msgspec
 import psycopg
@@ -32,14 +31,16 @@ from eventsourcing.utils import Environment, EnvType, get_topic, register_topic
 from psycopg import Cursor, sql
 from psycopg.rows import DictRow
 
-from projections.schema import may_migrate
-from service.eventstore.database import Unusable, connection_params, eventsourcing_env
+from domain import deliveries as stored_form
+from projections.schema import INTERNAL, may_migrate
+from projections.source import StoredDelivery
+from projections.tracking import ConnectionParams, connection_params
+from service.eventstore.database import Unusable, eventsourcing_env
 
-SCHEMA: Final = "rollcall"
+# eventsourcing names the table after the application (Deliveries), in rollcall's schema.
 EVENTS_TABLE: Final = "deliveries_events"
-_KEY_NAMESPACE: Final = UUID("6f1d2c4e-7a3b-5e8f-9c0d-1b2a3c4d5e6f")
 _SETUP_LOCK: Final = 0x726F6C6C  # advisory lock id: one process sets the schema up at a time
-_LOCK_FUNCTION: Final = sql.Identifier(SCHEMA, "lock_deliveries")
+_LOCK_FUNCTION: Final = sql.Identifier(INTERNAL, "lock_deliveries")
 # While the database is unreachable, ask it again at most this often (seconds).
 _PROBE_INTERVAL: Final = 0.25
 # How many unacknowledged keys (see DeliveryStore.unacknowledged) are remembered at most.
@@ -52,30 +53,10 @@ class StoreUnavailable(Exception):
 
 @dataclass(frozen=True)  # the metaclass makes it one too; this tells type checkers
 class DeliveryRecorded(DomainEvent):
-    """A verified JTE delivery, byte for byte, and what intake read from it; timestamp = receipt."""
+    """A verified JTE delivery, byte for byte, and what intake read from it; timestamp = receipt.
 
-    slug: str
-    body: bytes
-    headers: dict[str, str]
-    verified_by: str
-    delivery_id: str | None
-    event_type: str | None
-    attendee_id: str | None
-    occurred_at: datetime | None
-    parser_version: int
-    quarantine_reason: str | None
-    # Set on a delivery appended by `rollcall replay`: the quarantined original it re-reads.
-    replay_of: UUID | None = None
+    Its fields are domain.deliveries.DeliveryState's, which is how its state is stored."""
 
-
-# Deliveries stored before the event store became a package of its own carry this topic.
-register_topic("service.store:DeliveryRecorded", DeliveryRecorded)
-
-
-class DeliveryState(msgspec.Struct, frozen=True, kw_only=True):
-    """The stored state of a DeliveryRecorded event (its fields but the id and version)."""
-
-    timestamp: datetime
     slug: str
     body: bytes
     headers: dict[str, str]
@@ -89,33 +70,18 @@ class DeliveryState(msgspec.Struct, frozen=True, kw_only=True):
     replay_of: UUID | None = None
 
 
-class StoredDelivery(msgspec.Struct, frozen=True):
-    """A delivery read back from the store, at its global position."""
-
-    position: int
-    key: UUID
-    state: DeliveryState
-
-
-def delivery_key(slug: str, delivery_id: str | None, body: bytes) -> UUID:
-    """The dedupe key: from JTE's delivery id when there is one, else from the exact body."""
-    if delivery_id is not None:
-        return uuid5(_KEY_NAMESPACE, f"{slug}\nid\n{delivery_id}")
-    return uuid5(_KEY_NAMESPACE, f"{slug}\nsha256\n{hashlib.sha256(body).hexdigest()}")
+# Deliveries stored before the event store became a package of its own carry this topic.
+register_topic("service.store:DeliveryRecorded", DeliveryRecorded)
 
 
 class DeliveryTranscoder(Transcoder):
-    """msgspec JSON for delivery state: fast, exact, and readable with SQL (`state::jsonb`-ish)."""
-
-    def __init__(self) -> None:
-        self._encoder = msgspec.json.Encoder()
-        self._decoder = msgspec.json.Decoder(DeliveryState)
+    """The stored form's one codec (domain.deliveries): fast, exact, and readable with SQL."""
 
     def encode(self, obj: Any) -> bytes:
-        return self._encoder.encode(obj)
+        return stored_form.encode(obj)
 
     def decode(self, data: bytes) -> Any:
-        return msgspec.structs.asdict(self._decoder.decode(data))
+        return msgspec.structs.asdict(stored_form.decode(data))
 
 
 class IntakeRecorder(PostgresApplicationRecorder):
@@ -206,36 +172,9 @@ class DeliveryStore:
     """Appends deliveries, deduplicated by key, and reads them back by global position."""
 
     def __init__(self, database_url: str, *, pool_size: int = 4, timeout: float = 5.0) -> None:
-        params = connection_params(database_url)
-        seconds = str(max(1, round(timeout)))
-        env = eventsourcing_env(
-            database_url,
-            SCHEMA=SCHEMA,
-            POOL_SIZE=str(pool_size),
-            MAX_OVERFLOW="0",
-            CONNECT_TIMEOUT=seconds,
-            LOCK_TIMEOUT=seconds,
-            # No ping before each use: a connection gone stale is retried once instead.
-            PRE_PING="n",
-            # The database-functions path skips the table lock; keep it off (DESIGN.md).
-            ENABLE_DB_FUNCTIONS="n",
-        )
-        env |= {"APPLICATION_RECORDER_TOPIC": get_topic(IntakeRecorder), "CREATE_TABLE": "y"}
-        with _setup_lock(params) as conn:
-            if may_migrate(conn):
-                conn.execute(
-                    sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(SCHEMA))
-                )
-                self._app = Deliveries(env=env)
-                _protect_events_table(conn)
-            else:
-                # The runtime role of `rollcall db setup`: its owner role made the table.
-                _require_events_table(conn)
-                self._app = Deliveries(env={**env, "CREATE_TABLE": "n"})
+        self._app, self._reopen_env = _open(database_url, pool_size, timeout)
         self._recorder = _recorder(self._app)
-        self._decoder = msgspec.json.Decoder(DeliveryState)
-        self._params = params
-        self._reopen_env = {**env, "CREATE_TABLE": "n"}
+        self._params = connection_params(database_url)
         self._health = threading.Lock()
         self._unreachable_at: float | None = None  # when the database last failed to answer
         self._unacknowledged: dict[UUID, None] = {}  # oldest first
@@ -337,7 +276,7 @@ class DeliveryStore:
     def _answers(self) -> bool:
         """Whether a new connection to the database works (marking it unreachable if not)."""
         try:
-            with psycopg.connect(**self._params, connect_timeout=2) as conn:  # type: ignore[arg-type]
+            with psycopg.connect(**self._params, connect_timeout=2) as conn:
                 conn.execute("SELECT 1")
         except psycopg.Error:
             self._unreachable_at = time.monotonic()
@@ -364,7 +303,7 @@ class DeliveryStore:
             self._recorder.select_notifications, after, limit, inclusive_of_start=False
         )
         return [
-            StoredDelivery(n.id, UUID(str(n.originator_id)), self._decoder.decode(n.state))
+            StoredDelivery(n.id, UUID(str(n.originator_id)), stored_form.decode(n.state))
             for n in notifications
         ]
 
@@ -379,6 +318,42 @@ class DeliveryStore:
             raise StoreUnavailable(str(error)) from error
 
 
+def ensure_store(database_url: str) -> None:
+    """The event store's schema, table and protections, created where missing by a session that
+    migrates the schema; StoreUnavailable while the database is unreachable."""
+    app, _ = _open(database_url, pool_size=1, timeout=5.0)
+    app.close()
+
+
+def _open(database_url: str, pool_size: int, timeout: float) -> tuple[Deliveries, dict[str, str]]:
+    """The application, its table set up (or found set up, by a session that may not); and
+    the environment to reopen it with."""
+    seconds = str(max(1, round(timeout)))
+    env = eventsourcing_env(
+        database_url,
+        SCHEMA=INTERNAL,
+        POOL_SIZE=str(pool_size),
+        MAX_OVERFLOW="0",
+        CONNECT_TIMEOUT=seconds,
+        LOCK_TIMEOUT=seconds,
+        # No ping before each use: a connection gone stale is retried once instead.
+        PRE_PING="n",
+        # The database-functions path skips the table lock; keep it off (DESIGN.md).
+        ENABLE_DB_FUNCTIONS="n",
+    )
+    env |= {"APPLICATION_RECORDER_TOPIC": get_topic(IntakeRecorder), "CREATE_TABLE": "n"}
+    with _setup_lock(connection_params(database_url)) as conn:
+        if may_migrate(conn):
+            conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(INTERNAL)))
+            app = Deliveries(env={**env, "CREATE_TABLE": "y"})
+            _protect_events_table(conn)
+        else:
+            # The runtime role of `rollcall db setup`: its owner role made the table.
+            _require_events_table(conn)
+            app = Deliveries(env=env)
+    return app, env
+
+
 def _recorder(app: Deliveries) -> IntakeRecorder:
     recorder = app.recorder
     assert isinstance(recorder, IntakeRecorder)
@@ -386,10 +361,10 @@ def _recorder(app: Deliveries) -> IntakeRecorder:
 
 
 @contextmanager
-def _setup_lock(params: dict[str, str]) -> Iterator[psycopg.Connection[Any]]:
+def _setup_lock(params: ConnectionParams) -> Iterator[psycopg.Connection[Any]]:
     """A connection holding a session advisory lock: concurrent processes set up one at a time."""
     try:
-        conn = psycopg.connect(**params, autocommit=True)  # type: ignore[arg-type]
+        conn = psycopg.connect(**params, autocommit=True)
     except psycopg.OperationalError as error:
         raise StoreUnavailable(str(error)) from error
     with conn:
@@ -402,8 +377,8 @@ def _setup_lock(params: dict[str, str]) -> Iterator[psycopg.Connection[Any]]:
 
 def _protect_events_table(conn: psycopg.Connection[Any]) -> None:
     """Make the events table append-only in the database itself: UPDATE, DELETE, TRUNCATE fail."""
-    table = sql.Identifier(SCHEMA, EVENTS_TABLE)
-    refuse = sql.Identifier(SCHEMA, "refuse_change")
+    table = sql.Identifier(INTERNAL, EVENTS_TABLE)
+    refuse = sql.Identifier(INTERNAL, "refuse_change")
     statements = [
         sql.SQL(
             "CREATE OR REPLACE FUNCTION {}() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
@@ -430,7 +405,7 @@ def _protect_events_table(conn: psycopg.Connection[Any]) -> None:
 
 
 def _require_events_table(conn: psycopg.Connection[Any]) -> None:
-    row = conn.execute("SELECT to_regclass(%s)", (f"{SCHEMA}.{EVENTS_TABLE}",)).fetchone()
+    row = conn.execute("SELECT to_regclass(%s)", (f"{INTERNAL}.{EVENTS_TABLE}",)).fetchone()
     if row is None or row[0] is None:
         raise Unusable(
             f"database {conn.info.dbname} has no rollcall event store, and role "

@@ -21,10 +21,12 @@ from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
 from projections.runner import Runner
+from projections.schema import INTERNAL
 from service import metrics
 from service.config import ConfigError, EventsWatcher, Settings, ensure_secrets, load_settings
 from service.eventstore.database import redacted
-from service.eventstore.store import SCHEMA, DeliveryStore, StoreUnavailable
+from service.eventstore.source import SOURCE
+from service.eventstore.store import EVENTS_TABLE, DeliveryStore, StoreUnavailable
 from service.eventstore.writer import DirectWriter, GroupCommitWriter
 from service.http import api, dashboard, openapi
 from service.http.exports import Exports
@@ -150,7 +152,7 @@ class _RunnerThread:
     """The projection runner in a background thread of this process."""
 
     def __init__(self, database_url: str) -> None:
-        self.runner = Runner(database_url)
+        self.runner = Runner(database_url, SOURCE)
         self._stop = threading.Event()
         self._thread = threading.Thread(
             target=self.runner.run, args=(self._stop,), name="projections", daemon=True
@@ -194,7 +196,7 @@ async def _readyz(request: Request) -> Response:
     try:
         async with asyncio.timeout(2):
             ready = await pool.fetchval(
-                "SELECT to_regclass($1) IS NOT NULL", f"{SCHEMA}.deliveries_events"
+                "SELECT to_regclass($1) IS NOT NULL", f"{INTERNAL}.{EVENTS_TABLE}"
             )
     except Exception as error:  # any failure to answer means "not ready", never a 500
         return json_response(

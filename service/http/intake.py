@@ -18,9 +18,10 @@ from typing import Any, Final, Protocol
 import msgspec
 from starlette.types import Receive, Scope, Send
 
+from domain.deliveries import delivery_key
 from domain.interpret import PARSER_VERSION, Interpreted, interpret
 from service.config import DEFAULT_SLUG, EventConfig, EventsWatcher, Settings
-from service.eventstore.store import DeliveryRecorded, StoreUnavailable, delivery_key
+from service.eventstore.store import DeliveryRecorded, StoreUnavailable
 from service.http.admission import Admission, Drop, Ticket, unverified_slots
 from service.http.server import DROP_EXTENSION
 from service.http.verification import Pending, Rejected, Verified, check_body, screen

@@ -22,8 +22,10 @@ import httpx
 import msgspec
 import psycopg
 
-from projections.schema import LOCK_NAMESPACE, VIEW_NAMES, runner_lock
+from projections.registry import VIEW_NAMES
+from projections.schema import LOCK_NAMESPACE, runner_lock
 from projections.status import read_status
+from service.eventstore.source import SOURCE
 from service.jte.sender import Report, post_all
 from service.jte.simulator import SignedDelivery, SimulationOptions
 from tests.drill.harness import (
@@ -622,17 +624,14 @@ def check_stored(
 
 
 def _stored(database_url: str) -> int:
-    with psycopg.connect(database_url, connect_timeout=2) as conn:
-        row = conn.execute(
-            "SELECT coalesce(max(notification_id), 0) FROM rollcall.deliveries_events"
-        ).fetchone()
-    return int(row[0]) if row else 0
+    with psycopg.connect(database_url, connect_timeout=2) as conn, conn.cursor() as cur:
+        return SOURCE.head(cur)
 
 
 def _projected(database_url: str) -> int:
     """The position every live view has applied up to."""
     with psycopg.connect(database_url, connect_timeout=2) as conn:
-        return min(s.position for s in read_status(conn))
+        return min(s.position for s in read_status(conn, SOURCE))
 
 
 def _projected_past(database_url: str, position: int) -> bool:

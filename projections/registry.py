@@ -1,0 +1,15 @@
+"""Every view rollcall builds, by name: what the runner keeps live and a rebuild can rebuild."""
+
+from __future__ import annotations
+
+from typing import Final
+
+from projections.occupancy import OccupancyView
+from projections.payments import PaymentsView
+from projections.roster import RosterView
+from projections.view import View
+
+VIEWS: Final[dict[str, View]] = {
+    view.name: view for view in (RosterView(), OccupancyView(), PaymentsView())
+}
+VIEW_NAMES: Final = tuple(VIEWS)

@@ -1,0 +1,68 @@
+"""What a view module provides to the engine (runner, rebuild), and what the engine hands it.
+
+Each view (projections/roster.py, occupancy.py, payments.py) owns its tables, its fold and its
+writes, and answers the analysts' queries about itself; the engine only needs this interface.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any, Protocol
+
+import msgspec
+import psycopg
+from psycopg import sql
+
+from domain.events import AttendeeEvent
+from projections.schema import Version
+
+Key = tuple[str, str]  # (JTE event slug, attendee id)
+# Called by a fold with an event it cannot apply: dead-lettered live, fatal in a strict rebuild.
+Poison = Callable[[AttendeeEvent, Exception], None]
+
+
+class View(Protocol):
+    """A view: its tables, its analytics views, and how a batch of events updates it."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def tables(self) -> tuple[str, ...]: ...
+
+    def ddl(self, version: Version) -> list[sql.Composed]:
+        """Tables, and the indexes folding needs."""
+        ...
+
+    def indexes(self, version: Version) -> list[sql.Composed]:
+        """Indexes for readers: created with a live version, or once a rebuild has filled one."""
+        ...
+
+    def analytics(self, version: Version) -> list[tuple[str, sql.Composed]]:
+        """The `analytics` schema's SQL views over this version, by name."""
+        ...
+
+    def keys(self, events: Sequence[AttendeeEvent]) -> set[Key]:
+        """The (slug, attendee id) whose stored state the fold of these events needs."""
+        ...
+
+    def load(self, cur: psycopg.Cursor[Any], version: Version, keys: list[Key]) -> dict[Key, Any]:
+        """Those states as stored."""
+        ...
+
+    def fold(
+        self, states: dict[Key, Any], events: Sequence[AttendeeEvent], poison: Poison
+    ) -> tuple[dict[Key, Any], Any]:
+        """The new states of the keys the events touched, and what to write."""
+        ...
+
+    def write(self, cur: psycopg.Cursor[Any], version: Version, write: Any) -> None:
+        """Store a fold's result."""
+        ...
+
+
+class Target(msgspec.Struct, frozen=True):
+    """A view version and the position it has applied up to."""
+
+    version: Version
+    position: int
