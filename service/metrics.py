@@ -1,9 +1,9 @@
-"""Prometheus metrics for /metrics: intake outcomes, verification failures, append latency,
-batch sizes, and the projections' positions and lag.
+"""Prometheus metrics (served at /metrics, service/http/probes.py): intake outcomes, verification
+failures, append latency, batch sizes, and the projections' positions and lag.
 
 Counters live in the process (with several uvicorn workers, each reports its own; sum them in
-Prometheus). Projection figures are read from the database at scrape time, so every worker
-reports the same.
+Prometheus). Projection figures are the views' status (projections/status.py) read at scrape
+time, so every worker reports the same.
 """
 
 from __future__ import annotations
@@ -11,11 +11,10 @@ from __future__ import annotations
 import bisect
 import threading
 from collections import defaultdict
+from collections.abc import Callable
 from typing import Final
 
-import asyncpg
-from starlette.requests import Request
-from starlette.responses import Response
+from projections.status import ViewStatus
 
 _LATENCY_BUCKETS: Final = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0)
 _BATCH_BUCKETS: Final = (1, 2, 5, 10, 20, 50, 100, 200, 500)
@@ -112,67 +111,49 @@ class Metrics:
 METRICS: Final = Metrics()
 
 
-async def endpoint(request: Request) -> Response:
-    """GET /metrics: this process's counters and the projections as the database has them."""
-    lines = METRICS.text()
-    try:
-        lines += await _projection_lines(request.app.state.pool)
-    except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
-        lines += ["# projections: database unavailable"]
-    return Response("\n".join(lines) + "\n", media_type="text/plain; version=0.0.4")
-
-
-async def _projection_lines(pool: asyncpg.Pool) -> list[str]:
-    exists = await pool.fetchval("SELECT to_regclass('rollcall.view_versions') IS NOT NULL")
-    head = await pool.fetchval(
-        "SELECT coalesce(max(notification_id), 0) FROM rollcall.deliveries_events"
-    )
+def projection_lines(head: int, statuses: list[ViewStatus]) -> list[str]:
+    """The store's head, and each live view's position, lag and failure as its status has them
+    (no views' lines before the views are set up: `statuses` is empty then)."""
     lines = [
         "# HELP rollcall_store_head Highest position in the event store.",
         "# TYPE rollcall_store_head gauge",
         f"rollcall_store_head {head}",
     ]
-    if not exists:
+    if not statuses:
         return lines
-    rows = await pool.fetch(
-        "SELECT v.view, coalesce(t.notification_id, 0) AS position, "
-        "(v.failed_at IS NOT NULL) AS failed FROM rollcall.view_versions v "
-        "LEFT JOIN rollcall.projection_tracking t "
-        "ON t.application_name = v.view || '_v' || v.version WHERE v.state = 'live'"
-    )
-    lines += [
-        "# HELP rollcall_projection_position Position each live view has applied up to.",
-        "# TYPE rollcall_projection_position gauge",
-        *(f'rollcall_projection_position{{view="{r["view"]}"}} {r["position"]}' for r in rows),
-        "# HELP rollcall_projection_lag_events Deliveries stored but not yet applied.",
-        "# TYPE rollcall_projection_lag_events gauge",
-        *(
-            f'rollcall_projection_lag_events{{view="{r["view"]}"}} {max(0, head - r["position"])}'
-            for r in rows
-        ),
-        "# HELP rollcall_projection_failed 1 while a view's runner is failing.",
-        "# TYPE rollcall_projection_failed gauge",
-        *(f'rollcall_projection_failed{{view="{r["view"]}"}} {int(r["failed"])}' for r in rows),
-        "# HELP rollcall_projection_lag_seconds Age of the oldest delivery not yet applied.",
-        "# TYPE rollcall_projection_lag_seconds gauge",
-    ]
-    for row in rows:
-        lag = await _lag_seconds(pool, row["position"], head)
-        lines.append(f'rollcall_projection_lag_seconds{{view="{row["view"]}"}} {lag:.3f}')
+    live = [s for s in statuses if s.version is not None]
+    for name, kind, help_text, value in _PROJECTION_GAUGES:
+        lines += [f"# HELP {name} {help_text}", f"# TYPE {name} {kind}"]
+        lines += [f'{name}{{view="{s.view}"}} {value(s)}' for s in live]
     return lines
 
 
-async def _lag_seconds(pool: asyncpg.Pool, position: int, head: int) -> float:
-    if position >= head:
-        return 0.0
-    # The receipt time sits in the stored JSON state; read just that key.
-    age = await pool.fetchval(
-        "SELECT extract(epoch FROM now() - (convert_from(state, 'UTF8')::jsonb->>'timestamp')"
-        "::timestamptz) FROM rollcall.deliveries_events WHERE notification_id > $1 "
-        "ORDER BY notification_id LIMIT 1",
-        position,
-    )
-    return max(0.0, float(age or 0))
+_PROJECTION_GAUGES: Final[tuple[tuple[str, str, str, Callable[[ViewStatus], str]], ...]] = (
+    (
+        "rollcall_projection_position",
+        "gauge",
+        "Position each live view has applied up to.",
+        lambda s: str(s.position),
+    ),
+    (
+        "rollcall_projection_lag_events",
+        "gauge",
+        "Deliveries stored but not yet applied.",
+        lambda s: str(s.lag_events),
+    ),
+    (
+        "rollcall_projection_failed",
+        "gauge",
+        "1 while a view's runner is failing.",
+        lambda s: str(int(s.state == "failed")),
+    ),
+    (
+        "rollcall_projection_lag_seconds",
+        "gauge",
+        "Age of the oldest delivery not yet applied.",
+        lambda s: f"{s.lag_seconds:.3f}",
+    ),
+)
 
 
 def _label(value: str) -> str:

@@ -8,7 +8,7 @@ import threading
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Any, Final
+from typing import Final
 
 import asyncpg
 import msgspec
@@ -21,18 +21,16 @@ from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
 from projections.runner import Runner
-from projections.schema import INTERNAL
-from service import metrics
 from service.config import ConfigError, EventsWatcher, Settings, ensure_secrets, load_settings
 from service.eventstore.database import redacted
 from service.eventstore.source import SOURCE
-from service.eventstore.store import EVENTS_TABLE, DeliveryStore, StoreUnavailable
+from service.eventstore.store import DeliveryStore, StoreUnavailable
 from service.eventstore.writer import DirectWriter, GroupCommitWriter
-from service.http import api, dashboard, openapi
+from service.http import api, dashboard, openapi, probes
 from service.http.exports import Exports
 from service.http.intake import Intake, is_webhook_path
 from service.http.logs import RequestIdMiddleware
-from service.http.responses import json_response
+from service.http.responses import Error, json_response
 
 log = logging.getLogger("rollcall.app")
 
@@ -113,10 +111,10 @@ def create_app(settings: Settings | None = None) -> Rollcall:
             await asyncio.to_thread(store.close)
 
     routes = [
-        Route("/healthz", _healthz, methods=["GET"]),
-        Route("/readyz", _readyz, methods=["GET"]),
+        Route("/healthz", probes.healthz, methods=["GET"]),
+        Route("/readyz", probes.readyz, methods=["GET"]),
         Route("/openapi.json", _openapi, methods=["GET"]),
-        Route("/metrics", metrics.endpoint, methods=["GET"]),
+        Route("/metrics", probes.metrics, methods=["GET"]),
         *api.routes(events),
         *dashboard.routes(),
     ]
@@ -184,32 +182,6 @@ def _make_writer(store: DeliveryStore, settings: Settings) -> DirectWriter | Gro
     return writer
 
 
-async def _healthz(request: Request) -> Response:
-    return json_response({"status": "ok"})
-
-
-async def _readyz(request: Request) -> Response:
-    """Ready to take deliveries: the database answers and the event store is in place. A failed
-    view is not a reason (status, metrics and the dashboard report it): its failure is in the
-    shared database, so every replica would refuse webhooks at once for a view's sake."""
-    pool: asyncpg.Pool = request.app.state.pool
-    try:
-        async with asyncio.timeout(2):
-            ready = await pool.fetchval(
-                "SELECT to_regclass($1) IS NOT NULL", f"{INTERNAL}.{EVENTS_TABLE}"
-            )
-    except Exception as error:  # any failure to answer means "not ready", never a 500
-        return json_response(
-            {"status": "unavailable", "database": f"unreachable ({type(error).__name__})"},
-            status_code=503,
-        )
-    if not ready:
-        return json_response(
-            {"status": "unavailable", "database": "schema missing"}, status_code=503
-        )
-    return json_response({"status": "ready", "database": "ok"})
-
-
 _OPENAPI: Final = msgspec.json.encode(openapi.document())
 
 
@@ -218,10 +190,7 @@ async def _openapi(request: Request) -> Response:
 
 
 async def _http_error(request: Request, error: HTTPException) -> Response:
-    body: dict[str, Any] = {
-        "error": _ERROR_NAMES.get(error.status_code, "error"),
-        "message": error.detail,
-    }
+    body = Error(_ERROR_NAMES.get(error.status_code, "error"), error.detail)
     return json_response(body, status_code=error.status_code, headers=error.headers)
 
 

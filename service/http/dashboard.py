@@ -18,8 +18,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from service.http.api import models as m
-from service.http.responses import json_response
+from service.http.responses import Error, json_response
 
 STATIC: Final = Path(__file__).parent / "static"
 PAGE: Final = "dashboard.html"
@@ -69,7 +68,7 @@ def routes() -> list[Route]:
     async def asset(request: Request) -> Response:
         found = assets.get(request.path_params["asset"])
         if found is None:
-            body = m.Error(error="not_found", message="no such dashboard file")
+            body = Error(error="not_found", message="no such dashboard file")
             return json_response(body, status_code=404, headers={"Cache-Control": "no-cache"})
         return found.answer(request)
 

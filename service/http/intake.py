@@ -13,7 +13,7 @@ import functools
 import logging
 import time
 from datetime import UTC, datetime
-from typing import Any, Final, Protocol
+from typing import Final, Literal, Protocol
 
 import msgspec
 from starlette.types import Receive, Scope, Send
@@ -23,6 +23,7 @@ from domain.interpret import PARSER_VERSION, Interpreted, interpret
 from service.config import DEFAULT_SLUG, EventConfig, EventsWatcher, Settings
 from service.eventstore.store import DeliveryRecorded, StoreUnavailable
 from service.http.admission import Admission, Drop, Ticket, unverified_slots
+from service.http.responses import Error
 from service.http.server import DROP_EXTENSION
 from service.http.verification import Pending, Rejected, Verified, check_body, screen
 from service.metrics import METRICS
@@ -62,12 +63,36 @@ class Writer(Protocol):
     async def submit(self, delivery: DeliveryRecorded) -> int | None: ...
 
 
+class IntakeAccepted(msgspec.Struct, frozen=True):
+    """Stored, at this position in the event store."""
+
+    status: Literal["accepted"]
+    position: int
+
+
+class IntakeDuplicate(msgspec.Struct, frozen=True):
+    """Seen before: nothing stored again."""
+
+    status: Literal["duplicate"]
+
+
+class IntakeQuarantined(msgspec.Struct, frozen=True):
+    """Verified but not readable: kept for replay."""
+
+    status: Literal["quarantined"]
+
+
 class Answer(msgspec.Struct, frozen=True):
     """What intake says back: a status, a JSON body and any extra headers."""
 
     status: int
-    body: dict[str, Any]
+    body: IntakeAccepted | IntakeDuplicate | IntakeQuarantined | Error
     headers: tuple[tuple[bytes, bytes], ...] = ()
+
+    @property
+    def outcome(self) -> str:
+        """What the metrics count it as: its body's status or error."""
+        return self.body.error if isinstance(self.body, Error) else self.body.status
 
 
 class _TooLarge(Exception):
@@ -114,7 +139,7 @@ class Intake:
             # A bug of ours, not the sender's: nothing was stored, so ask JTE to retry.
             log.exception("intake failed unexpectedly")
             answer = self._unavailable("intake failed unexpectedly; retry later")
-        METRICS.delivery(answer.body.get("status") or answer.body.get("error", "unknown"))
+        METRICS.delivery(answer.outcome)
         await _send_json(send, answer)
 
     async def _answer(self, scope: Scope, receive: Receive) -> Answer:
@@ -207,10 +232,10 @@ class Intake:
             log.warning("store unavailable, answered 503: %s", error)
             return self._unavailable("the event store is unavailable; retry later")
         if position is None:
-            return Answer(200, {"status": "duplicate"})
+            return Answer(200, IntakeDuplicate("duplicate"))
         if delivery.quarantine_reason is not None:
-            return Answer(202, {"status": "quarantined"})
-        return Answer(200, {"status": "accepted", "position": position})
+            return Answer(202, IntakeQuarantined("quarantined"))
+        return Answer(200, IntakeAccepted("accepted", position))
 
     def _unavailable(self, message: str, *headers: tuple[bytes, bytes]) -> Answer:
         return _error(503, "unavailable", message, (b"retry-after", self._retry_after), *headers)
@@ -352,7 +377,7 @@ def _drop_hook(scope: Scope) -> Drop | None:
 
 
 def _error(status: int, error: str, message: str, *headers: tuple[bytes, bytes]) -> Answer:
-    return Answer(status, {"error": error, "message": message}, headers)
+    return Answer(status, Error(error, message), headers)
 
 
 async def _send_json(send: Send, answer: Answer) -> None:

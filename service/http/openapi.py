@@ -7,40 +7,21 @@ schemathesis.
 
 from __future__ import annotations
 
-from typing import Any, Final, Literal
+from typing import Any, Final
 
 import msgspec
 
 from service.http.api import BUCKETS, MAX_LIMIT, STATUSES
 from service.http.api import models as m
+from service.http.intake import IntakeAccepted, IntakeDuplicate, IntakeQuarantined
+from service.http.probes import Health, Readiness
+from service.http.responses import Error
 
 VERSION: Final = "1.0.0"
 
 
-class IntakeAccepted(msgspec.Struct, frozen=True):
-    status: Literal["accepted"]
-    position: int
-
-
-class IntakeDuplicate(msgspec.Struct, frozen=True):
-    status: Literal["duplicate"]
-
-
-class IntakeQuarantined(msgspec.Struct, frozen=True):
-    status: Literal["quarantined"]
-
-
-class Health(msgspec.Struct, frozen=True):
-    status: Literal["ok"]
-
-
-class Readiness(msgspec.Struct, frozen=True, kw_only=True):
-    status: Literal["ready", "unavailable"]
-    database: str
-
-
 _MODELS: Final = (
-    m.Error, m.Events, m.RosterPage, m.AttendeeDetail, m.Occupancy, m.Timeline, m.CheckIns,
+    Error, m.Events, m.RosterPage, m.AttendeeDetail, m.Occupancy, m.Timeline, m.CheckIns,
     m.PaymentsPage, m.PaymentSummary, m.Projections, m.RebuildStarted, IntakeAccepted,
     IntakeDuplicate, IntakeQuarantined, Health, Readiness,
 )  # fmt: skip
@@ -96,7 +77,7 @@ def _errors(*statuses: int) -> dict[str, Any]:
             "row needs a rebuild"
         ),
     }
-    return {str(status): _json(m.Error, texts[status]) for status in statuses}
+    return {str(status): _json(Error, texts[status]) for status in statuses}
 
 
 def _query(name: str, schema: dict[str, Any], description: str) -> dict[str, Any]:

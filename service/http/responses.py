@@ -1,4 +1,4 @@
-"""HTTP helpers shared by the routes: JSON answers encoded with msgspec."""
+"""What every route answers with: JSON encoded by msgspec, and the one shape of an error."""
 
 from __future__ import annotations
 
@@ -7,6 +7,14 @@ from typing import Any, Final
 
 import msgspec
 from starlette.responses import Response
+
+
+class Error(msgspec.Struct, frozen=True):
+    """Every error: a short code and a sentence for a person."""
+
+    error: str
+    message: str
+
 
 # Decimals go out as JSON numbers only where a view asks; by default as exact strings.
 _encoder: Final = msgspec.json.Encoder()

@@ -34,7 +34,7 @@ from service.config import EventsWatcher
 from service.eventstore.source import SOURCE
 from service.http.api import models as m
 from service.http.exports import Exports, ExportsBusy, csv_rows
-from service.http.responses import json_response
+from service.http.responses import Error, json_response
 from service.http.tokens import Scope, TokenCache, allows
 
 log = logging.getLogger("rollcall.api")
@@ -124,7 +124,7 @@ async def authorize(request: Request, needed: Scope, tokens: TokenCache) -> None
 
 
 def _unavailable(error: str, message: str) -> Response:
-    body = m.Error(error=error, message=message)
+    body = Error(error=error, message=message)
     return json_response(body, status_code=503, headers={"Retry-After": "5"})
 
 
@@ -135,7 +135,7 @@ def _exports(request: Request) -> Exports:
 
 def error_response(error: ApiError) -> Response:
     headers = {"WWW-Authenticate": "Bearer"} if error.status == 401 else None
-    body = m.Error(error=error.error, message=error.message)
+    body = Error(error=error.error, message=error.message)
     return json_response(body, status_code=error.status, headers=headers)
 
 
@@ -167,7 +167,7 @@ class _Api:
                 # A stored row PostgreSQL cannot read back (written before the rule that now
                 # prevents it, projections/columns.py): never a 500; a rebuild rewrites it.
                 log.error("a view row could not be read: %s: %s", type(error).__name__, error)
-                body = m.Error(
+                body = Error(
                     error="unreadable",
                     message="a stored view row cannot be read; an operator can rebuild the view",
                 )

@@ -15,13 +15,6 @@ import msgspec
 from projections.status import ViewStatus
 
 
-class Error(msgspec.Struct, frozen=True):
-    """Every error: a short code and a sentence for a person."""
-
-    error: str
-    message: str
-
-
 class EventSummary(msgspec.Struct, frozen=True, kw_only=True):
     """A configured JTE event."""
 
