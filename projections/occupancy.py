@@ -6,23 +6,30 @@ it belongs to. Everything else is additive: counters and per-minute arrivals and
 take the batch's differences. The peak needs no running state: each minute keeps the highest
 count reached within it (relative to its start), recomputed from the exact changes of the
 minutes a batch touches, and the peak is the best minute.
+
+Analysts ask it who is inside now or was at an instant, the peak, the timeline in buckets, an
+attendee's presence and the latest check-ins; each answer is computed here, in SQL, from the
+rows the folds wrote.
 """
 
 from __future__ import annotations
 
 from collections import Counter, defaultdict
 from collections.abc import Sequence
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, Final
 
+import asyncpg
 import msgspec
 import psycopg
 from psycopg import sql
 
 from domain.events import AttendeeEvent
-from domain.presence import Change, Moves, Presence, add, changes, is_move, presence
+from domain.presence import Change, Moves, add, changes, is_move, presence
+from domain.presence import Presence as PresenceState
 from projections.columns import text
-from projections.schema import Version
+from projections.roster import ROSTER
+from projections.schema import ANALYTICS, Version
 from projections.view import Key, Poison
 
 _encode: Final = msgspec.json.Encoder().encode
@@ -33,15 +40,26 @@ _COUNTERS: Final = ("check_ins", "check_outs", "repeated_check_ins", "stray_chec
 class OccupancyWrite(msgspec.Struct, kw_only=True):
     """What one batch changes: presence rows, step-function rows, minutes and counters."""
 
-    presences: list[tuple[Moves, Presence]] = []
+    presences: list[tuple[Moves, PresenceState]] = []
     rewritten: list[Key] = []  # attendees whose earlier changes are replaced
     new_changes: list[tuple[Key, Change]] = []
     minutes: dict[tuple[str, datetime], list[int]] = {}  # (slug, minute) -> [entered, exited]
     counters: dict[str, dict[str, int]] = {}  # slug -> counter -> increment
 
 
+# The analytics views this one publishes.
+PRESENCE: Final = "presence"
+OCCUPANCY: Final = "occupancy"
+OCCUPANCY_CHANGES: Final = "occupancy_changes"
+OCCUPANCY_TIMELINE: Final = "occupancy_timeline"
+_PRESENCE: Final = f"{ANALYTICS}.{PRESENCE}"
+_OCCUPANCY: Final = f"{ANALYTICS}.{OCCUPANCY}"
+_CHANGES: Final = f"{ANALYTICS}.{OCCUPANCY_CHANGES}"
+_TIMELINE: Final = f"{ANALYTICS}.{OCCUPANCY_TIMELINE}"
+
+
 class OccupancyView:
-    """Presence, occupancy changes, per-minute counts and the per-event counters."""
+    """PresenceState, occupancy changes, per-minute counts and the per-event counters."""
 
     name: Final = "occupancy"
     tables: Final = ("presence", "occupancy_changes", "occupancy_minutes", "occupancy")
@@ -93,7 +111,7 @@ class OccupancyView:
     def analytics(self, version: Version) -> list[tuple[str, sql.Composed]]:
         return [
             (
-                "presence",
+                PRESENCE,
                 sql.SQL(
                     "SELECT slug AS event, attendee_id, inside, entered_at, check_ins, "
                     "check_outs, repeated_check_ins, stray_check_outs, first_in_at, last_in_at, "
@@ -101,7 +119,7 @@ class OccupancyView:
                 ).format(version.table("presence")),
             ),
             (
-                "occupancy",
+                OCCUPANCY,
                 sql.SQL(
                     "SELECT s.slug AS event, s.inside_now, coalesce(p.peak, 0) AS peak, "
                     "p.peak_at, s.check_ins, s.check_outs, s.repeated_check_ins, "
@@ -110,13 +128,13 @@ class OccupancyView:
                 ).format(version.table("occupancy"), peak_query(version, sql.SQL("s.slug"))),
             ),
             (
-                "occupancy_changes",
+                OCCUPANCY_CHANGES,
                 sql.SQL("SELECT slug AS event, attendee_id, at, delta FROM {}").format(
                     version.table("occupancy_changes")
                 ),
             ),
             (
-                "occupancy_timeline",
+                OCCUPANCY_TIMELINE,
                 sql.SQL(
                     "SELECT slug AS event, minute, entered, exited, sum(entered - exited) "
                     "OVER (PARTITION BY slug ORDER BY minute) AS inside FROM {}"
@@ -187,7 +205,7 @@ def peak_query(version: Version, slug: sql.Composable) -> sql.Composed:
     ).format(version.table("occupancy_minutes"), slug)
 
 
-def _difference(old: Presence | None, new: Presence) -> tuple[list[Change], list[Change]]:
+def _difference(old: PresenceState | None, new: PresenceState) -> tuple[list[Change], list[Change]]:
     """Changes added and removed, as multisets (one attendee may step twice at one instant)."""
     before = changes(old) if old else []
     after = changes(new)
@@ -200,8 +218,8 @@ def _difference(old: Presence | None, new: Presence) -> tuple[list[Change], list
 def _count(
     write: OccupancyWrite,
     slug: str,
-    old: Presence | None,
-    new: Presence,
+    old: PresenceState | None,
+    new: PresenceState,
     added: list[Change],
     removed: list[Change],
 ) -> None:
@@ -217,7 +235,7 @@ def _count(
 
 
 def _store_presence(
-    cur: psycopg.Cursor[Any], version: Version, rows: list[tuple[Moves, Presence]]
+    cur: psycopg.Cursor[Any], version: Version, rows: list[tuple[Moves, PresenceState]]
 ) -> None:
     columns = list(
         zip(
@@ -348,3 +366,217 @@ def _store_counters(
         ),
         rows,
     )
+
+
+# --- Reading ---------------------------------------------------------------------------------
+
+
+class Presence(msgspec.Struct, frozen=True, kw_only=True):
+    """One attendee's presence: inside or not, and the moves counted."""
+
+    inside: bool
+    entered_at: datetime | None
+    check_ins: int
+    check_outs: int
+    repeated_check_ins: int
+    stray_check_outs: int
+    first_in_at: datetime | None
+    last_in_at: datetime | None
+    last_out_at: datetime | None
+
+
+class Occupancy(msgspec.Struct, frozen=True, kw_only=True):
+    """How many are inside now (or were at `at`), and how the day went up to then.
+
+    entries/exits count stays started and ended; the check-in and check-out delivery counts
+    (repeats and strays included) are given for now only, and are null with `at`."""
+
+    event: str
+    at: datetime | None
+    inside: int
+    peak: int
+    peak_at: datetime | None
+    entries: int
+    exits: int
+    unique_attendees_inside: int
+    check_ins: int | None
+    check_outs: int | None
+    repeated_check_ins: int | None
+    stray_check_outs: int | None
+
+
+class Bucket(msgspec.Struct, frozen=True, kw_only=True):
+    """[start, end): arrivals, departures, and how many were inside at `end`."""
+
+    start: datetime
+    end: datetime
+    entered: int
+    exited: int
+    inside: int
+
+
+class CheckIn(msgspec.Struct, frozen=True, kw_only=True):
+    attendee_id: str
+    first_name: str | None
+    last_name: str | None
+    at: datetime
+    inside: bool
+
+
+async def presence_of(pool: asyncpg.Pool, slug: str, attendee_id: str) -> Presence | None:
+    """One attendee's presence (None before their first move)."""
+    row = await pool.fetchrow(
+        "SELECT inside, entered_at, check_ins, check_outs, repeated_check_ins, "
+        f"stray_check_outs, first_in_at, last_in_at, last_out_at FROM {_PRESENCE} "
+        "WHERE event = $1 AND attendee_id = $2",
+        slug,
+        attendee_id,
+    )
+    return Presence(**dict(row)) if row else None
+
+
+async def now(pool: asyncpg.Pool, slug: str) -> Occupancy:
+    """Inside now, the peak and when, stays started and ended, and the delivery counts."""
+    row = await pool.fetchrow(
+        "SELECT o.inside_now, o.peak, o.peak_at, o.check_ins, o.check_outs, "
+        "o.repeated_check_ins, o.stray_check_outs, o.unique_attendees_inside, "
+        f"(SELECT coalesce(sum(entered), 0) FROM {_TIMELINE} t "
+        "WHERE t.event = o.event) AS entries, (SELECT coalesce(sum(exited), 0) "
+        f"FROM {_TIMELINE} t WHERE t.event = o.event) AS exits "
+        f"FROM {_OCCUPANCY} o WHERE o.event = $1",
+        slug,
+    )
+    if row is None:
+        return _nobody(slug)
+    return Occupancy(
+        event=slug,
+        at=None,
+        inside=row["inside_now"],
+        peak=row["peak"],
+        peak_at=row["peak_at"],
+        entries=row["entries"],
+        exits=row["exits"],
+        unique_attendees_inside=row["unique_attendees_inside"],
+        check_ins=row["check_ins"],
+        check_outs=row["check_outs"],
+        repeated_check_ins=row["repeated_check_ins"],
+        stray_check_outs=row["stray_check_outs"],
+    )
+
+
+async def at(pool: asyncpg.Pool, slug: str, when: datetime) -> Occupancy:
+    """Inside at `when`, and the stays started and ended and the peak up to then, from the
+    exact changes."""
+    row = await pool.fetchrow(
+        "SELECT coalesce(sum(delta), 0) AS inside, "
+        "count(*) FILTER (WHERE delta > 0) AS entries, "
+        "count(*) FILTER (WHERE delta < 0) AS exits, "
+        "count(DISTINCT attendee_id) FILTER (WHERE delta > 0) AS unique_inside "
+        f"FROM {_CHANGES} WHERE event = $1 AND at <= $2",
+        slug,
+        when,
+    )
+    # Departures before arrivals at one instant (domain.presence.in_step_order).
+    peak = await pool.fetchrow(
+        "SELECT running, at FROM (SELECT at, sum(delta) OVER (ORDER BY at, delta "
+        f"ROWS UNBOUNDED PRECEDING) AS running FROM {_CHANGES} "
+        "WHERE event = $1 AND at <= $2) s WHERE running > 0 ORDER BY running DESC, at LIMIT 1",
+        slug,
+        when,
+    )
+    return Occupancy(
+        event=slug,
+        at=when,
+        inside=row["inside"],
+        peak=peak["running"] if peak else 0,
+        peak_at=peak["at"] if peak else None,
+        entries=row["entries"],
+        exits=row["exits"],
+        unique_attendees_inside=row["unique_inside"],
+        check_ins=None,
+        check_outs=None,
+        repeated_check_ins=None,
+        stray_check_outs=None,
+    )
+
+
+async def span(pool: asyncpg.Pool, slug: str) -> tuple[datetime | None, datetime | None]:
+    """The first and the last minute in which anyone came or went."""
+    row = await pool.fetchrow(
+        f"SELECT min(minute), max(minute) FROM {_TIMELINE} WHERE event = $1", slug
+    )
+    return (row[0], row[1]) if row else (None, None)
+
+
+async def buckets(
+    pool: asyncpg.Pool, slug: str, start: datetime, end: datetime, width: timedelta
+) -> list[Bucket]:
+    """Per bucket from `start` until `end`: arrivals, departures, and how many were inside at
+    its end. Whole minutes come from the per-minute table (a day is at most 1,440 rows); other
+    bounds from the exact changes."""
+    whole_minutes = all(t.second == 0 and t.microsecond == 0 for t in (start, end))
+    source = _TIMELINE if whole_minutes else _CHANGES
+    time, entered, exited = (
+        ("minute", "entered", "exited")
+        if whole_minutes
+        else ("at", "(delta > 0)::int", "(delta < 0)::int")
+    )
+    inside = await pool.fetchval(
+        f"SELECT coalesce(sum({entered} - {exited}), 0) FROM {source} "
+        f"WHERE event = $1 AND {time} < $2",
+        slug,
+        start,
+    )
+    rows = await pool.fetch(
+        f"SELECT floor(extract(epoch FROM {time} - $2) / $4)::bigint AS n, "
+        f"sum({entered})::bigint AS entered, sum({exited})::bigint AS exited FROM {source} "
+        f"WHERE event = $1 AND {time} >= $2 AND {time} < $3 GROUP BY n",
+        slug,
+        start,
+        end,
+        width.total_seconds(),
+    )
+    per_bucket = {row["n"]: (row["entered"], row["exited"]) for row in rows}
+    result = []
+    cursor, n = start, 0
+    while cursor < end:
+        came, went = per_bucket.get(n, (0, 0))
+        inside += came - went
+        result.append(
+            Bucket(start=cursor, end=cursor + width, entered=came, exited=went, inside=inside)
+        )
+        cursor, n = cursor + width, n + 1
+    return result
+
+
+async def check_ins(pool: asyncpg.Pool, slug: str, limit: int) -> list[CheckIn]:
+    """The latest check-ins, with the names the roster has."""
+    rows = await pool.fetch(
+        "SELECT p.attendee_id, r.first_name, r.last_name, p.last_in_at, p.inside "
+        f"FROM {_PRESENCE} p LEFT JOIN {ANALYTICS}.{ROSTER} r "
+        "ON r.event = p.event AND r.attendee_id = p.attendee_id "
+        "WHERE p.event = $1 AND p.last_in_at IS NOT NULL ORDER BY p.last_in_at DESC LIMIT $2",
+        slug,
+        limit,
+    )
+    return [
+        CheckIn(attendee_id=r[0], first_name=r[1], last_name=r[2], at=r[3], inside=r[4])
+        for r in rows
+    ]
+
+
+async def inside_now(pool: asyncpg.Pool, slugs: list[str]) -> dict[str, int]:
+    """How many are inside now at each JTE event that anyone has entered."""
+    rows = await pool.fetch(
+        f"SELECT event, inside_now FROM {_OCCUPANCY} WHERE event = ANY($1::text[])", slugs
+    )
+    return {row[0]: row[1] for row in rows}
+
+
+def _nobody(slug: str) -> Occupancy:
+    """An event nobody has checked in to yet."""
+    return Occupancy(
+        event=slug, at=None, inside=0, peak=0, peak_at=None, entries=0, exits=0,
+        unique_attendees_inside=0, check_ins=0, check_outs=0, repeated_check_ins=0,
+        stray_check_outs=0,
+    )  # fmt: skip

@@ -1,18 +1,29 @@
-"""The payment ledger view: one row per payment reference, exact numeric amounts."""
+"""The payment ledger view: one row per payment reference, exact numeric amounts; and what
+analysts ask of it (pages in payment order, CSV, totals by currency, method and day)."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from datetime import date, datetime
+from decimal import Decimal
 from typing import Any, Final
 
+import asyncpg
+import msgspec
 import psycopg
 from psycopg import sql
 
 from domain.events import PAYMENT_CONFIRMED, AttendeeEvent
 from domain.ledger import LedgerEntry, ledger_entry, merge
 from projections.columns import text
-from projections.schema import Version
+from projections.schema import ANALYTICS, Version
 from projections.view import Key, Poison
+
+# The analytics views this one publishes.
+PAYMENTS: Final = "payments"
+PAYMENT_TOTALS: Final = "payment_totals"
+_PAYMENTS: Final = f"{ANALYTICS}.{PAYMENTS}"
+_TOTALS: Final = f"{ANALYTICS}.{PAYMENT_TOTALS}"
 
 
 class PaymentsView:
@@ -44,14 +55,14 @@ class PaymentsView:
         table = version.table("payments")
         return [
             (
-                "payments",
+                PAYMENTS,
                 sql.SQL(
                     "SELECT slug AS event, entry_key, attendee_id, amount, currency, method, "
                     "reference, paid_at FROM {}"
                 ).format(table),
             ),
             (
-                "payment_totals",
+                PAYMENT_TOTALS,
                 sql.SQL(
                     "SELECT slug AS event, currency, method, (paid_at AT TIME ZONE 'UTC')::date "
                     "AS day, count(*) AS payments, sum(amount) AS amount FROM {} "
@@ -108,3 +119,121 @@ class PaymentsView:
                 [e.position for e in latest],
             ),
         )
+
+
+# --- Reading ---------------------------------------------------------------------------------
+
+
+class Payment(msgspec.Struct, frozen=True, kw_only=True):
+    """One ledger entry: one payment reference (or one delivery when it had none)."""
+
+    entry_key: str
+    attendee_id: str
+    amount: Decimal
+    currency: str
+    method: str
+    reference: str | None
+    paid_at: datetime
+
+
+class CurrencyTotal(msgspec.Struct, frozen=True, kw_only=True):
+    currency: str
+    payments: int
+    amount: Decimal
+
+
+class MethodTotal(msgspec.Struct, frozen=True, kw_only=True):
+    currency: str
+    method: str
+    payments: int
+    amount: Decimal
+
+
+class DayTotal(msgspec.Struct, frozen=True, kw_only=True):
+    day: date
+    currency: str
+    payments: int
+    amount: Decimal
+
+
+class PaymentSummary(msgspec.Struct, frozen=True, kw_only=True):
+    event: str
+    by_currency: list[CurrencyTotal]
+    by_method: list[MethodTotal]
+    by_day: list[DayTotal]
+
+
+_COLUMNS: Final = "entry_key, attendee_id, amount, currency, method, reference, paid_at"
+# The ledger's reading order (its paid_at index follows it).
+_ORDER: Final = "paid_at, entry_key"
+
+
+async def page(
+    pool: asyncpg.Pool,
+    slug: str,
+    currency: str | None,
+    method: str | None,
+    limit: int,
+    after: tuple[datetime, str] | None,
+) -> tuple[list[Payment], tuple[datetime, str] | None]:
+    """Up to `limit` entries in payment order after `after` (paid at, entry key); and where to
+    continue from, if there are more."""
+    conditions, args = _where(slug, currency, method)
+    if after is not None:
+        args += after
+        conditions.append(f"({_ORDER}) > (${len(args) - 1}, ${len(args)})")
+    args.append(limit + 1)
+    where = " AND ".join(conditions)
+    rows = await pool.fetch(
+        f"SELECT {_COLUMNS} FROM {_PAYMENTS} WHERE {where} ORDER BY {_ORDER} LIMIT ${len(args)}",
+        *args,
+    )
+    items = [Payment(**dict(row)) for row in rows[:limit]]
+    if len(rows) <= limit:
+        return items, None
+    return items, (items[-1].paid_at, items[-1].entry_key)
+
+
+def export(slug: str, currency: str | None, method: str | None) -> tuple[str, list[Any]]:
+    """Every entry a page's filter holds, in payment order: the query and its arguments."""
+    conditions, args = _where(slug, currency, method)
+    where = " AND ".join(conditions)
+    return f"SELECT {_COLUMNS} FROM {_PAYMENTS} WHERE {where} ORDER BY {_ORDER}", args
+
+
+async def summary(pool: asyncpg.Pool, slug: str) -> PaymentSummary:
+    """Totals by currency, by currency and method, and by UTC day and currency."""
+    by_currency = await pool.fetch(
+        "SELECT currency, sum(payments)::bigint AS payments, sum(amount) AS amount "
+        f"FROM {_TOTALS} WHERE event = $1 GROUP BY currency ORDER BY currency",
+        slug,
+    )
+    by_method = await pool.fetch(
+        "SELECT currency, method, sum(payments)::bigint AS payments, sum(amount) AS amount "
+        f"FROM {_TOTALS} WHERE event = $1 GROUP BY currency, method "
+        "ORDER BY currency, method",
+        slug,
+    )
+    by_day = await pool.fetch(
+        "SELECT day, currency, sum(payments)::bigint AS payments, sum(amount) AS amount "
+        f"FROM {_TOTALS} WHERE event = $1 GROUP BY day, currency "
+        "ORDER BY day, currency",
+        slug,
+    )
+    return PaymentSummary(
+        event=slug,
+        by_currency=[CurrencyTotal(**dict(row)) for row in by_currency],
+        by_method=[MethodTotal(**dict(row)) for row in by_method],
+        by_day=[DayTotal(**dict(row)) for row in by_day],
+    )
+
+
+def _where(slug: str, currency: str | None, method: str | None) -> tuple[list[str], list[Any]]:
+    """Entries of one JTE event; a currency's code is upper case, a method's name lower."""
+    conditions = ["event = $1"]
+    args: list[Any] = [slug]
+    for column, value in (("currency", currency), ("method", method)):
+        if value is not None:
+            args.append(value.upper() if column == "currency" else value.lower())
+            conditions.append(f"{column} = ${len(args)}")
+    return conditions, args

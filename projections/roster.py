@@ -1,11 +1,14 @@
-"""The roster view: one row per attendee per JTE event, folded by domain.roster."""
+"""The roster view: one row per attendee per JTE event, folded by domain.roster, and what
+analysts ask of it (pages by name, search, CSV, one attendee)."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from datetime import datetime
 from decimal import Decimal
-from typing import Any, Final
+from typing import Any, Final, Literal
 
+import asyncpg
 import msgspec
 import psycopg
 from psycopg import sql
@@ -13,7 +16,7 @@ from psycopg import sql
 from domain.events import AttendeeEvent
 from domain.roster import RosterEntry, apply
 from projections.columns import json_text, text
-from projections.schema import Version
+from projections.schema import ANALYTICS, Version
 from projections.view import Key, Poison
 
 _Stored = tuple[RosterEntry, list[str], dict[str, int]]
@@ -23,11 +26,20 @@ _Stored = tuple[RosterEntry, list[str], dict[str, int]]
 _encode_stored: Final = msgspec.json.Encoder(decimal_format="number").encode
 _decode_stored: Final = msgspec.json.Decoder(_Stored, float_hook=Decimal).decode
 
-# What `q=` searches: names and email in one text, so "Anna Nowak" finds her too. The API's
-# search condition repeats this expression exactly, so the trigram index serves it.
+# The analytics views this one publishes.
+ROSTER: Final = "roster"
+ATTENDEE_DELIVERIES: Final = "attendee_deliveries"
+_ROSTER: Final = f"{ANALYTICS}.{ROSTER}"
+
+# What `q=` searches: names and email in one text, so "Anna Nowak" finds her too. The index
+# and the search condition use this very expression, so the trigram index serves it.
 SEARCH_TEXT: Final = (
     "coalesce(first_name, '') || ' ' || coalesce(last_name, '') || ' ' || coalesce(email, '')"
 )
+# The roster's reading order, by name then id: the name index follows it, pages walk it.
+_NAME_KEY: Final = ("coalesce(lower(last_name), '')", "coalesce(lower(first_name), '')")
+ORDER_KEY: Final = ", ".join((*_NAME_KEY, "attendee_id"))
+STATUSES: Final = ("registered", "deleted", "unregistered", "all")
 
 _COLUMNS: Final = (
     "slug text NOT NULL",
@@ -95,12 +107,11 @@ class RosterView:
     def indexes(self, version: Version) -> list[sql.Composed]:
         table = version.table("roster")
         return [
-            # The roster's reading order: by name, then id (ORDER_KEY in service/api.py).
-            sql.SQL(
-                "CREATE INDEX IF NOT EXISTS {} ON {} (slug, coalesce(lower(last_name), ''), "
-                "coalesce(lower(first_name), ''), attendee_id)"
-            ).format(sql.Identifier(f"roster_v{version.version}_name"), table),
-            # The roster's search text (SEARCH_TEXT in service/api.py), for `q=` with ILIKE.
+            # The roster's reading order.
+            sql.SQL("CREATE INDEX IF NOT EXISTS {} ON {} (slug, {})").format(
+                sql.Identifier(f"roster_v{version.version}_name"), table, sql.SQL(ORDER_KEY)
+            ),
+            # The roster's search text, for `q=` with ILIKE.
             sql.SQL("CREATE INDEX IF NOT EXISTS {} ON {} USING gin (({}) gin_trgm_ops)").format(
                 sql.Identifier(f"roster_v{version.version}_search"), table, sql.SQL(SEARCH_TEXT)
             ),
@@ -116,7 +127,7 @@ class RosterView:
         deliveries = sql.SQL("SELECT slug AS event, attendee_id, position FROM {}").format(
             version.table("roster_deliveries")
         )
-        return [("roster", select), ("attendee_deliveries", deliveries)]
+        return [(ROSTER, select), (ATTENDEE_DELIVERIES, deliveries)]
 
     def keys(self, events: Sequence[AttendeeEvent]) -> set[Key]:
         return {(e.slug, e.attendee_id) for e in events}
@@ -249,3 +260,156 @@ def _decode(state: bytes) -> RosterEntry:
     entry, orders, field_order = stored
     entry.field_orders = {name: orders[n] for name, n in field_order.items()}
     return entry
+
+
+# --- Reading ---------------------------------------------------------------------------------
+
+
+class Attendee(msgspec.Struct, frozen=True, kw_only=True):
+    """One attendee as the roster has it now."""
+
+    attendee_id: str
+    status: Literal["registered", "deleted", "unregistered"]
+    email: str | None
+    first_name: str | None
+    last_name: str | None
+    role: str | None
+    company: str | None
+    ticket: str | None
+    added_by_admin: bool | None
+    checked_in: bool
+    paid: bool
+    amount: Decimal | None
+    currency: str | None
+    payment_method: str | None
+    paid_at: datetime | None
+    registered_at: datetime | None
+    first_seen_at: datetime
+    deleted_at: datetime | None
+    last_check_in_at: datetime | None
+    last_check_out_at: datetime | None
+    fields: msgspec.Raw  # the attendee's form fields as JTE sent them (JSON object)
+
+
+class Filter(msgspec.Struct, frozen=True, kw_only=True):
+    """Which attendees a page or an export holds; `status` None: all but the deleted ones."""
+
+    status: str | None = None
+    role: str | None = None
+    checked_in: bool | None = None
+    paid: bool | None = None
+    q: str | None = None  # part of a name or email
+
+
+_ATTENDEE_COLUMNS: Final = (
+    "attendee_id, status, email, first_name, last_name, role, company, ticket, added_by_admin, "
+    "checked_in, paid, amount, currency, payment_method, paid_at, registered_at, first_seen_at, "
+    "deleted_at, last_check_in_at, last_check_out_at, fields::text AS fields"
+)
+
+
+async def page(
+    pool: asyncpg.Pool, slug: str, only: Filter, limit: int, after: list[str] | None
+) -> tuple[list[Attendee], list[str] | None]:
+    """Up to `limit` attendees in name order after the key `after`; and the key to continue
+    from, if there are more."""
+    conditions, args = _where(slug, only)
+    if after is not None:
+        args += after
+        n = len(args)
+        conditions.append(f"({ORDER_KEY}) > (${n - 2}, ${n - 1}, ${n})")
+    args.append(limit + 1)
+    where = " AND ".join(conditions)
+    # A search of 3+ characters can use the trigram index; fewer, and walking the name
+    # order until the page is full is the cheaper plan.
+    query = _searched_page if only.q is not None and len(only.q) >= 3 else _ordered_page
+    rows = await pool.fetch(query(where, len(args)), *args)
+    items = [_attendee(row) for row in rows[:limit]]
+    if len(rows) <= limit:
+        return items, None
+    last = rows[limit - 1]
+    return items, [last["k1"], last["k2"], last["attendee_id"]]
+
+
+def export(slug: str, only: Filter) -> tuple[str, list[Any]]:
+    """Every attendee of a page's filter, in name order: the query and its arguments."""
+    conditions, args = _where(slug, only)
+    where = " AND ".join(conditions)
+    return f"SELECT {_ATTENDEE_COLUMNS} FROM {_ROSTER} WHERE {where} ORDER BY {ORDER_KEY}", args
+
+
+async def attendee(pool: asyncpg.Pool, slug: str, attendee_id: str) -> Attendee | None:
+    """One attendee, deleted or not."""
+    row = await pool.fetchrow(
+        f"SELECT {_ATTENDEE_COLUMNS} FROM {_ROSTER} WHERE event = $1 AND attendee_id = $2",
+        slug,
+        attendee_id,
+    )
+    return _attendee(row) if row is not None else None
+
+
+async def registered(pool: asyncpg.Pool, slugs: list[str]) -> dict[str, int]:
+    """How many registered attendees each of these JTE events has, in the database's order of
+    their slugs."""
+    rows = await pool.fetch(
+        f"SELECT e.slug, (SELECT count(*) FROM {_ROSTER} r WHERE r.event = e.slug "
+        "AND r.status = 'registered') FROM unnest($1::text[]) AS e(slug) ORDER BY e.slug",
+        slugs,
+    )
+    return {row[0]: row[1] for row in rows}
+
+
+def _where(slug: str, only: Filter) -> tuple[list[str], list[Any]]:
+    conditions = ["event = $1"]
+    args: list[Any] = [slug]
+    if only.status is None:
+        conditions.append("status <> 'deleted'")  # deleted attendees are kept, not listed
+    elif only.status != "all":
+        args.append(only.status)
+        conditions.append(f"status = ${len(args)}")
+    for column, value in (("checked_in", only.checked_in), ("paid", only.paid)):
+        if value is not None:
+            args.append(value)
+            conditions.append(f"{column} = ${len(args)}")
+    if only.role is not None:
+        args.append(only.role)
+        conditions.append(f"role = ${len(args)}")
+    if only.q is not None:
+        args.append(_like(only.q))
+        conditions.append(f"({SEARCH_TEXT}) ILIKE ${len(args)}")
+    return conditions, args
+
+
+def _like(text: str) -> str:
+    escaped = text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+    return f"%{escaped}%"
+
+
+def _ordered_page(where: str, limit_arg: int) -> str:
+    """One roster page read in the name index's order."""
+    return (
+        f"SELECT {_ATTENDEE_COLUMNS}, {_NAME_KEY[0]} AS k1, {_NAME_KEY[1]} AS k2 "
+        f"FROM {_ROSTER} WHERE {where} ORDER BY {ORDER_KEY} LIMIT ${limit_arg}"
+    )
+
+
+def _searched_page(where: str, limit_arg: int) -> str:
+    """One page of a search: collect the matching keys first, then read only the page's rows.
+
+    Left alone, the planner walks the name index and filters row by row, because with a LIMIT
+    it assumes matches are spread evenly; for a surname that is ~60k heap reads (140 ms)."""
+    return (
+        f"WITH hits AS MATERIALIZED (SELECT attendee_id AS hit_id, {_NAME_KEY[0]} AS k1, "
+        f"{_NAME_KEY[1]} AS k2 FROM {_ROSTER} WHERE {where}), "
+        f"page AS (SELECT * FROM hits ORDER BY k1, k2, hit_id LIMIT ${limit_arg}) "
+        f"SELECT {_ATTENDEE_COLUMNS}, page.k1, page.k2 FROM page JOIN {_ROSTER} r "
+        "ON r.event = $1 AND r.attendee_id = page.hit_id ORDER BY page.k1, page.k2, page.hit_id"
+    )
+
+
+def _attendee(row: asyncpg.Record) -> Attendee:
+    values = dict(row)
+    values.pop("k1", None)
+    values.pop("k2", None)
+    values["fields"] = msgspec.Raw(values["fields"].encode())
+    return Attendee(**values)

@@ -11,8 +11,12 @@ from typing import Any, Final
 
 import msgspec
 
-from service.http.api import BUCKETS, MAX_LIMIT, STATUSES
+from projections.occupancy import Occupancy
+from projections.payments import PaymentSummary
+from projections.roster import STATUSES
 from service.http.api import models as m
+from service.http.api.common import MAX_LIMIT
+from service.http.api.occupancy import BUCKETS
 from service.http.intake import IntakeAccepted, IntakeDuplicate, IntakeQuarantined
 from service.http.probes import Health, Readiness
 from service.http.responses import Error
@@ -21,8 +25,8 @@ VERSION: Final = "1.0.0"
 
 
 _MODELS: Final = (
-    Error, m.Events, m.RosterPage, m.AttendeeDetail, m.Occupancy, m.Timeline, m.CheckIns,
-    m.PaymentsPage, m.PaymentSummary, m.Projections, m.RebuildStarted, IntakeAccepted,
+    Error, m.Events, m.RosterPage, m.AttendeeDetail, Occupancy, m.Timeline, m.CheckIns,
+    m.PaymentsPage, PaymentSummary, m.Projections, m.RebuildStarted, IntakeAccepted,
     IntakeDuplicate, IntakeQuarantined, Health, Readiness,
 )  # fmt: skip
 
@@ -219,7 +223,7 @@ def _paths() -> dict[str, Any]:
         "/v1/events/{event}/occupancy": _get(
             "Inside now (or at a past instant), peak and when, stays and check-ins",
             [_EVENT, _query("at", _TIME, "a past instant")],
-            m.Occupancy,
+            Occupancy,
         ),
         "/v1/events/{event}/occupancy/timeline": _get(
             "Arrivals, departures and inside per bucket",
@@ -255,7 +259,7 @@ def _paths() -> dict[str, Any]:
             csv=True,
         ),
         "/v1/events/{event}/payments/summary": _get(
-            "Totals by currency, method and day", [_EVENT], m.PaymentSummary
+            "Totals by currency, method and day", [_EVENT], PaymentSummary
         ),
         "/v1/projections": _get("Where each view stands", [], m.Projections),
         "/v1/projections/{name}/rebuild": {

@@ -1,0 +1,34 @@
+"""GET /v1/events: the configured JTE events with their headline numbers."""
+
+from __future__ import annotations
+
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from projections import occupancy, roster
+from service.http.api import common
+from service.http.api.common import Api
+from service.http.api.models import Events, EventSummary
+from service.http.responses import json_response
+
+
+def routes(api: Api) -> list[Route]:
+    async def summaries(request: Request) -> Response:
+        pool = common.pool(request)
+        registered = await roster.registered(pool, list(api.events.events))
+        inside = await occupancy.inside_now(pool, list(registered))
+        return json_response(
+            Events(
+                [
+                    EventSummary(
+                        event=slug,
+                        registered=count,
+                        inside_now=inside.get(slug, 0),
+                    )
+                    for slug, count in registered.items()
+                ]
+            )
+        )
+
+    return [api.route("/v1/events", summaries)]

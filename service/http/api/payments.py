@@ -1,0 +1,44 @@
+"""GET /v1/events/{event}/payments (a page, or every entry as CSV) and …/payments/summary."""
+
+from __future__ import annotations
+
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from domain.interpret import parse_time
+from projections import payments
+from service.http.api import common
+from service.http.api.common import Api
+from service.http.api.models import PaymentsPage
+from service.http.responses import json_response
+
+
+def routes(api: Api) -> list[Route]:
+    return [
+        api.event_route("/v1/events/{event}/payments", page),
+        api.event_route("/v1/events/{event}/payments/summary", summary),
+    ]
+
+
+async def page(request: Request, slug: str) -> Response:
+    params = request.query_params
+    currency, method = common.text(params, "currency"), common.text(params, "method")
+    if common.wants_csv(request):
+        query, args = payments.export(slug, currency, method)
+        return await common.exports(request).stream(query, args, f"payments-{slug}.csv")
+    limit = common.limit(params)
+    after = None
+    cursor = common.decode_cursor(params, 2)
+    if cursor is not None:
+        paid_at = parse_time(cursor[0])
+        if paid_at is None:
+            raise common.bad_cursor()
+        after = (paid_at, cursor[1])
+    items, more = await payments.page(common.pool(request), slug, currency, method, limit, after)
+    next_cursor = common.encode_cursor([more[0].isoformat(), more[1]]) if more else None
+    return json_response(PaymentsPage(event=slug, items=items, next_cursor=next_cursor))
+
+
+async def summary(request: Request, slug: str) -> Response:
+    return json_response(await payments.summary(common.pool(request), slug))

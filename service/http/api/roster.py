@@ -1,0 +1,54 @@
+"""GET /v1/events/{event}/roster (a page, or every row as CSV) and …/attendees/{attendee_id}."""
+
+from __future__ import annotations
+
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from projections import occupancy, roster
+from service.eventstore.history import attendee_history
+from service.http.api import common
+from service.http.api.common import Api, ApiError
+from service.http.api.models import AttendeeDetail, RosterPage
+from service.http.responses import json_response
+
+
+def routes(api: Api) -> list[Route]:
+    return [
+        api.event_route("/v1/events/{event}/roster", page),
+        api.event_route("/v1/events/{event}/attendees/{attendee_id}", attendee),
+    ]
+
+
+async def page(request: Request, slug: str) -> Response:
+    params = request.query_params
+    status = common.choice(params, "status", roster.STATUSES, default=None)
+    checked_in, paid = common.flag(params, "checked_in"), common.flag(params, "paid")
+    role, q = common.text(params, "role"), common.text(params, "q")
+    only = roster.Filter(status=status, role=role, checked_in=checked_in, paid=paid, q=q)
+    if common.wants_csv(request):
+        query, args = roster.export(slug, only)
+        return await common.exports(request).stream(query, args, f"roster-{slug}.csv")
+    limit = common.limit(params)
+    after = common.decode_cursor(params, 3)
+    items, more = await roster.page(common.pool(request), slug, only, limit, after)
+    next_cursor = common.encode_cursor(more) if more else None
+    return json_response(RosterPage(event=slug, items=items, next_cursor=next_cursor))
+
+
+async def attendee(request: Request, slug: str) -> Response:
+    attendee_id = request.path_params["attendee_id"]
+    if len(attendee_id) > 200 or "\x00" in attendee_id:
+        raise ApiError(404, "unknown_attendee", "no such attendee")
+    pool = common.pool(request)
+    found = await roster.attendee(pool, slug, attendee_id)
+    if found is None:
+        raise ApiError(404, "unknown_attendee", f"no attendee {attendee_id[:64]!r} in {slug!r}")
+    detail = AttendeeDetail(
+        event=slug,
+        attendee=found,
+        presence=await occupancy.presence_of(pool, slug, attendee_id),
+        history=await attendee_history(pool, slug, attendee_id),
+    )
+    return json_response(detail)
