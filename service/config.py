@@ -1,4 +1,10 @@
-"""Settings: environment variables for the one-event quick start, a TOML file for several.
+"""Settings, declared once: environment variables for the one-event quick start, a TOML file
+for several JTE events.
+
+`Settings` is the one tree: every field is read from the environment variable its name gives
+(ROLLCALL_<NAME>; DATABASE_URL for the database), the `Tuning` part also from the TOML file's
+`[intake]` table, each JTE event from a table `[events.<slug>]` decoded into `EventConfig`.
+Nothing else in rollcall reads the environment for a setting.
 
 Secrets are never logged. A JTE event configured without secrets gets one generated on first
 start, kept in the data directory with mode 0600 and shown by `rollcall secret`.
@@ -15,6 +21,7 @@ import secrets
 import tempfile
 import time
 import tomllib
+import typing
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Final, Literal
@@ -22,9 +29,11 @@ from typing import Any, Final, Literal
 import msgspec
 
 Mode = Literal["default", "token", "hmac-sha256", "standard-webhooks"]
-MODES: Final = ("default", "token", "hmac-sha256", "standard-webhooks")
+MODES: Final = typing.get_args(Mode)
+LogFormat = Literal["text", "json"]
 DEFAULT_SLUG: Final = "default"
 SLUG_PATTERN: Final = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
+DEFAULT_HEADER_LIMIT: Final = 64 * 1024
 
 log = logging.getLogger("rollcall.config")
 
@@ -34,12 +43,16 @@ class ConfigError(Exception):
 
 
 class EventConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
-    """How deliveries for one JTE event (conference) are verified and identified."""
+    """How deliveries for one JTE event (conference) are verified and identified: a table
+    `[events.<slug>]` of the TOML file, or the `default` event from the environment."""
 
-    slug: str
+    slug: str = DEFAULT_SLUG  # the table's name, never a key of it
     mode: Mode = "default"
     # Several secrets may be active at once, so a secret can be rotated without downtime.
     secrets: tuple[str, ...] = ()
+    # One more secret, as the TOML file or ROLLCALL_SECRET gives it: loading adds it to
+    # `secrets`, so a loaded event's `secret` is None.
+    secret: str | None = None
     token_header: str = "x-webhook-secret"  # noqa: S105 - a header name
     signature_header: str = "x-webhook-signature"
     # When set, the HMAC covers "{timestamp}.{body}" and the timestamp must be fresh.
@@ -49,12 +62,10 @@ class EventConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fiel
     tolerance_seconds: int = 300
 
 
-class Settings(msgspec.Struct, frozen=True, kw_only=True):
-    """Everything the service needs, resolved from the environment and the optional TOML file."""
+class Tuning(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """The limits and switches of intake, storage, exports and the HTTP server: each is set by
+    its name in the TOML file's `[intake]` table, or by ROLLCALL_<NAME> (which wins)."""
 
-    data_dir: Path
-    database_url: str | None
-    events: dict[str, EventConfig]
     body_limit: int = 1024 * 1024
     body_timeout: float = 10.0
     retry_after_seconds: int = 5
@@ -70,62 +81,59 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     max_connections: int = 2048
     # Bytes of bodies still unverified (signed over the body) held at once, per process.
     unverified_body_memory: int = 32 * 1024 * 1024
-    # CSV exports (service/exports.py): at once, whole-export deadline, longest client stall.
+    # CSV exports (service/http/exports.py): at once, whole-export deadline, longest stall.
     export_connections: int = 4
     export_timeout: float = 600.0
     export_stall: float = 60.0
+    # A request's line and headers (service/http/server.py): their deadline and their size.
+    header_timeout: float = 10.0
+    header_limit: int = DEFAULT_HEADER_LIMIT
+
+
+class Settings(Tuning, frozen=True, kw_only=True):
+    """Everything rollcall needs: the Tuning, where it runs, and the JTE events it serves."""
+
+    data_dir: Path = Path(".rollcall")
+    database_url: str | None = None
+    config: Path | None = None  # the TOML file (its JTE events replace the `default` one)
+    host: str = "127.0.0.1"  # where `rollcall serve` listens
+    port: int = 8000
+    log_format: LogFormat = "text"
+    events: dict[str, EventConfig] = {}
 
     def event(self, slug: str) -> EventConfig | None:
         return self.events.get(slug)
 
 
-class _IntakeSection(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
-    body_limit: int | None = None
-    body_timeout: float | None = None
-    retry_after_seconds: int | None = None
-    group_commit: bool | None = None
-    batch_max: int | None = None
-    batch_linger_ms: float | None = None
-    batch_writers: int | None = None
-    queue_max: int | None = None
-    store_threads: int | None = None
-    store_timeout: float | None = None
-    projections: bool | None = None
-    max_connections: int | None = None
-    unverified_body_memory: int | None = None
-
-
-class _EventSection(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
-    mode: Mode = "default"
-    secrets: list[str] = []
-    secret: str | None = None
-    token_header: str = "x-webhook-secret"  # noqa: S105 - a header name
-    signature_header: str = "x-webhook-signature"
-    timestamp_header: str | None = None
-    delivery_id_header: str | None = None
-    tolerance_seconds: int = 300
-
-
 class _ConfigFile(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
-    intake: _IntakeSection = _IntakeSection()
-    events: dict[str, _EventSection] = {}
+    intake: Tuning = Tuning()
+    events: dict[str, dict[str, Any]] = {}
+
+
+# Each field's environment variable is ROLLCALL_<NAME>, but for these.
+_ENV_NAMES: Final = {"database_url": "DATABASE_URL", "mode": "ROLLCALL_VERIFY_MODE"}
+# Fields no environment variable sets: the TOML file's events; an event's slug and its list of
+# secrets (the environment's one is `secret`).
+_NOT_FROM_ENV: Final = frozenset({"events", "slug", "secrets"})
+
+
+def env_name(field: str) -> str:
+    """The environment variable that sets a field of Settings or EventConfig."""
+    return _ENV_NAMES.get(field, "ROLLCALL_" + field.upper())
 
 
 def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
     """Resolve settings from the environment and the TOML file ROLLCALL_CONFIG may name."""
     env = os.environ if environ is None else environ
-    data_dir = Path(env.get("ROLLCALL_DATA_DIR") or ".rollcall").expanduser().resolve()
-    database_url = env.get("DATABASE_URL") or None
-    config_path = env.get("ROLLCALL_CONFIG")
-    if config_path:
-        file = _read_config_file(Path(config_path))
-        events = {slug: _event_from_section(slug, section) for slug, section in file.events.items()}
-        intake = {k: v for k, v in msgspec.structs.asdict(file.intake).items() if v is not None}
+    values = _from_env(env, Settings)
+    path: Path | None = values.get("config")
+    if path is not None:
+        intake, events = _read_config_file(path)
+        values = {**intake, **values}  # the environment wins
     else:
-        events = {DEFAULT_SLUG: _default_event_from_env(env)}
-        intake = {}
-    intake.update(_intake_from_env(env))
-    settings = Settings(data_dir=data_dir, database_url=database_url, events=events, **intake)
+        events = {DEFAULT_SLUG: _event(DEFAULT_SLUG, EventConfig(**_from_env(env, EventConfig)))}
+    values["data_dir"] = Path(values.get("data_dir", ".rollcall")).expanduser().resolve()
+    settings = Settings(**values, events=events)
     _check_limits(settings)
     return settings
 
@@ -170,7 +178,46 @@ def _new_secret(mode: Mode) -> str:
     return secrets.token_urlsafe(32)
 
 
-def _read_config_file(path: Path) -> _ConfigFile:
+def _from_env(env: Mapping[str, str], struct: type[msgspec.Struct]) -> dict[str, Any]:
+    """The fields of `struct` the environment sets (an empty variable sets nothing), typed."""
+    values = {}
+    for field in msgspec.structs.fields(struct):
+        text = env.get(env_name(field.name)) if field.name not in _NOT_FROM_ENV else None
+        if text:
+            values[field.name] = _parse(env_name(field.name), text, field.type)
+    return values
+
+
+def _parse(variable: str, text: str, kind: Any) -> Any:
+    """A variable's text as a value of `kind` (a scalar, a Literal, a Path, or None of them)."""
+    options = [k for k in typing.get_args(kind) if k is not type(None)]
+    if typing.get_origin(kind) is not Literal and options:
+        kind = options[0]  # `X | None`: a variable that is set is an X
+    if kind is Path:
+        return Path(text)
+    if kind is bool:
+        return _parse_flag(variable, text)
+    if typing.get_origin(kind) is Literal:
+        if text not in typing.get_args(kind):
+            raise ConfigError(f"{variable} must be one of {', '.join(typing.get_args(kind))}")
+        return text
+    try:
+        return msgspec.convert(text, kind, strict=False)
+    except msgspec.ValidationError:
+        raise ConfigError(f"{variable}={text!r} is not a valid {kind.__name__}") from None
+
+
+def _parse_flag(variable: str, text: str) -> bool:
+    lowered = text.strip().lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off"):
+        return False
+    raise ConfigError(f"{variable}={text!r} is not a valid bool")
+
+
+def _read_config_file(path: Path) -> tuple[dict[str, Any], dict[str, EventConfig]]:
+    """The `[intake]` values the file sets, and its JTE events."""
     try:
         raw = tomllib.loads(path.read_text())
     except FileNotFoundError:
@@ -178,28 +225,39 @@ def _read_config_file(path: Path) -> _ConfigFile:
     except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as error:
         raise ConfigError(f"cannot read {path}: {error}") from None
     try:
-        return msgspec.convert(raw, _ConfigFile)
+        file = msgspec.convert(raw, _ConfigFile)
     except msgspec.ValidationError as error:
         raise ConfigError(f"{path}: {error}") from None
+    events = {}
+    for slug, table in file.events.items():
+        if "slug" in table:
+            raise ConfigError(f"{path}: JTE event {slug!r}: its slug is its table's name")
+        try:
+            events[slug] = _event(slug, msgspec.convert(table, EventConfig))
+        except msgspec.ValidationError as error:
+            raise ConfigError(f"{path}: JTE event {slug!r}: {error}") from None
+    given = {name: getattr(file.intake, name) for name in raw.get("intake", {})}
+    return given, events
 
 
-def _event_from_section(slug: str, section: _EventSection) -> EventConfig:
+def _event(slug: str, given: EventConfig) -> EventConfig:
+    """The event as configured, checked: its secrets in one list, header names lowercased."""
     if not SLUG_PATTERN.match(slug):
         raise ConfigError(
             f"JTE event slug {slug!r} must be lowercase letters, digits, '-' or '_' (max 64)"
         )
-    configured = [*section.secrets, *([section.secret] if section.secret else [])]
+    configured = (*given.secrets, *([given.secret] if given.secret else []))
     for secret in configured:
-        _check_secret(slug, section.mode, secret)
-    return EventConfig(
+        _check_secret(slug, given.mode, secret)
+    return msgspec.structs.replace(
+        given,
         slug=slug,
-        mode=section.mode,
-        secrets=tuple(configured),
-        token_header=_header_name(section.token_header),
-        signature_header=_header_name(section.signature_header),
-        timestamp_header=_optional_header(section.timestamp_header),
-        delivery_id_header=_optional_header(section.delivery_id_header),
-        tolerance_seconds=section.tolerance_seconds,
+        secrets=configured,
+        secret=None,
+        token_header=_header_name(given.token_header),
+        signature_header=_header_name(given.signature_header),
+        timestamp_header=_optional_header(given.timestamp_header),
+        delivery_id_header=_optional_header(given.delivery_id_header),
     )
 
 
@@ -210,62 +268,6 @@ def _header_name(name: str) -> str:
 
 def _optional_header(name: str | None) -> str | None:
     return _header_name(name) if name else None
-
-
-def _default_event_from_env(env: Mapping[str, str]) -> EventConfig:
-    mode = env.get("ROLLCALL_VERIFY_MODE") or "default"
-    if mode not in MODES:
-        raise ConfigError(f"ROLLCALL_VERIFY_MODE must be one of {', '.join(MODES)}")
-    section = _EventSection(
-        mode=mode,  # type: ignore[arg-type]
-        secret=env.get("ROLLCALL_SECRET") or None,
-        token_header=env.get("ROLLCALL_TOKEN_HEADER") or "x-webhook-secret",
-        signature_header=env.get("ROLLCALL_SIGNATURE_HEADER") or "x-webhook-signature",
-        timestamp_header=env.get("ROLLCALL_TIMESTAMP_HEADER") or None,
-        delivery_id_header=env.get("ROLLCALL_DELIVERY_ID_HEADER") or None,
-    )
-    return _event_from_section(DEFAULT_SLUG, section)
-
-
-_ENV_INTAKE: Final[dict[str, tuple[str, type]]] = {
-    "ROLLCALL_BODY_LIMIT": ("body_limit", int),
-    "ROLLCALL_BODY_TIMEOUT": ("body_timeout", float),
-    "ROLLCALL_GROUP_COMMIT": ("group_commit", bool),
-    "ROLLCALL_BATCH_MAX": ("batch_max", int),
-    "ROLLCALL_BATCH_LINGER_MS": ("batch_linger_ms", float),
-    "ROLLCALL_BATCH_WRITERS": ("batch_writers", int),
-    "ROLLCALL_QUEUE_MAX": ("queue_max", int),
-    "ROLLCALL_STORE_THREADS": ("store_threads", int),
-    "ROLLCALL_STORE_TIMEOUT": ("store_timeout", float),
-    "ROLLCALL_PROJECTIONS": ("projections", bool),
-    "ROLLCALL_MAX_CONNECTIONS": ("max_connections", int),
-    "ROLLCALL_UNVERIFIED_BODY_MEMORY": ("unverified_body_memory", int),
-    "ROLLCALL_EXPORT_CONNECTIONS": ("export_connections", int),
-    "ROLLCALL_EXPORT_TIMEOUT": ("export_timeout", float),
-    "ROLLCALL_EXPORT_STALL": ("export_stall", float),
-}
-
-
-def _intake_from_env(env: Mapping[str, str]) -> dict[str, Any]:
-    values: dict[str, Any] = {}
-    for variable, (field, kind) in _ENV_INTAKE.items():
-        text = env.get(variable)
-        if not text:
-            continue
-        try:
-            values[field] = _parse_flag(text) if kind is bool else kind(text)
-        except ValueError:
-            raise ConfigError(f"{variable}={text!r} is not a valid {kind.__name__}") from None
-    return values
-
-
-def _parse_flag(text: str) -> bool:
-    lowered = text.strip().lower()
-    if lowered in ("1", "true", "yes", "on"):
-        return True
-    if lowered in ("0", "false", "no", "off"):
-        return False
-    raise ValueError(text)
 
 
 def _check_secret(slug: str, mode: str, secret: str) -> None:
@@ -290,6 +292,7 @@ def _check_limits(settings: Settings) -> None:
         "store_threads",
         "retry_after_seconds",
         "export_connections",
+        "header_limit",
     )
     for name in positive:
         if getattr(settings, name) < 1:
@@ -299,6 +302,7 @@ def _check_limits(settings: Settings) -> None:
         settings.store_timeout,
         settings.export_timeout,
         settings.export_stall,
+        settings.header_timeout,
     )
     if min(timeouts) <= 0 or settings.batch_linger_ms < 0:
         raise ConfigError("timeouts must be positive and the batch linger not negative")
@@ -315,7 +319,7 @@ class EventsWatcher:
 
     def __init__(self, settings: Settings, environ: Mapping[str, str] | None = None) -> None:
         self._environ = dict(os.environ if environ is None else environ)
-        self._path = self._environ.get("ROLLCALL_CONFIG")
+        self._path = settings.config
         self._data_dir = settings.data_dir
         self.events = settings.events
         self._checked = 0.0

@@ -53,12 +53,20 @@ def database_url(new_database: Callable[[], str]) -> str:
 
 
 @pytest.fixture
-def start_service(database_url: str, tmp_path: Path) -> Iterator[Callable[..., RunningService]]:
+def settings_defaults() -> dict[str, object]:
+    """Settings every service a test module starts has, unless the test says otherwise."""
+    return {}
+
+
+@pytest.fixture
+def start_service(
+    database_url: str, tmp_path: Path, settings_defaults: dict[str, object]
+) -> Iterator[Callable[..., RunningService]]:
     """Start rollcall's real HTTP server in this process; every started one is stopped after."""
     started: list[RunningService] = []
 
     def start(**overrides: object) -> RunningService:
-        settings = make_settings(database_url, tmp_path, **overrides)
+        settings = make_settings(database_url, tmp_path, **{**settings_defaults, **overrides})
         service = RunningService(settings)
         service.start()
         started.append(service)

@@ -37,7 +37,7 @@ from service.eventstore import database
 from service.eventstore.store import DeliveryRecorded
 from service.http import tokens
 from service.http.app import create_app
-from service.http.server import GuardedHttpToolsProtocol
+from service.http.server import guarded
 from service.http.tokens import Scope
 from tests.drill.report import Finding
 
@@ -70,7 +70,7 @@ class RunningService:
             lifespan="on",
             log_config=None,
             timeout_keep_alive=5,
-            http=GuardedHttpToolsProtocol,
+            http=guarded(settings),
             limit_concurrency=settings.max_connections,
         )
         self._server = uvicorn.Server(config)

@@ -13,7 +13,6 @@ import httpx
 import pytest
 
 from service.config import EventConfig
-from service.http import server as protocol
 from tests.helpers import (
     SECRET,
     RunningService,
@@ -53,16 +52,15 @@ def head(*headers: bytes, length: int | None = None, path: bytes = b"/webhooks/j
 def test_headers_that_condemn_are_answered_before_the_body(
     start_service: Callable[..., RunningService],
     database_url: str,
-    monkeypatch: pytest.MonkeyPatch,
     mode: str,
     credentials: list[bytes],
     reason: str,
 ) -> None:
     # Regression: the whole body was read before verification, even where the headers alone
     # decide. Here not a byte of the declared megabyte is sent, and the 401 comes anyway.
-    monkeypatch.setattr(protocol, "HEADER_TIMEOUT", 3.0)  # on failure: no answer, then a close
     event = EventConfig(slug="default", mode=mode, secrets=(SECRET,))  # type: ignore[arg-type]
-    service = start_service(events={"default": event})
+    # On failure: no answer, then a close.
+    service = start_service(events={"default": event}, header_timeout=3.0)
     received, _ = raw_exchange(service.url, head(*credentials, length=1_000_000))
     status, _, rest = received.partition(b"\r\n")
     assert status == b"HTTP/1.1 401 Unauthorized", received
@@ -151,10 +149,10 @@ def dropped_unverified(client: httpx.Client) -> int:
     return int(found.group(1)) if found else 0
 
 
-@pytest.fixture(autouse=True)
-def patient_headers(monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.fixture
+def settings_defaults() -> dict[str, object]:
     # Senders here hold on on purpose: the header deadline is not what these tests are about.
-    monkeypatch.setattr(protocol, "HEADER_TIMEOUT", 60.0)
+    return {"header_timeout": 60.0}
 
 
 @pytest.mark.parametrize("declared", [True, False], ids=["declared", "chunked"])

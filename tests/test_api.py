@@ -15,7 +15,7 @@ import httpx
 import psycopg
 import pytest
 
-from service.eventstore.analysts import grant_analyst
+from service.eventstore.roles import grant_analyst
 from service.http import tokens
 from service.http.api import PARAMETERS
 from service.http.app import create_app
@@ -269,7 +269,7 @@ async def test_check_ins_and_payments(seeded: tuple[httpx.AsyncClient, str]) -> 
         f"/v1/events/default/occupancy/timeline?from={DAY}10:00:00Z&to={DAY}09:00:00Z",
         "/v1/events/default/occupancy/timeline?bucket=5m&from=1970-01-01T00:00:00Z&to=2026-01-01T00:00:00Z",
         "/v1/events/default/payments?cursor=WyJ4Il0",
-        # Regressions (found by `rollcall drill hostile`): each of these was a 500.
+        # Regressions (found by `scripts/drill hostile`): each of these was a 500.
         "/v1/events/default/roster?cursor=" + cursor(["\u0000", "a", "b"]),
         "/v1/events/default/payments?cursor=" + cursor([DAY + "08:10:00Z", "a\u0000"]),
         "/v1/events/default/payments?cursor=" + cursor(["0001-01-01T00:00:00+14:00", "x"]),
@@ -348,7 +348,7 @@ async def test_a_trailing_slash_is_not_found_not_redirected(
 async def test_timeline_of_a_time_at_the_calendars_end_is_no_500(
     start_service: Callable[..., RunningService], database_url: str
 ) -> None:
-    # Regression (found by `rollcall drill hostile`): a signed check-in at the end of year
+    # Regression (found by `scripts/drill hostile`): a signed check-in at the end of year
     # 9999 made the default timeline's last bucket overflow datetime, a 500.
     service = start_service()
     async with httpx.AsyncClient(base_url=service.url, timeout=30) as client:

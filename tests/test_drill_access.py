@@ -9,7 +9,7 @@ import psycopg
 from psycopg import sql
 
 from projections.runner import Runner, ensure_views
-from service.eventstore.analysts import grant_analyst
+from service.eventstore.roles import grant_analyst
 from service.eventstore.source import SOURCE
 from service.eventstore.store import DeliveryStore
 from tests.drill import QUICK, run

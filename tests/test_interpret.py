@@ -141,7 +141,7 @@ def test_parse_time_is_utc_and_tolerant() -> None:
 
 @pytest.mark.parametrize("text", ["0001-01-01T00:00:00+14:00", "9999-12-31T23:59:59-14:00"])
 def test_a_time_beyond_the_calendar_in_utc_is_no_time(text: str) -> None:
-    # Regression (found by `rollcall drill hostile`): the UTC conversion overflowed, and intake
+    # Regression (found by `scripts/drill hostile`): the UTC conversion overflowed, and intake
     # answered a verified delivery 503 while the API answered 500 for `at=`.
     assert parse_time(text) is None
     body = json.dumps({"event": "AttendeeCheckedIn", "occurredAt": text, "attendee": {"id": "a"}})

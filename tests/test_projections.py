@@ -638,7 +638,7 @@ def test_fields_keep_their_exact_numbers_when_a_row_is_rewritten(database_url: s
 
 
 def test_a_batch_is_bounded_by_the_bytes_it_reads(database_url: str) -> None:
-    # Regression (found by `rollcall drill hostile` beyond its full size): batches were bounded
+    # Regression (found by `scripts/drill hostile` beyond its full size): batches were bounded
     # by rows alone, and a rebuild over 300 verified ~900 KB bodies peaked at 1.2 GB.
     pad = "x" * 100_000
     store = DeliveryStore(database_url)

@@ -17,9 +17,8 @@ from projections import schema
 from projections.rebuild import build_as_of, rebuild
 from projections.registry import VIEW_NAMES
 from projections.runner import Runner, ensure_views
-from service.eventstore.analysts import grant_analyst
 from service.eventstore.database import Unusable
-from service.eventstore.roles import Setup, role_name, set_up
+from service.eventstore.roles import Setup, grant_analyst, role_name, set_up
 from service.eventstore.source import SOURCE
 from service.eventstore.store import DeliveryStore
 from service.http import tokens

@@ -1,5 +1,5 @@
-"""service/sender.py: sending simulated days to the real service like JTE does (concurrently, with
-retries) and what the store then holds; retries, lost answers and giving up against a scripted
+"""service/jte/sender.py: sending simulated days to the real service like JTE does (concurrently,
+with retries) and what the store then holds; retries, lost answers and giving up against a scripted
 stand-in; what goes on the wire."""
 
 from __future__ import annotations

@@ -1,5 +1,6 @@
 """`rollcall simulate`: a deterministic, realistic JTE day; signing in every mode; JSON lines; the
-command line, which sends the day to the real service (service/sender.py: tests/test_sender.py)."""
+command line, which sends the day to the real service (service/jte/sender.py:
+tests/test_sender.py)."""
 
 from __future__ import annotations
 

@@ -3,7 +3,7 @@
 Every answer is one of DESIGN.md's "Responses at intake"; nothing a sender puts in a request
 leads to a 500, and nothing unverified is stored. What the headers decide is answered before
 the body is read; a body only its signature can verify is read within the room unverified
-deliveries share (service/admission.py).
+deliveries share (service/http/admission.py).
 """
 
 from __future__ import annotations
@@ -121,9 +121,9 @@ class Intake:
     and middleware layers (a tenth of the CPU per delivery, measured by scripts/bench_intake.py).
     """
 
-    def __init__(self, settings: Settings, events: EventsWatcher | None = None) -> None:
+    def __init__(self, settings: Settings, events: EventsWatcher) -> None:
         self._settings = settings
-        self._events = events or EventsWatcher(settings, environ={})
+        self._events = events
         self._retry_after = str(settings.retry_after_seconds).encode()
         self._admission = Admission(
             unverified_slots(settings.max_connections), settings.unverified_body_memory

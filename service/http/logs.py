@@ -12,12 +12,13 @@ import logging
 import re
 import uuid
 from datetime import UTC, datetime
-from typing import Any, Final, Literal
+from typing import Any, Final
 
 import msgspec
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-Format = Literal["text", "json"]
+from service.config import LogFormat
+
 REQUEST_ID: Final[contextvars.ContextVar[str]] = contextvars.ContextVar("request_id", default="-")
 _SANE_ID: Final = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 _encode: Final = msgspec.json.Encoder().encode
@@ -84,7 +85,7 @@ def _request_id(scope: Scope) -> str:
     return uuid.uuid4().hex
 
 
-def logging_config(level: str, fmt: Format = "text") -> dict[str, Any]:
+def logging_config(level: str, fmt: LogFormat = "text") -> dict[str, Any]:
     """A dictConfig for rollcall's and uvicorn's loggers, one line per record on stderr."""
     formatters: dict[str, Any] = {
         "text": {

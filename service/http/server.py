@@ -2,44 +2,46 @@
 
 uvicorn times out idle keep-alive connections but waits forever for a request's headers, so a
 client dripping them a byte at a time ("slowloris") holds a connection open indefinitely.
-Here a connection whose headers are not complete within ROLLCALL_HEADER_TIMEOUT seconds of
+Here a connection whose headers are not complete within `header_timeout` seconds of
 its first byte (or of connecting) is closed, and so is one whose body has not begun by then:
 intake's body deadline runs from the body's first chunk, so a sender that stops right after
 its headers would otherwise hold the connection forever.
 
 uvicorn (httptools) also buffers a request line and headers of any size, so a client can grow
 the process by whatever it sends before the deadline. Here a request whose line and headers
-pass ROLLCALL_HEADER_LIMIT bytes is answered 431 and its connection closed.
+pass `header_limit` bytes is answered 431 and its connection closed.
 
-uvicorn's connection cap (limit_concurrency, ROLLCALL_MAX_CONNECTIONS) counts idle connections
+uvicorn's connection cap (limit_concurrency, `max_connections`) counts idle connections
 too, so a few idle sockets make every request a 503 until their deadline. Here only requests in
 progress count against it, and a connection beyond the cap closes the one that has been idle
 longest (no request in progress: still sending its headers, or kept alive between requests).
 Each request also carries a way to drop its connection (scope extension DROP_EXTENSION), with
-which intake makes room among unverified deliveries (service/admission.py).
+which intake makes room among unverified deliveries (service/http/admission.py).
+
+The limits are settings (service/config.py): of the class `guarded(settings)` makes for a server
+run in this process, or, for `rollcall serve`'s (which names this module's class to uvicorn),
+those of the environment its process was started with.
 """
 
 from __future__ import annotations
 
 import asyncio
-import os
-from typing import Any, Final
+import functools
+import logging
+from typing import Any, ClassVar, Final
 
+import msgspec
 from uvicorn.config import Config
 from uvicorn.protocols.http.flow_control import service_unavailable
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from uvicorn.server import ServerState
 
+from service.config import ConfigError, Tuning, load_settings
+from service.http.responses import Error
 from service.metrics import METRICS
 
-HEADER_TIMEOUT: Final = float(os.environ.get("ROLLCALL_HEADER_TIMEOUT") or 10.0)
-DEFAULT_HEADER_LIMIT: Final = 64 * 1024
-HEADER_LIMIT: Final = int(os.environ.get("ROLLCALL_HEADER_LIMIT") or DEFAULT_HEADER_LIMIT)
-_TOO_LARGE: Final = (
-    b'{"error":"headers_too_large","message":"the request line and headers are over the '
-    + str(HEADER_LIMIT).encode()
-    + b'-byte limit"}'
-)
+log = logging.getLogger("rollcall.server")
+
 DROP_EXTENSION: Final = "rollcall.drop"  # scope["extensions"][...]["close"]() drops the request
 
 
@@ -47,6 +49,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
     """HttpToolsProtocol that closes connections whose request headers take too long, and
     refuses those whose headers are too large."""
 
+    tuning: ClassVar[Tuning | None] = None  # None: the environment's (see the module's doc)
     _header_deadline: asyncio.TimerHandle | None = None
     _in_head = True  # the bytes arriving belong to a request line or headers
     _head_bytes = 0  # of the current request's line and headers so far
@@ -60,6 +63,8 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         _loop: asyncio.AbstractEventLoop | None = None,
     ) -> None:
         super().__init__(config, server_state, app_state, _loop)
+        tuning = self.tuning or _environment_tuning()
+        self.header_timeout, self.header_limit = tuning.header_timeout, tuning.header_limit
         # Take the cap from uvicorn, which would count idle connections against it.
         self.cap, self.limit_concurrency = self.limit_concurrency, None
 
@@ -74,13 +79,13 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         if not self._in_head:
             super().data_received(data)
             return
-        room = HEADER_LIMIT - self._head_bytes
+        room = self.header_limit - self._head_bytes
         self._head_bytes += min(len(data), room)
         # Feed no more than the limit allows; if the headers end within it, the rest is body.
         super().data_received(data[:room])
         if self.transport.is_closing():
             return
-        if self._in_head and self._head_bytes >= HEADER_LIMIT:
+        if self._in_head and self._head_bytes >= self.header_limit:
             self._refuse_head()
         elif len(data) > room:
             super().data_received(data[room:])
@@ -123,7 +128,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
 
     def _arm(self) -> None:
         self._disarm()
-        self._header_deadline = self.loop.call_later(HEADER_TIMEOUT, self._headers_too_slow)
+        self._header_deadline = self.loop.call_later(self.header_timeout, self._headers_too_slow)
 
     def _disarm(self) -> None:
         if self._header_deadline is not None:
@@ -156,12 +161,34 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             self.transport.close()
 
     def _refuse_head(self) -> None:
-        self.logger.warning("Request headers over %d bytes: answered 431.", HEADER_LIMIT)
+        self.logger.warning("Request headers over %d bytes: answered 431.", self.header_limit)
         if self.cycle is None or self.cycle.response_complete:  # no answer is being sent
+            body = _too_large(self.header_limit)
             self.transport.write(
                 b"HTTP/1.1 431 Request Header Fields Too Large\r\n"
                 b"content-type: application/json\r\n"
-                b"content-length: " + str(len(_TOO_LARGE)).encode() + b"\r\n"
-                b"connection: close\r\n\r\n" + _TOO_LARGE
+                b"content-length: " + str(len(body)).encode() + b"\r\n"
+                b"connection: close\r\n\r\n" + body
             )
         self.transport.close()
+
+
+def guarded(tuning: Tuning) -> type[GuardedHttpToolsProtocol]:
+    """The protocol with these settings' limits, for a server run in this process."""
+    return type("GuardedHttpToolsProtocol", (GuardedHttpToolsProtocol,), {"tuning": tuning})
+
+
+@functools.cache
+def _environment_tuning() -> Tuning:
+    try:
+        return load_settings()
+    except ConfigError as error:
+        # `rollcall serve` checked these settings before starting; the file changed since.
+        log.error("configuration unreadable, default header limits apply: %s", error)
+        return Tuning()
+
+
+@functools.cache
+def _too_large(limit: int) -> bytes:
+    message = f"the request line and headers are over the {limit}-byte limit"
+    return msgspec.json.encode(Error("headers_too_large", message))

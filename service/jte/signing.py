@@ -1,4 +1,5 @@
-"""The sender's side of service/verification.py: the headers a JTE-like sender puts on a delivery.
+"""The sender's side of service/http/verification.py: the headers a JTE-like sender puts on a
+delivery.
 
 Used by the simulator and by anyone who needs deliveries that rollcall accepts; each mode signs
 exactly what `service.http.verification.verify` checks.

@@ -1,5 +1,5 @@
 """The reliability and security drill: real processes and a real PostgreSQL, faults injected
-on purpose, and a table of what held (`rollcall drill`)."""
+on purpose, and a table of what held (`scripts/drill`)."""
 
 from __future__ import annotations
 

@@ -12,7 +12,7 @@ import httpx
 import psycopg
 from psycopg import sql
 
-from service.eventstore.analysts import grant_analyst
+from service.eventstore.roles import grant_analyst
 from service.jte.sender import post_all
 from service.jte.simulator import SimulationOptions
 from tests.drill.harness import EMAIL, Workspace

@@ -1,4 +1,4 @@
-"""The forgery scenario (`rollcall drill forgery`): replays inside and outside the Standard
+"""The forgery scenario (`scripts/drill forgery`): replays inside and outside the Standard
 Webhooks window, bodies altered by a byte, forged tokens and HMACs, and a secret rotated
 without a restart. Nothing forged may be stored; no genuine delivery may fail."""
 

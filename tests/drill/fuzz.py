@@ -16,8 +16,7 @@ from typing import Final
 import msgspec
 
 from projections.registry import VIEW_NAMES
-from service.config import EventConfig
-from service.http.server import DEFAULT_HEADER_LIMIT
+from service.config import DEFAULT_HEADER_LIMIT, EventConfig
 from service.jte.signing import sign
 from service.jte.simulator import SimulationOptions, simulate
 from tests.drill.harness import STANDARD_SLUG, Workspace

@@ -1,4 +1,4 @@
-"""The hostile scenario (`rollcall drill hostile`), where the sender is the enemy.
+"""The hostile scenario (`scripts/drill hostile`), where the sender is the enemy.
 
 Thousands of generated requests (mutated signed deliveries, malformed HTTP, random analyst
 queries with good and bad tokens), 100 MB bodies, near-limit deliveries and a rebuild over
@@ -26,8 +26,7 @@ from typing import Final
 import httpx
 import msgspec
 
-from service.config import EventConfig
-from service.http.server import DEFAULT_HEADER_LIMIT
+from service.config import DEFAULT_HEADER_LIMIT, EventConfig
 from service.jte.signing import sign
 from service.jte.simulator import SimulatedDelivery
 from tests.drill.access import scan_logs

@@ -1,0 +1,64 @@
+"""Who may read what: `rollcall token` (API tokens) and `rollcall grant-analyst` (a
+PostgreSQL login that reads the analytics schemas only)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+import psycopg
+
+from service.cli import Commands
+from service.cli.database import admin_database, database
+from service.config import Settings
+from service.eventstore.database import Unusable, reason
+from service.eventstore.roles import BadRoleName, grant_analyst
+from service.http import tokens
+from service.http.tokens import SCOPES
+
+
+def add_commands(commands: Commands) -> None:
+    """Register token and grant-analyst."""
+    token = commands.add_parser("token", help="issue an API token (shown once, stored hashed)")
+    token.add_argument("--scope", choices=SCOPES, default="read")
+    token.add_argument("--name", default="token", help="a label, to revoke it by later")
+    token.add_argument("--revoke", action="store_true", help="revoke every token of --name")
+    token.set_defaults(run=run_token)
+
+    analyst = commands.add_parser(
+        "grant-analyst", help="create or update a PostgreSQL login that can read analytics only"
+    )
+    analyst.add_argument("name", help="the role name (lowercase letters, digits, _)")
+    analyst.add_argument(
+        "--password-stdin", action="store_true", help="read the password from stdin"
+    )
+    analyst.set_defaults(run=run_grant_analyst)
+
+
+def run_token(settings: Settings, args: argparse.Namespace) -> int:
+    with database(settings, "token") as url, psycopg.connect(url, autocommit=True) as conn:
+        if args.revoke:
+            print(f"revoked {tokens.revoke(conn, args.name)} token(s) named {args.name!r}")
+        else:
+            print(tokens.issue(conn, args.scope, args.name))
+    return 0
+
+
+def run_grant_analyst(settings: Settings, args: argparse.Namespace) -> int:
+    password = sys.stdin.readline().strip() if args.password_stdin else None
+    try:
+        with admin_database(settings) as url, psycopg.connect(url, autocommit=True) as conn:
+            password = grant_analyst(conn, args.name, password)
+            database_name = conn.info.dbname
+    except BadRoleName as error:
+        print(f"rollcall: {error}", file=sys.stderr)
+        return 2
+    except psycopg.errors.InsufficientPrivilege as error:
+        raise Unusable(
+            f"{reason(error)} (grant-analyst needs a superuser's DATABASE_URL)"
+        ) from error
+    print(
+        f"role {args.name} can read the analytics schemas of database {database_name}; "
+        f"password: {password}"
+    )
+    return 0

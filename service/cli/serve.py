@@ -1,0 +1,121 @@
+"""`rollcall serve` (the service, on DATABASE_URL or the embedded PostgreSQL) and `rollcall
+secret` (a JTE event's webhook secret)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import sys
+import time
+from types import FrameType
+
+import uvicorn
+
+from service.cli import Commands
+from service.cli.database import require_store
+from service.config import DEFAULT_SLUG, Settings, ensure_secrets, env_name
+from service.eventstore.database import EmbeddedPostgres, Unusable, connect, redacted
+from service.eventstore.roles import check_runtime, owns_event_store, set_up
+from service.http.logs import logging_config
+
+log = logging.getLogger("rollcall")
+
+
+def add_commands(commands: Commands) -> None:
+    """Register serve and secret."""
+    serve = commands.add_parser(
+        "serve", help="run the service (embedded PostgreSQL unless DATABASE_URL)"
+    )
+    serve.add_argument("--host", help=f"default: {env_name('host')}, else 127.0.0.1")
+    serve.add_argument("--port", type=int, help=f"default: {env_name('port')}, else 8000")
+    serve.add_argument("--workers", type=int, default=1, help="worker processes (default 1)")
+    serve.add_argument("--access-log", action="store_true", help="log every request line")
+    serve.set_defaults(run=run_serve)
+
+    secret = commands.add_parser("secret", help="show a JTE event's webhook secret(s)")
+    secret.add_argument("event", nargs="?", default=DEFAULT_SLUG, help="JTE event slug")
+    secret.set_defaults(run=run_secret)
+
+
+def run_serve(settings: Settings, args: argparse.Namespace) -> int:
+    # Secrets are generated here, once, before any worker process starts.
+    ensure_secrets(settings)
+    # uvicorn re-raises the signal that stopped it; make SIGTERM an exception (as SIGINT is)
+    # so that the embedded server below is stopped cleanly either way.
+    signal.signal(signal.SIGTERM, _raise_system_exit)
+    embedded = None
+    if settings.database_url is None:
+        embedded = EmbeddedPostgres(settings.data_dir)
+    try:
+        if embedded is not None:
+            # The embedded server is set up for two roles each time; serve as the runtime one.
+            setup = set_up(embedded.start(), passwordless=True)
+            # The app (and each worker process) reads it from the environment.
+            os.environ[env_name("database_url")] = setup.runtime_url
+        else:
+            _check_serving_role(settings.database_url)
+        uvicorn.run(
+            "service.http.app:create_app",
+            factory=True,
+            host=args.host or settings.host,
+            port=args.port or settings.port,
+            workers=args.workers,
+            lifespan="on",
+            log_config=logging_config(args.log_level, args.log_format or settings.log_format),
+            access_log=args.access_log,
+            timeout_keep_alive=5,
+            # Headers have a deadline too (slow-drip clients), and requests a ceiling: beyond
+            # it, idle connections are closed and new requests answered 503
+            # (service/http/server.py).
+            http="service.http.server:GuardedHttpToolsProtocol",
+            limit_concurrency=settings.max_connections,
+        )
+    except KeyboardInterrupt:
+        pass
+    finally:
+        if embedded is not None:
+            embedded.stop()
+    return 0
+
+
+def _check_serving_role(database_url: str | None) -> None:
+    """Before serving: the database answers (waiting a while for one that is starting), the
+    role is its runtime role if it has one, and a role that owns the event store is told so."""
+    from service.http.app import STARTUP_TIMEOUT  # here: other commands need not load the app
+
+    assert database_url is not None
+    deadline = time.monotonic() + STARTUP_TIMEOUT
+    while True:
+        try:
+            conn = connect(database_url, autocommit=True, connect_timeout=5)
+            break
+        except Unusable:
+            if time.monotonic() > deadline:
+                raise
+            log.warning("database %s not reachable yet; retrying", redacted(database_url))
+            time.sleep(1)
+    with conn:
+        require_store(conn, creatable=True)
+        check_runtime(conn, "serve")
+        if owns_event_store(conn):
+            log.warning(
+                "serving as %s, who could switch off the event store's append-only triggers: "
+                "run `rollcall db setup` and serve as its runtime role (see README)",
+                conn.info.user,
+            )
+
+
+def _raise_system_exit(signum: int, frame: FrameType | None) -> None:
+    raise SystemExit(0)
+
+
+def run_secret(settings: Settings, args: argparse.Namespace) -> int:
+    event = ensure_secrets(settings).event(args.event)
+    if event is None:
+        print(f"rollcall: no JTE event {args.event!r} is configured", file=sys.stderr)
+        return 1
+    for value in event.secrets:
+        print(value)
+    return 0
