@@ -65,9 +65,3 @@ def order_token(at: datetime, key: UUID, position: int | None = None) -> str:
     utc = at.astimezone(UTC).replace(tzinfo=None)
     tiebreak = str(key) if position is None else f"~{position:020d}"
     return f"{utc.isoformat(timespec='microseconds')}Z|{tiebreak}"
-
-
-def sorted_events(events: list[AttendeeEvent]) -> list[AttendeeEvent]:
-    """Events in order, each delivery once (a delivery key seen twice is the same delivery)."""
-    unique = {event.key: event for event in events}
-    return sorted(unique.values(), key=lambda event: event.order)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable
-from datetime import UTC, date, datetime
+from datetime import datetime
 from decimal import Decimal, InvalidOperation
 from typing import Any, Final
 
@@ -56,17 +56,6 @@ class LedgerEntry(msgspec.Struct, frozen=True, kw_only=True):
     paid_at: datetime
     order: str
     position: int
-
-
-class Total(msgspec.Struct, frozen=True, kw_only=True):
-    """Payments of one JTE event summed by currency, method and (UTC) day."""
-
-    slug: str
-    currency: str
-    method: str
-    day: date
-    payments: int
-    amount: Decimal
 
 
 def ledger_entry(event: AttendeeEvent) -> LedgerEntry:
@@ -121,19 +110,6 @@ def merge(entries: Iterable[LedgerEntry]) -> dict[tuple[str, str], LedgerEntry]:
         if current is None or entry.order > current.order:
             ledger[key] = entry
     return ledger
-
-
-def totals(entries: Iterable[LedgerEntry]) -> list[Total]:
-    """Sums by event, currency, method and UTC day, exact."""
-    sums: dict[tuple[str, str, str, date], tuple[int, Decimal]] = {}
-    for entry in entries:
-        key = (entry.slug, entry.currency, entry.method, entry.paid_at.astimezone(UTC).date())
-        count, amount = sums.get(key, (0, Decimal(0)))
-        sums[key] = (count + 1, amount + entry.amount)
-    return [
-        Total(slug=s, currency=c, method=m, day=d, payments=n, amount=a)
-        for (s, c, m, d), (n, a) in sorted(sums.items())
-    ]
 
 
 def _amount(value: object) -> Decimal:

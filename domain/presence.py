@@ -1,18 +1,18 @@
-"""Presence and occupancy: who is inside, and the step function of how many were inside when.
+"""Presence: who is inside, and each attendee's steps of the occupancy function.
 
 An attendee's moves (check-ins, check-outs, deletions) are kept in event order and replayed:
 a check-in enters if outside, a check-out leaves if inside, a deletion leaves if inside. A
 check-in of someone inside (a repeat) or a check-out of someone outside (a stray) is counted,
 not applied. Because moves are re-read in order, a late delivery lands where it belongs.
 
-Occupancy is the sum of every attendee's stays: +1 when a stay starts, -1 when it ends.
+Occupancy is the sum of every attendee's stays: +1 when a stay starts, -1 when it ends. The
+occupancy view (projections/occupancy.py) stores these steps and sums them in SQL.
 """
 
 from __future__ import annotations
 
 import bisect
-from collections.abc import Iterable, Sequence
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Final, Literal
 
 import msgspec
@@ -138,59 +138,3 @@ def changes(presence: Presence) -> list[Change]:
         if left is not None:
             steps.append(Change(left, -1))
     return steps
-
-
-def in_step_order(changes: Iterable[Change]) -> list[Change]:
-    """Changes by instant; at one instant, departures before arrivals, so that a count is never
-    higher than the number of people really inside at the same time."""
-    return sorted(changes, key=lambda change: (change.at, change.delta))
-
-
-def inside_at(changes: Iterable[Change], at: datetime) -> int:
-    """How many were inside at instant `at` (changes at `at` included)."""
-    return sum(change.delta for change in changes if change.at <= at)
-
-
-def peak(changes: Iterable[Change]) -> tuple[int, datetime | None]:
-    """The highest occupancy and the first instant it was reached."""
-    inside, best, best_at = 0, 0, None
-    for change in in_step_order(changes):
-        inside += change.delta
-        if inside > best:
-            best, best_at = inside, change.at
-    return best, best_at
-
-
-class Bucket(msgspec.Struct, frozen=True, kw_only=True):
-    """Occupancy over [start, start + bucket): arrivals, departures, and inside at its end."""
-
-    start: datetime
-    entered: int
-    exited: int
-    inside: int
-
-
-def timeline(
-    changes: Sequence[Change], start: datetime, end: datetime, bucket: timedelta
-) -> list[Bucket]:
-    """Per bucket from `start` until `end` (the last bucket is whole, and may end after `end`):
-    who came, who left, and how many were inside at the bucket's end."""
-    if bucket <= timedelta(0):
-        raise ValueError("a bucket must be longer than zero")
-    steps = in_step_order(changes)
-    inside = sum(c.delta for c in steps if c.at < start)
-    buckets = []
-    index = bisect.bisect_left([c.at for c in steps], start)
-    cursor = start
-    while cursor < end:
-        stop = cursor + bucket
-        entered = exited = 0
-        while index < len(steps) and steps[index].at < stop:
-            delta = steps[index].delta
-            entered += delta > 0
-            exited += delta < 0
-            inside += delta
-            index += 1
-        buckets.append(Bucket(start=cursor, entered=entered, exited=exited, inside=inside))
-        cursor = stop
-    return buckets

@@ -34,6 +34,10 @@ from projections.view import Key, Poison
 
 _encode: Final = msgspec.json.Encoder().encode
 _decode: Final = msgspec.json.Decoder(Moves).decode
+# The order of the occupancy function's steps: by instant, and at one instant departures (-1)
+# before arrivals (+1), so that a running count is never higher than the number of people
+# really inside at the same time.
+_STEP_ORDER: Final = "at, delta"
 _COUNTERS: Final = ("check_ins", "check_outs", "repeated_check_ins", "stray_check_outs")
 
 
@@ -330,13 +334,12 @@ def _store_minutes(
         ).format(table),
         (slugs, starts),
     )
-    # The highest count within each touched minute, from its exact changes in step order
-    # (departures before arrivals at one instant, as domain.presence.in_step_order).
+    # The highest count within each touched minute, from its exact changes in step order.
     cur.execute(
         sql.SQL(
             "WITH touched AS (SELECT * FROM unnest(%b::text[], %b::timestamptz[]) "
             "AS t(slug, minute)), steps AS (SELECT t.slug, t.minute, c.at, sum(c.delta) OVER "
-            "(PARTITION BY t.slug, t.minute ORDER BY c.at, c.delta ROWS UNBOUNDED PRECEDING) "
+            f"(PARTITION BY t.slug, t.minute ORDER BY {_STEP_ORDER} ROWS UNBOUNDED PRECEDING) "
             "AS running FROM touched t JOIN {1} c ON c.slug = t.slug AND c.at >= t.minute "
             "AND c.at < t.minute + interval '1 minute'), best AS (SELECT DISTINCT ON "
             "(slug, minute) slug, minute, running, at FROM steps "
@@ -476,9 +479,8 @@ async def at(pool: asyncpg.Pool, slug: str, when: datetime) -> Occupancy:
         slug,
         when,
     )
-    # Departures before arrivals at one instant (domain.presence.in_step_order).
     peak = await pool.fetchrow(
-        "SELECT running, at FROM (SELECT at, sum(delta) OVER (ORDER BY at, delta "
+        f"SELECT running, at FROM (SELECT at, sum(delta) OVER (ORDER BY {_STEP_ORDER} "
         f"ROWS UNBOUNDED PRECEDING) AS running FROM {_CHANGES} "
         "WHERE event = $1 AND at <= $2) s WHERE running > 0 ORDER BY running DESC, at LIMIT 1",
         slug,

@@ -16,9 +16,10 @@ from domain.events import (
     REGISTERED,
     AttendeeEvent,
 )
-from domain.ledger import LedgerEntry, PaymentError, ledger_entry, merge, method_name, totals
+from domain.ledger import LedgerEntry, PaymentError, ledger_entry, merge, method_name
 from domain.roster import fold
 from tests.events_factory import SLUG, at, delivered, ledger_entries, ledger_of, make_event, paying
+from tests.reference import totals
 
 
 def paid(

@@ -29,10 +29,11 @@ from domain.events import (
     UPDATED,
     AttendeeEvent,
 )
-from domain.ledger import merge, totals
-from domain.presence import Change, Presence, add, changes, inside_at, peak, presence, timeline
+from domain.ledger import merge
+from domain.presence import Change, Presence, add, changes, presence
 from domain.roster import RosterEntry, fold
 from tests.events_factory import DAY, ledger_entries, make_event, moves_of, presences
+from tests.reference import inside_at, peak, timeline, totals
 
 ALL_TYPES = [REGISTERED, IMPORTED, UPDATED, DELETED, CHECKED_IN, CHECKED_OUT, PAYMENT_CONFIRMED]
 MOVE_TYPES = [CHECKED_IN, CHECKED_OUT, DELETED]

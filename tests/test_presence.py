@@ -11,8 +11,9 @@ from datetime import datetime, timedelta, timezone
 import pytest
 
 from domain.events import CHECKED_IN, CHECKED_OUT, DELETED, REGISTERED, AttendeeEvent
-from domain.presence import Bucket, Change, add, changes, inside_at, peak, presence, timeline
+from domain.presence import Change, add, changes, presence
 from tests.events_factory import SLUG, all_changes, at, key, make_event, moves_of, presences
+from tests.reference import Bucket, inside_at, peak, timeline
 
 # --- One attendee: the state machine -------------------------------------------------------------
 

@@ -53,6 +53,7 @@ from tests.helpers import (
     token_headers,
     wait_until,
 )
+from tests.reference import peak
 
 DEFAULT_EVENT = EventConfig(slug="default", secrets=(SECRET,))
 
@@ -135,7 +136,7 @@ async def test_live_views_match_the_pure_folds(
     all_changes = [c for p in presences.values() for c in presence.changes(p)]
     assert occupancy == (
         sum(p.inside for p in presences.values()),
-        *presence.peak(all_changes),
+        *peak(all_changes),
         sum(p.check_ins for p in presences.values()),
         sum(p.check_outs for p in presences.values()),
         sum(p.ever_inside for p in presences.values()),

@@ -1,0 +1,173 @@
+"""The views' own read queries against the reference model, on a real PostgreSQL.
+
+Production computes occupancy at an instant, the peak, the timeline and the payment totals in
+SQL (projections/occupancy.py, projections/payments.py). The pure tests prove their rules of
+a small model (tests/reference.py); here the same scenarios are stored as deliveries, applied
+by the real runner, and the serving queries must answer what the model answers.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import AsyncIterator, Callable
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+
+import asyncpg
+import msgspec
+import pytest
+
+from domain.deliveries import delivery_key
+from domain.events import CHECKED_IN, CHECKED_OUT, AttendeeEvent
+from domain.interpret import PARSER_VERSION
+from projections import occupancy, payments
+from projections.runner import Runner
+from service.eventstore.source import SOURCE
+from service.eventstore.store import DeliveryRecorded, DeliveryStore
+from tests.events_factory import SLUG, all_changes, at, ledger_of, make_event
+from tests.reference import inside_at, peak, timeline, totals
+from tests.test_ledger import paid
+from tests.test_presence import day
+
+WIDTHS = (timedelta(minutes=5), timedelta(minutes=15), timedelta(hours=1))
+
+
+def recorded(event: AttendeeEvent) -> DeliveryRecorded:
+    """The delivery JTE would have sent for `event`, as intake stores it."""
+    delivery_id = str(event.key)
+    body = msgspec.json.encode(
+        {
+            "event": event.event_type,
+            "id": delivery_id,
+            "occurredAt": event.at.isoformat(),
+            "attendee": event.attendee,
+        }
+    )
+    return DeliveryRecorded(
+        originator_id=delivery_key(event.slug, delivery_id, body),
+        originator_version=1,
+        timestamp=datetime.now(UTC),
+        slug=event.slug,
+        body=body,
+        headers={"content-type": "application/json"},
+        verified_by="token",
+        delivery_id=delivery_id,
+        event_type=event.event_type,
+        attendee_id=event.attendee_id,
+        occurred_at=event.at,
+        parser_version=PARSER_VERSION,
+        quarantine_reason=None,
+    )
+
+
+@pytest.fixture
+def views_of(database_url: str) -> Callable[[list[AttendeeEvent]], None]:
+    """Store the events as deliveries and apply them to the live views."""
+
+    def apply(events: list[AttendeeEvent]) -> None:
+        store = DeliveryStore(database_url)
+        try:
+            store.append([recorded(event) for event in events])
+        finally:
+            store.close()
+        Runner(database_url, SOURCE).catch_up()
+
+    return apply
+
+
+@pytest.fixture
+async def pool(database_url: str) -> AsyncIterator[asyncpg.Pool]:
+    connections = await asyncpg.create_pool(database_url, min_size=1, max_size=2)
+    try:
+        yield connections
+    finally:
+        await connections.close()
+
+
+async def test_occupancy_at_any_instant_and_its_peak_are_the_models(
+    views_of: Callable[[list[AttendeeEvent]], None], pool: asyncpg.Pool
+) -> None:
+    views_of(day())
+    steps = all_changes(day())
+    instants = sorted({s.at for s in steps} | {at(h, m) for h in (8, 9, 10, 23) for m in (0, 59)})
+    instants += [s.at - timedelta(microseconds=1) for s in steps]
+    for instant in instants:
+        answer = await occupancy.at(pool, SLUG, instant)
+        so_far = [s for s in steps if s.at <= instant]
+        assert answer.inside == inside_at(steps, instant), instant
+        assert (answer.peak, answer.peak_at) == peak(so_far), instant
+        assert answer.entries == sum(s.delta > 0 for s in so_far), instant
+        assert answer.exits == sum(s.delta < 0 for s in so_far), instant
+    now = await occupancy.now(pool, SLUG)
+    assert (now.peak, now.peak_at) == peak(steps) == (3, at(9, 14, 59))
+    assert now.inside == inside_at(steps, at(23, 59)) == 1
+
+
+async def test_at_one_instant_departures_count_before_arrivals(
+    views_of: Callable[[list[AttendeeEvent]], None], pool: asyncpg.Pool
+) -> None:
+    # X leaves at 10:00 as Y arrives: nobody saw two people inside (test_presence's case).
+    events = [
+        make_event(CHECKED_IN, "Y", at(10)),
+        make_event(CHECKED_OUT, "X", at(10)),
+        make_event(CHECKED_IN, "X", at(9)),
+    ]
+    views_of(events)
+    steps = all_changes(events)
+    then = await occupancy.at(pool, SLUG, at(10))
+    assert (then.inside, then.peak, then.peak_at) == (1, *peak(steps)) == (1, 1, at(9))
+    now = await occupancy.now(pool, SLUG)
+    assert (now.peak, now.peak_at) == peak(steps)
+
+
+@pytest.mark.parametrize("width", WIDTHS, ids=["5m", "15m", "1h"])
+async def test_occupancy_buckets_are_the_models_timeline(
+    views_of: Callable[[list[AttendeeEvent]], None], pool: asyncpg.Pool, width: timedelta
+) -> None:
+    views_of(day())
+    steps = all_changes(day())
+    # Whole minutes read the per-minute table; a start within a minute, the exact changes.
+    for start, end in [(at(8), at(11)), (at(9, 15), at(10, 45)), (at(9, 2, 30), at(10, 2, 30))]:
+        answer = await occupancy.buckets(pool, SLUG, start, end, width)
+        model = timeline(steps, start, end, width)
+        assert [(b.start, b.entered, b.exited, b.inside) for b in answer] == [
+            (b.start, b.entered, b.exited, b.inside) for b in model
+        ], (start, end)
+        assert all(b.end == b.start + width for b in answer)
+
+
+async def test_payment_totals_are_the_models(
+    views_of: Callable[[list[AttendeeEvent]], None], pool: asyncpg.Pool
+) -> None:
+    events = [
+        paid(at(9), "349.00", "PLN", "p24", "R-1"),
+        paid(at(10), "0.10", "PLN", "przelewy24", "R-2"),
+        paid(at(11), "0.20", "PLN", "przelewy24", "R-3"),
+        paid(at(11), "100.00", "EUR", "payu", "R-4"),
+        paid(at(12), "50.00", "PLN", "bank transfer", "R-5"),
+        paid(datetime(2026, 5, 15, 0, 0, tzinfo=UTC), "1.00", "PLN", "p24", "R-6"),
+        paid(at(13), "999.00", "PLN", "p24", "R-1"),  # supersedes the 349.00 of R-1
+    ]
+    views_of(events)
+    model = totals(ledger_of(events).values())
+    answer = await payments.summary(pool, SLUG)
+
+    def summed(*key: str) -> dict[tuple[object, ...], tuple[int, str]]:
+        sums: dict[tuple[object, ...], tuple[int, Decimal]] = defaultdict(lambda: (0, Decimal(0)))
+        for t in model:
+            group = tuple(getattr(t, k) for k in key)
+            count, amount = sums[group]
+            sums[group] = (count + t.payments, amount + t.amount)
+        # As text: 999.30 and 999.3 are equal Decimals, not the same amount.
+        return {group: (count, str(amount)) for group, (count, amount) in sums.items()}
+
+    assert {(t.day, t.currency): (t.payments, str(t.amount)) for t in answer.by_day} == summed(
+        "day", "currency"
+    )
+    assert {
+        (t.currency, t.method): (t.payments, str(t.amount)) for t in answer.by_method
+    } == summed("currency", "method")
+    assert {(t.currency,): (t.payments, str(t.amount)) for t in answer.by_currency} == summed(
+        "currency"
+    )
+    assert summed("currency")[("PLN",)] == (5, "1050.30")
