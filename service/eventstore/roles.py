@@ -34,11 +34,13 @@ import psycopg
 from psycopg import sql
 
 from projections.schema import (
+    DEAD_LETTERS,
     INTERNAL,
     LEGACY_ANALYST_GROUP,
     ROLES_TABLE,
     SETUP_LOCK,
     TRACKING_TABLE,
+    VIEW_VERSIONS,
     VIEWS_SCHEMA,
     advisory_lock,
     analytics_schemas,
@@ -48,8 +50,9 @@ from projections.schema import (
 )
 from projections.tracking import view_tracking
 from service.eventstore.database import Unusable, connect, with_user
-from service.eventstore.store import EVENTS_TABLE, ensure_store
+from service.eventstore.store import EVENTS_TABLE, LOCK_FUNCTION, ensure_store
 from service.http import tokens
+from service.http.tokens import TOKENS_TABLE
 
 Purpose = Literal["owner", "runtime", "analysts"]
 _SUFFIX: Final = {"owner": "_owner", "runtime": "_app", "analysts": "_analysts"}
@@ -57,10 +60,10 @@ _NAME_MAX: Final = 63  # PostgreSQL's identifier limit (bytes)
 # What the runtime role may do to the owner's tables in schema `rollcall`.
 _RUNTIME_TABLES: Final = {
     EVENTS_TABLE: "SELECT, INSERT",
-    "view_versions": "SELECT, INSERT, UPDATE",
-    "dead_letters": "SELECT, INSERT, UPDATE",
+    VIEW_VERSIONS: "SELECT, INSERT, UPDATE",
+    DEAD_LETTERS: "SELECT, INSERT, UPDATE",
     TRACKING_TABLE: "SELECT, INSERT, UPDATE",
-    "api_tokens": "SELECT, INSERT, UPDATE",
+    TOKENS_TABLE: "SELECT, INSERT, UPDATE",
     ROLES_TABLE: "SELECT",
 }
 
@@ -228,7 +231,7 @@ def _set_owner(
 def _grant(conn: psycopg.Connection[Any], database: str, runtime: str) -> None:
     """Exactly the runtime role's rights (revoked first, so a rerun also takes back extras)."""
     role, db = sql.Identifier(runtime), sql.Identifier(database)
-    lock = sql.Identifier(INTERNAL, "lock_deliveries")
+    lock = sql.Identifier(INTERNAL, LOCK_FUNCTION)
     statements = [
         sql.SQL("REVOKE ALL ON DATABASE {} FROM PUBLIC").format(db),
         # CREATE: for the schemas of `rollcall rebuild --as-of`.

@@ -40,7 +40,9 @@ from service.eventstore.database import Unusable, eventsourcing_env
 # eventsourcing names the table after the application (Deliveries), in rollcall's schema.
 EVENTS_TABLE: Final = "deliveries_events"
 _SETUP_LOCK: Final = 0x726F6C6C  # advisory lock id: one process sets the schema up at a time
-_LOCK_FUNCTION: Final = sql.Identifier(INTERNAL, "lock_deliveries")
+# Takes the library's table lock with its owner's rights (see IntakeRecorder._lock_and_notify).
+LOCK_FUNCTION: Final = "lock_deliveries"
+_LOCK_FUNCTION: Final = sql.Identifier(INTERNAL, LOCK_FUNCTION)
 # While the database is unreachable, ask it again at most this often (seconds).
 _PROBE_INTERVAL: Final = 0.25
 # How many unacknowledged keys (see DeliveryStore.unacknowledged) are remembered at most.
@@ -156,7 +158,7 @@ class IntakeRecorder(PostgresApplicationRecorder):
 
 
 class Deliveries(Application[UUID]):
-    """The eventsourcing application owning the write model: rollcall.deliveries_events."""
+    """The eventsourcing application owning the write model: table EVENTS_TABLE."""
 
     name = "Deliveries"
 

@@ -14,15 +14,17 @@ from typing import Any, Final, Literal
 import asyncpg
 import psycopg
 
-from projections.schema import may_migrate
+from projections.schema import INTERNAL, may_migrate
 
 Scope = Literal["read", "admin"]
 SCOPES: Final = ("read", "admin")
 _PREFIX: Final = "rc_"
 CACHE_SECONDS: Final = 2.0  # how long a checked token's scope is trusted without a lookup
 _CACHE_SIZE: Final = 1024
+TOKENS_TABLE: Final = "api_tokens"
+_TABLE: Final = f"{INTERNAL}.{TOKENS_TABLE}"
 _DDL: Final = (
-    "CREATE TABLE IF NOT EXISTS rollcall.api_tokens ("
+    f"CREATE TABLE IF NOT EXISTS {_TABLE} ("
     "hash text PRIMARY KEY, scope text NOT NULL CHECK (scope IN ('read', 'admin')), "
     "name text NOT NULL, created_at timestamptz NOT NULL DEFAULT now(), revoked_at timestamptz)"
 )
@@ -31,7 +33,7 @@ _DDL: Final = (
 def ensure_table(conn: psycopg.Connection[Any]) -> None:
     """Create the tokens table if missing (by a session that migrates the schema)."""
     if may_migrate(conn):
-        conn.execute("CREATE SCHEMA IF NOT EXISTS rollcall")
+        conn.execute(f"CREATE SCHEMA IF NOT EXISTS {INTERNAL}")
         conn.execute(_DDL)
 
 
@@ -40,7 +42,7 @@ def issue(conn: psycopg.Connection[Any], scope: Scope, name: str) -> str:
     ensure_table(conn)
     token = _PREFIX + secrets.token_urlsafe(32)
     conn.execute(
-        "INSERT INTO rollcall.api_tokens (hash, scope, name) VALUES (%s, %s, %s)",
+        f"INSERT INTO {_TABLE} (hash, scope, name) VALUES (%s, %s, %s)",
         (_hash(token), scope, name),
     )
     return token
@@ -50,7 +52,7 @@ def revoke(conn: psycopg.Connection[Any], name: str) -> int:
     """Revoke every token issued under `name`; how many were."""
     ensure_table(conn)
     cur = conn.execute(
-        "UPDATE rollcall.api_tokens SET revoked_at = now() WHERE name = %s AND revoked_at IS NULL",
+        f"UPDATE {_TABLE} SET revoked_at = now() WHERE name = %s AND revoked_at IS NULL",
         (name,),
     )
     return cur.rowcount
@@ -62,7 +64,7 @@ async def scope_of(pool: asyncpg.Pool, token: str) -> Scope | None:
         return None
     try:
         scope = await pool.fetchval(
-            "SELECT scope FROM rollcall.api_tokens WHERE hash = $1 AND revoked_at IS NULL",
+            f"SELECT scope FROM {_TABLE} WHERE hash = $1 AND revoked_at IS NULL",
             _hash(token),
         )
     except asyncpg.UndefinedTableError:
