@@ -29,7 +29,6 @@ from typing import Any, Final, Literal
 import msgspec
 
 Mode = Literal["default", "token", "hmac-sha256", "standard-webhooks"]
-MODES: Final = typing.get_args(Mode)
 LogFormat = Literal["text", "json"]
 DEFAULT_SLUG: Final = "default"
 SLUG_PATTERN: Final = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")

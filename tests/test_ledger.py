@@ -252,8 +252,9 @@ def test_a_confirmation_without_a_method_is_unknown() -> None:
 # --- Totals --------------------------------------------------------------------------------------
 
 
-def test_totals_sum_exactly_by_currency_method_and_day() -> None:
-    events = [
+def payments_day() -> list[AttendeeEvent]:
+    """Confirmations in two currencies, four spellings of three methods, over two days."""
+    return [
         paid(at(9), "349.00", "PLN", "p24", "R-1"),
         paid(at(10), "0.10", "PLN", "przelewy24", "R-2"),
         paid(at(11), "0.20", "PLN", "przelewy24", "R-3"),
@@ -262,7 +263,10 @@ def test_totals_sum_exactly_by_currency_method_and_day() -> None:
         paid(datetime(2026, 5, 15, 0, 0, tzinfo=UTC), "1.00", "PLN", "p24", "R-6"),
         paid(at(13), "999.00", "PLN", "p24", "R-1"),  # supersedes the 349.00 of R-1
     ]
-    result = totals(ledger_of(events).values())
+
+
+def test_totals_sum_exactly_by_currency_method_and_day() -> None:
+    result = totals(ledger_of(payments_day()).values())
     summary = {(t.currency, t.method, t.day): (t.payments, t.amount) for t in result}
     assert summary == {
         ("EUR", "payu", date(2026, 5, 14)): (1, Decimal("100.00")),

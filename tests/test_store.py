@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 import time
 from collections.abc import Iterator
@@ -13,8 +14,26 @@ import pytest
 from eventsourcing.persistence import OperationalError
 from psycopg import sql
 
-from service.eventstore.store import DeliveryStore, StoreUnavailable
+from domain.deliveries import DeliveryState
+from service.eventstore.store import DeliveryRecorded, DeliveryStore, StoreUnavailable
 from tests.helpers import delivery, recorded, stored_rows
+
+
+def test_the_stored_event_and_the_stored_form_have_the_same_fields() -> None:
+    # The library's event class and the stored form's Struct declare the same fields: the
+    # event's are written, the Struct's read back, and neither may drop what the other has.
+    event = {f.name for f in dataclasses.fields(DeliveryRecorded)}
+    assert event - {"originator_id", "originator_version"} == set(DeliveryState.__struct_fields__)
+
+
+def test_a_stored_delivery_reads_back_as_it_was_written(store: DeliveryStore) -> None:
+    written = recorded(delivery(delivery_id="d-1"), "d-1")
+    (position,) = store.append([written])
+    (stored,) = store.read(0, 10)
+    assert (stored.position, stored.key) == (position, written.originator_id)
+    assert stored.state == DeliveryState(
+        **{f: getattr(written, f) for f in DeliveryState.__struct_fields__}
+    )
 
 
 @pytest.fixture

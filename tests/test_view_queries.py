@@ -10,54 +10,40 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import AsyncIterator, Callable
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from decimal import Decimal
 
 import asyncpg
 import msgspec
 import pytest
 
-from domain.deliveries import delivery_key
 from domain.events import CHECKED_IN, CHECKED_OUT, AttendeeEvent
-from domain.interpret import PARSER_VERSION
 from projections import occupancy, payments
 from projections.runner import Runner
+from service.config import EventConfig
 from service.eventstore.source import SOURCE
 from service.eventstore.store import DeliveryRecorded, DeliveryStore
+from service.http.intake import delivery_record
 from tests.events_factory import SLUG, all_changes, at, ledger_of, make_event
 from tests.reference import inside_at, peak, timeline, totals
-from tests.test_ledger import paid
+from tests.test_ledger import payments_day
 from tests.test_presence import day
 
 WIDTHS = (timedelta(minutes=5), timedelta(minutes=15), timedelta(hours=1))
+EVENT = EventConfig(slug=SLUG, secrets=("unused: nothing is verified here",))
 
 
 def recorded(event: AttendeeEvent) -> DeliveryRecorded:
-    """The delivery JTE would have sent for `event`, as intake stores it."""
-    delivery_id = str(event.key)
+    """The delivery JTE would have sent for `event`, as intake keeps it."""
     body = msgspec.json.encode(
         {
             "event": event.event_type,
-            "id": delivery_id,
+            "id": str(event.key),
             "occurredAt": event.at.isoformat(),
             "attendee": event.attendee,
         }
     )
-    return DeliveryRecorded(
-        originator_id=delivery_key(event.slug, delivery_id, body),
-        originator_version=1,
-        timestamp=datetime.now(UTC),
-        slug=event.slug,
-        body=body,
-        headers={"content-type": "application/json"},
-        verified_by="token",
-        delivery_id=delivery_id,
-        event_type=event.event_type,
-        attendee_id=event.attendee_id,
-        occurred_at=event.at,
-        parser_version=PARSER_VERSION,
-        quarantine_reason=None,
-    )
+    return delivery_record(EVENT, {"content-type": b"application/json"}, body, "token")
 
 
 @pytest.fixture
@@ -139,15 +125,7 @@ async def test_occupancy_buckets_are_the_models_timeline(
 async def test_payment_totals_are_the_models(
     views_of: Callable[[list[AttendeeEvent]], None], pool: asyncpg.Pool
 ) -> None:
-    events = [
-        paid(at(9), "349.00", "PLN", "p24", "R-1"),
-        paid(at(10), "0.10", "PLN", "przelewy24", "R-2"),
-        paid(at(11), "0.20", "PLN", "przelewy24", "R-3"),
-        paid(at(11), "100.00", "EUR", "payu", "R-4"),
-        paid(at(12), "50.00", "PLN", "bank transfer", "R-5"),
-        paid(datetime(2026, 5, 15, 0, 0, tzinfo=UTC), "1.00", "PLN", "p24", "R-6"),
-        paid(at(13), "999.00", "PLN", "p24", "R-1"),  # supersedes the 349.00 of R-1
-    ]
+    events = payments_day()
     views_of(events)
     model = totals(ledger_of(events).values())
     answer = await payments.summary(pool, SLUG)
