@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import msgspec
 import psycopg
@@ -18,9 +18,6 @@ from projections.registry import VIEWS
 from projections.schema import Version
 from projections.source import Record
 from projections.view import Key, Target
-
-if TYPE_CHECKING:
-    from projections.tracking import ViewTracking
 
 
 class PoisonError(Exception):
@@ -51,9 +48,15 @@ class Folded(msgspec.Struct):
 Loader = Callable[[Version, list[Key]], dict[Key, Any]]
 
 
+class Recorder(Protocol):
+    """Where folded batches are written (projections.tracking.ViewTracking)."""
+
+    def record(self, cur: psycopg.Cursor[Any], folded: Sequence[Folded]) -> list[Target]: ...
+
+
 def apply_records(
     cur: psycopg.Cursor[Any],
-    tracking: ViewTracking,
+    tracking: Recorder,
     targets: Sequence[Target],
     records: Sequence[Record],
     *,

@@ -48,9 +48,9 @@ from service.eventstore.database import drop_database, new_database, server
 from service.eventstore.source import SOURCE
 from service.eventstore.store import DeliveryRecorded, DeliveryStore
 from service.http.intake import delivery_record
-from service.http.tokens import issue
 from service.jte.signing import sign
 from service.jte.simulator import SimulatedDelivery, SimulationOptions, simulate
+from service.tokens import issue
 
 ROOT = Path(__file__).resolve().parent.parent
 SECRET = "bench-queries-secret"  # noqa: S105 - a throwaway test secret

@@ -32,13 +32,13 @@ from uvicorn.server import ServerState
 
 from domain.deliveries import delivery_key
 from domain.interpret import PARSER_VERSION
+from service import tokens
 from service.config import EventConfig, Settings
 from service.eventstore import database
 from service.eventstore.store import DeliveryRecorded
-from service.http import tokens
 from service.http.app import create_app
 from service.http.server import guarded
-from service.http.tokens import Scope
+from service.tokens import Scope
 from tests.drill.report import Finding
 
 SECRET = "organiser-chosen secret: zażółć 42"

@@ -15,8 +15,8 @@ import httpx
 import psycopg
 import pytest
 
+from service import tokens
 from service.eventstore.roles import grant_analyst
-from service.http import tokens
 from service.http.api import PARAMETERS
 from service.http.app import create_app
 from service.http.openapi import document

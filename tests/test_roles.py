@@ -17,11 +17,11 @@ from projections import schema
 from projections.rebuild import build_as_of, rebuild
 from projections.registry import VIEW_NAMES
 from projections.runner import Runner, ensure_views
+from service import tokens
 from service.eventstore.database import Unusable
 from service.eventstore.roles import Setup, grant_analyst, role_name, set_up
 from service.eventstore.source import SOURCE
 from service.eventstore.store import DeliveryStore
-from service.http import tokens
 from tests.drill.snapshot import wait_until_caught_up
 from tests.helpers import (
     RunningService,

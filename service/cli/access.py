@@ -8,13 +8,13 @@ import sys
 
 import psycopg
 
+from service import tokens
 from service.cli import Commands
 from service.cli.database import admin_database, database
 from service.config import Settings
 from service.eventstore.database import Unusable, reason
 from service.eventstore.roles import BadRoleName, grant_analyst
-from service.http import tokens
-from service.http.tokens import SCOPES
+from service.tokens import SCOPES
 
 
 def add_commands(commands: Commands) -> None:

@@ -49,10 +49,10 @@ from projections.schema import (
     recorded_role,
 )
 from projections.tracking import view_tracking
+from service import tokens
 from service.eventstore.database import Unusable, connect, with_user
 from service.eventstore.store import EVENTS_TABLE, LOCK_FUNCTION, ensure_store
-from service.http import tokens
-from service.http.tokens import TOKENS_TABLE
+from service.tokens import TOKENS_TABLE
 
 Purpose = Literal["owner", "runtime", "analysts"]
 _SUFFIX: Final = {"owner": "_owner", "runtime": "_app", "analysts": "_analysts"}

@@ -31,12 +31,11 @@ from domain.deliveries import DeliveryState
 from projections.rebuild import rebuild
 from projections.registry import VIEW_NAMES
 from projections.schema import INTERNAL
+from service import tokens
 from service.config import EventConfig
 from service.eventstore.database import EmbeddedPostgres, drop_database, new_database
 from service.eventstore.source import SOURCE
 from service.eventstore.store import EVENTS_TABLE
-from service.http import tokens
-from service.http.tokens import Scope
 from service.jte.simulator import (
     SignedDelivery,
     SimulatedDelivery,
@@ -44,6 +43,7 @@ from service.jte.simulator import (
     sign_all,
     simulate,
 )
+from service.tokens import Scope
 from tests.drill.report import Finding
 from tests.drill.snapshot import snapshot, wait_until_caught_up
 

@@ -20,7 +20,7 @@ from domain.interpret import parse_time
 from service.config import EventsWatcher
 from service.http.exports import Exports, ExportsBusy
 from service.http.responses import Error, json_response
-from service.http.tokens import Scope, TokenCache, allows
+from service.tokens import Scope, TokenCache, allows
 
 log = logging.getLogger("rollcall.api")
 
