@@ -7,7 +7,8 @@ baseline receiver (c), driven by wrk with pre-signed simulator deliveries, all i
 With `--against REF` it instead measures rollcall's own configurations, intake only (a) and
 the default `rollcall serve` with live views (ap), for this checkout and for the commit REF
 (exported with `git archive`, run with this venv), alternating between the two (ABBA) so that
-both see the same machine, and prints each one's median beside the other with the ratio.
+both see the same machine, and prints each one's median beside the other with the ratio, and
+the server's CPU per delivery, which other load on the machine disturbs less than throughput.
 
 Needs wrk (`apt-get install wrk`). Uses DATABASE_URL's server if set, else an embedded
 PostgreSQL; every configuration gets a fresh database. Prints deliveries/s, p50/p99 latency and
@@ -113,6 +114,12 @@ class Run:
     wrk_cpu: float = 0.0
 
     @property
+    def cpu_us_per_delivery(self) -> float:
+        """The server's CPU per accepted delivery: steadier than throughput on a shared machine."""
+        ok = self.statuses.get(200, 0)
+        return self.server_cpu * self.seconds / ok * 1e6 if ok else 0.0
+
+    @property
     def per_second(self) -> float:
         ok = self.statuses.get(200, 0)
         return ok / self.seconds if self.seconds else 0.0
@@ -206,6 +213,12 @@ def _compare(args: argparse.Namespace, work: Path, server_url: str) -> int:
         mine_p99 = statistics.median(r.p99_ms for r in runs[(name, "this checkout")])
         theirs_p99 = statistics.median(r.p99_ms for r in runs[(name, args.against)])
         print(f"{'    p99 ms':44}{mine_p99:16.1f}{theirs_p99:16.1f}{mine_p99 / theirs_p99:9.3f}")
+        mine_cpu = statistics.median(r.cpu_us_per_delivery for r in runs[(name, "this checkout")])
+        theirs_cpu = statistics.median(r.cpu_us_per_delivery for r in runs[(name, args.against)])
+        print(
+            f"{'    server CPU us per delivery':44}{mine_cpu:16.0f}{theirs_cpu:16.0f}"
+            f"{mine_cpu / theirs_cpu:9.3f}"
+        )
     print(f"(medians of {args.rounds} rounds; machine: {os.cpu_count()} cores)")
     return 0
 
