@@ -38,9 +38,20 @@ class DeliveryState(msgspec.Struct, frozen=True, kw_only=True):
     replay_of: UUID | None = None
 
 
+class StoredBody(msgspec.Struct, frozen=True):
+    """The part of a stored delivery the views read: decoding it skips the headers and intake's
+    reading, which cost the folds twice as much decoding as they need."""
+
+    timestamp: datetime
+    slug: str
+    body: bytes
+    quarantine_reason: str | None
+
+
 # JSON: readable with SQL too (`convert_from(state, 'UTF8')::jsonb`); bytes go as base64.
 _encoder: Final = msgspec.json.Encoder()
 _decoder: Final = msgspec.json.Decoder(DeliveryState)
+_body_decoder: Final = msgspec.json.Decoder(StoredBody)
 
 
 def encode(state: DeliveryState | Mapping[str, Any]) -> bytes:
@@ -51,6 +62,11 @@ def encode(state: DeliveryState | Mapping[str, Any]) -> bytes:
 def decode(data: bytes) -> DeliveryState:
     """A delivery's state from its stored bytes."""
     return _decoder.decode(data)
+
+
+def decode_body(data: bytes) -> StoredBody:
+    """The part of a delivery's state the views read, from its stored bytes."""
+    return _body_decoder.decode(data)
 
 
 def delivery_key(slug: str, delivery_id: str | None, body: bytes) -> UUID:

@@ -12,13 +12,13 @@ so a parser fix followed by a rebuild changes the views without touching the sto
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, Final, Protocol
+from typing import Any, Final, Generic, Protocol, TypeVar
 from uuid import UUID
 
 import msgspec
 import psycopg
 
-from domain.deliveries import DeliveryState
+from domain.deliveries import DeliveryState, StoredBody
 from domain.events import AttendeeEvent, attendee_event
 from domain.interpret import Interpreted, interpret
 
@@ -33,12 +33,16 @@ class SourceUnavailable(Exception):
     """The stored deliveries cannot be reached now (the database is down): try again later."""
 
 
-class StoredDelivery(msgspec.Struct, frozen=True):
-    """A delivery read back from the store, at its global position."""
+State = TypeVar("State", DeliveryState, StoredBody)
+
+
+class StoredDelivery(msgspec.Struct, Generic[State], frozen=True):
+    """A delivery read back from the store, at its global position: its whole state, or only
+    the part the views read (StoredBody)."""
 
     position: int
     key: UUID
-    state: DeliveryState
+    state: State
 
 
 class DeliverySource(Protocol):
@@ -55,7 +59,7 @@ class DeliverySource(Protocol):
 
     def read(
         self, cur: psycopg.Cursor[Any], after: int, limit: int, budget: int
-    ) -> list[StoredDelivery]:
+    ) -> list[StoredDelivery[StoredBody]]:
         """Up to `limit` deliveries after position `after`; fewer once their stored states pass
         `budget` bytes (at least one, however large)."""
         ...
@@ -91,7 +95,7 @@ def read(
     return [record(stored) for stored in source.read(cur, after, limit, budget)]
 
 
-def record(stored: StoredDelivery) -> Record:
+def record(stored: StoredDelivery[StoredBody]) -> Record:
     """Interpret one stored delivery."""
     delivery, position, key = stored.state, stored.position, stored.key
     if delivery.quarantine_reason is not None:

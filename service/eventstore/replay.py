@@ -12,6 +12,7 @@ from uuid import UUID, uuid5
 
 import msgspec
 
+from domain.deliveries import DeliveryState
 from domain.interpret import PARSER_VERSION, Interpreted, interpret
 from projections.source import StoredDelivery
 from service.eventstore.store import DeliveryRecorded, DeliveryStore
@@ -58,7 +59,7 @@ def replay_quarantined(store: DeliveryStore) -> ReplayReport:
     return report
 
 
-def _replay(stored: StoredDelivery) -> DeliveryRecorded | None:
+def _replay(stored: StoredDelivery[DeliveryState]) -> DeliveryRecorded | None:
     original = stored.state
     reading = interpret(original.body)
     if not isinstance(reading, Interpreted):

@@ -10,6 +10,7 @@ import psycopg
 from psycopg import sql
 
 from domain import deliveries as stored_form
+from domain.deliveries import StoredBody
 from projections.schema import INTERNAL
 from projections.source import SourceUnavailable, StoredDelivery
 from service.eventstore.store import EVENTS_TABLE, StoreUnavailable, ensure_store
@@ -38,10 +39,10 @@ class StoreSource:
 
     def read(
         self, cur: psycopg.Cursor[Any], after: int, limit: int, budget: int
-    ) -> list[StoredDelivery]:
+    ) -> list[StoredDelivery[StoredBody]]:
         rows = cur.execute(_READ, (after, limit, budget)).fetchall()
         return [
-            StoredDelivery(position, key, stored_form.decode(bytes(state)))
+            StoredDelivery(position, key, stored_form.decode_body(bytes(state)))
             for position, key, state in rows
         ]
 
@@ -58,7 +59,7 @@ class StoreSource:
             ).format(_EVENTS),
             (position,),
         ).fetchone()
-        return stored_form.decode(bytes(row[0])).timestamp if row else None
+        return stored_form.decode_body(bytes(row[0])).timestamp if row else None
 
 
 SOURCE: Final = StoreSource()

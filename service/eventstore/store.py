@@ -299,7 +299,7 @@ class DeliveryStore:
         """The highest position stored (0 when empty)."""
         return self._call(self._recorder.max_notification_id) or 0
 
-    def read(self, after: int, limit: int) -> list[StoredDelivery]:
+    def read(self, after: int, limit: int) -> list[StoredDelivery[stored_form.DeliveryState]]:
         """Up to `limit` deliveries after a position, in position order."""
         notifications = self._call(
             self._recorder.select_notifications, after, limit, inclusive_of_start=False
