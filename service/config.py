@@ -76,6 +76,9 @@ class Tuning(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tr
     store_threads: int = 4
     store_timeout: float = 5.0
     projections: bool = True
+    # Where the live views are folded: a supervised child process (out of intake's event loop
+    # and GIL), or a thread of the server process as before (service/runner_process.py).
+    projection_runner: Literal["process", "thread"] = "process"
     # Requests in progress at most, per process (uvicorn's limit_concurrency).
     max_connections: int = 2048
     # Bytes of bodies still unverified (signed over the body) held at once, per process.

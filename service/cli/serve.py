@@ -32,6 +32,13 @@ def add_commands(commands: Commands) -> None:
     serve.add_argument("--port", type=int, help=f"default: {env_name('port')}, else 8000")
     serve.add_argument("--workers", type=int, default=1, help="worker processes (default 1)")
     serve.add_argument("--access-log", action="store_true", help="log every request line")
+    serve.add_argument(
+        "--projections",
+        choices=["process", "thread", "off"],
+        help="where the live views are folded: a supervised child process (default), a thread "
+        "of each server process, or not at all "
+        f"(default: {env_name('projection_runner')} / {env_name('projections')})",
+    )
     serve.set_defaults(run=run_serve)
 
     secret = commands.add_parser("secret", help="show a JTE event's webhook secret(s)")
@@ -40,6 +47,13 @@ def add_commands(commands: Commands) -> None:
 
 
 def run_serve(settings: Settings, args: argparse.Namespace) -> int:
+    if args.projections is not None:
+        # The app (and each worker process) reads its settings from the environment.
+        if args.projections == "off":
+            os.environ[env_name("projections")] = "false"
+        else:
+            os.environ[env_name("projections")] = "true"
+            os.environ[env_name("projection_runner")] = args.projections
     # Secrets are generated here, once, before any worker process starts.
     ensure_secrets(settings)
     # uvicorn re-raises the signal that stopped it; make SIGTERM an exception (as SIGINT is)

@@ -31,6 +31,7 @@ from service.http.exports import Exports
 from service.http.intake import Intake, is_webhook_path
 from service.http.logs import RequestIdMiddleware
 from service.http.responses import Error, json_response
+from service.runner_process import RunnerProcess
 
 log = logging.getLogger("rollcall.app")
 
@@ -95,7 +96,8 @@ def create_app(settings: Settings | None = None) -> Rollcall:
         )
         app.state.database_url = database_url
         intake.writer = writer
-        runner = _RunnerThread(database_url) if settings.projections else None
+        runner = _start_runner(database_url, settings)
+        app.state.runner = runner
         log.info(
             "rollcall ready on %s (events: %s)", redacted(database_url), ", ".join(settings.events)
         )
@@ -144,6 +146,15 @@ async def _open_store(database_url: str, settings: Settings) -> DeliveryStore:
                 raise
             log.warning("database %s not reachable yet; retrying", redacted(database_url))
             await asyncio.sleep(1)
+
+
+def _start_runner(database_url: str, settings: Settings) -> RunnerProcess | _RunnerThread | None:
+    """The live views' runner as the settings ask: a child process, a thread, or none."""
+    if not settings.projections:
+        return None
+    if settings.projection_runner == "thread":
+        return _RunnerThread(database_url)
+    return RunnerProcess(database_url, log_format=settings.log_format)
 
 
 class _RunnerThread:
