@@ -67,6 +67,9 @@ class Presence(msgspec.Struct, frozen=True, kw_only=True):
         return bool(self.stays)
 
 
+MOVE_TYPES: Final = frozenset(_KINDS)  # the event types that move an attendee
+
+
 def is_move(event: AttendeeEvent) -> bool:
     return event.event_type in _KINDS
 

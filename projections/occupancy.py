@@ -25,7 +25,7 @@ import psycopg
 from psycopg import sql
 
 from domain.events import AttendeeEvent
-from domain.presence import Change, Moves, add, changes, is_move, presence
+from domain.presence import MOVE_TYPES, Change, Moves, add, changes, is_move, presence
 from domain.presence import Presence as PresenceState
 from projections.columns import text
 from projections.roster import ROSTER
@@ -67,6 +67,7 @@ class OccupancyView:
 
     name: Final = "occupancy"
     tables: Final = ("presence", "occupancy_changes", "occupancy_minutes", "occupancy")
+    event_types: Final = MOVE_TYPES
 
     def ddl(self, version: Version) -> list[sql.Composed]:
         n = version.version
@@ -197,6 +198,73 @@ class OccupancyView:
         _store_minutes(cur, version, write.minutes)
         _store_counters(cur, version, write.counters)
 
+    def bulk(self, version: Version) -> OccupancyBulk:
+        return OccupancyBulk(version)
+
+
+class OccupancyBulk:
+    """A fresh occupancy version filled by a bulk rebuild: presence rows and changes streamed
+    with binary COPY per batch of attendees; minutes and counters summed in memory (a few per
+    minute and JTE event) and written once at the end."""
+
+    def __init__(self, version: Version) -> None:
+        self._version = version
+        self._minutes: dict[tuple[str, datetime], list[int]] = {}
+        self._counters: dict[str, dict[str, int]] = {}
+
+    def add(self, cur: psycopg.Cursor[Any], write: OccupancyWrite) -> None:
+        if write.rewritten:
+            raise ValueError("a bulk fold starts every attendee from nothing")
+        with cur.copy(
+            sql.SQL("COPY {} FROM STDIN (FORMAT BINARY)").format(self._version.table("presence"))
+        ) as copy:
+            copy.set_types(_PRESENCE_TYPES)
+            for moves, p in write.presences:
+                copy.write_row(_presence_row(moves, p))
+        with cur.copy(
+            sql.SQL("COPY {} FROM STDIN (FORMAT BINARY)").format(
+                self._version.table("occupancy_changes")
+            )
+        ) as copy:
+            copy.set_types(["text", "text", "timestamptz", "int2"])
+            for (slug, attendee_id), change in write.new_changes:
+                copy.write_row((slug, attendee_id, change.at, change.delta))
+        for key, (entered, exited) in write.minutes.items():
+            counts = self._minutes.setdefault(key, [0, 0])
+            counts[0] += entered
+            counts[1] += exited
+        for slug, values in write.counters.items():
+            counters = self._counters.setdefault(slug, defaultdict(int))
+            for name, value in values.items():
+                counters[name] += value
+
+    def finish(self, cur: psycopg.Cursor[Any]) -> None:
+        _store_minutes(cur, self._version, self._minutes)
+        _store_counters(cur, self._version, self._counters)
+
+
+_PRESENCE_TYPES: Final = [
+    "text", "text", "bool", "timestamptz", "int4", "int4", "int4", "int4",
+    "timestamptz", "timestamptz", "timestamptz", "bytea",
+]  # fmt: skip
+
+
+def _presence_row(moves: Moves, p: PresenceState) -> tuple[Any, ...]:
+    return (
+        text(p.slug),
+        text(p.attendee_id),
+        p.inside,
+        p.entered_at,
+        p.check_ins,
+        p.check_outs,
+        p.repeated_check_ins,
+        p.stray_check_outs,
+        p.first_in_at,
+        p.last_in_at,
+        p.last_out_at,
+        _encode(moves),
+    )
+
 
 def peak_query(version: Version, slug: sql.Composable) -> sql.Composed:
     """The highest occupancy of a JTE event and the first instant it was reached: the best of
@@ -241,28 +309,7 @@ def _count(
 def _store_presence(
     cur: psycopg.Cursor[Any], version: Version, rows: list[tuple[Moves, PresenceState]]
 ) -> None:
-    columns = list(
-        zip(
-            *(
-                (
-                    text(p.slug),
-                    text(p.attendee_id),
-                    p.inside,
-                    p.entered_at,
-                    p.check_ins,
-                    p.check_outs,
-                    p.repeated_check_ins,
-                    p.stray_check_outs,
-                    p.first_in_at,
-                    p.last_in_at,
-                    p.last_out_at,
-                    _encode(moves),
-                )
-                for moves, p in rows
-            ),
-            strict=True,
-        )
-    )
+    columns = list(zip(*(_presence_row(moves, p) for moves, p in rows), strict=True))
     cur.execute(
         sql.SQL(
             "INSERT INTO {} SELECT * FROM unnest(%b::text[], %b::text[], %b::boolean[], "

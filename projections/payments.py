@@ -31,6 +31,7 @@ class PaymentsView:
 
     name: Final = "payments"
     tables: Final = ("payments",)
+    event_types: Final = frozenset({PAYMENT_CONFIRMED})
 
     def ddl(self, version: Version) -> list[sql.Composed]:
         table = version.table("payments")
@@ -119,6 +120,24 @@ class PaymentsView:
                 [e.position for e in latest],
             ),
         )
+
+    def bulk(self, version: Version) -> PaymentsBulk:
+        return PaymentsBulk(self, version)
+
+
+class PaymentsBulk:
+    """A fresh ledger filled by a bulk rebuild: entries are keyed by payment reference, not by
+    attendee, so they are written as live batches are (the later order wins); they are few."""
+
+    def __init__(self, view: PaymentsView, version: Version) -> None:
+        self._view = view
+        self._version = version
+
+    def add(self, cur: psycopg.Cursor[Any], write: list[LedgerEntry]) -> None:
+        self._view.write(cur, self._version, write)
+
+    def finish(self, cur: psycopg.Cursor[Any]) -> None:
+        pass
 
 
 # --- Reading ---------------------------------------------------------------------------------

@@ -12,11 +12,12 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
-from typing import Any, Final
+from typing import Any, Final, Literal
 
 import msgspec
 import psycopg
 
+from projections import bulk
 from projections.fold import PoisonError, apply_records
 from projections.registry import VIEWS
 from projections.runner import ensure_views
@@ -42,6 +43,10 @@ from projections.tracking import ViewTracking, positions
 from projections.view import Target
 
 BATCH: Final = 5000
+# "bulk": fresh versions filled once per key in parallel processes (projections/bulk.py), then
+# caught up batch by batch; "batches": batch by batch from the first event (the old engine,
+# kept to check the bulk one against).
+Engine = Literal["bulk", "batches"]
 
 
 class Progress(msgspec.Struct):
@@ -82,6 +87,7 @@ def rebuild(
     skip_poison: bool = False,
     on_progress: Callable[[Progress], None] = lambda progress: None,
     batch_size: int = BATCH,
+    engine: Engine = "bulk",
 ) -> list[Version]:
     """Build new versions of `views` from the first event and make them live; the new versions."""
     tracking = ensure_views(database_url)
@@ -90,6 +96,8 @@ def rebuild(
         building = [_resume_or_create(conn, view) for view in views]
         note_build_error(conn, building, None)
         try:
+            if engine == "bulk":
+                build.bulk(database_url, conn, building)
             targets = build.fill(conn, building)
             _index(conn, targets)
             build.swap(conn, targets)
@@ -109,6 +117,7 @@ def build_as_of(
     skip_poison: bool = False,
     on_progress: Callable[[Progress], None] = lambda progress: None,
     batch_size: int = BATCH,
+    engine: Engine = "bulk",
 ) -> str:
     """Build the views as they stood at `when` into a schema of their own; its name."""
     tracking = ensure_views(database_url)
@@ -119,6 +128,8 @@ def build_as_of(
         for view in views:
             with conn.transaction():
                 created.append(create_version(conn, view, "building", VIEWS[view].ddl, when))
+        if engine == "bulk":
+            build.bulk(database_url, conn, created)
         targets = build.fill(conn, created)
         _index(conn, targets)
         with conn.transaction():
@@ -177,6 +188,32 @@ class _Build:
         self._on_progress = on_progress
         self._batch_size = batch_size
         self._as_of = as_of
+
+    def bulk(
+        self, database_url: str, conn: psycopg.Connection[Any], building: list[Version]
+    ) -> None:
+        """Fill the versions still at position 0 (new, or interrupted before their bulk fill
+        committed) in bulk; the others resume batch by batch from where they stand."""
+        with conn.cursor() as cur:
+            current = positions(cur, building)
+        fresh = [v for v in building if current[v] == 0]
+        if not fresh:
+            return
+        progress = Progress(position=0, start=0, head=0, started=time.monotonic())
+
+        def report(counts: bulk.Counts) -> None:
+            progress.head = counts.head
+            progress.position = counts.position
+            self._on_progress(progress)
+
+        bulk.fill(
+            database_url,
+            self._source,
+            fresh,
+            strict=self._strict,
+            as_of=self._as_of,
+            on_progress=report,
+        )
 
     def fill(self, conn: psycopg.Connection[Any], building: list[Version]) -> list[Target]:
         """Apply batches until the versions reach the head of the store."""

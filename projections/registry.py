@@ -7,9 +7,9 @@ from typing import Final
 from projections.occupancy import OccupancyView
 from projections.payments import PaymentsView
 from projections.roster import RosterView
-from projections.view import View
+from projections.view import BulkView
 
-VIEWS: Final[dict[str, View]] = {
+VIEWS: Final[dict[str, BulkView]] = {
     view.name: view for view in (RosterView(), OccupancyView(), PaymentsView())
 }
 VIEW_NAMES: Final = tuple(VIEWS)

@@ -90,6 +90,7 @@ class RosterView:
 
     name: Final = "roster"
     tables: Final = ("roster", "roster_deliveries")
+    event_types: Final = None  # every event concerns an attendee's row
 
     def ddl(self, version: Version) -> list[sql.Composed]:
         # Free space on each page lets a row's next version stay on it (a "HOT" update).
@@ -161,6 +162,40 @@ class RosterView:
                 ).format(version.table("roster_deliveries")),
                 [list(column) for column in zip(*write.deliveries, strict=True)],
             )
+
+    def bulk(self, version: Version) -> RosterBulk:
+        return RosterBulk(version)
+
+
+class RosterBulk:
+    """A fresh roster version's rows, each written once with binary COPY (no staging, no
+    upsert: a bulk rebuild folds each attendee once)."""
+
+    def __init__(self, version: Version) -> None:
+        self._version = version
+
+    def add(self, cur: psycopg.Cursor[Any], write: RosterWrite) -> None:
+        columns = sql.SQL(", ").join(map(sql.Identifier, _NAMES))
+        with cur.copy(
+            sql.SQL("COPY {} ({}) FROM STDIN (FORMAT BINARY)").format(
+                self._version.table("roster"), columns
+            )
+        ) as copy:
+            # `fields` goes as text: json's binary input is its text.
+            copy.set_types(_STAGE_TYPES)
+            for entry in write.entries:
+                copy.write_row(_row(entry))
+        with cur.copy(
+            sql.SQL("COPY {} (slug, attendee_id, position) FROM STDIN (FORMAT BINARY)").format(
+                self._version.table("roster_deliveries")
+            )
+        ) as copy:
+            copy.set_types(["text", "text", "int8"])
+            for row in write.deliveries:
+                copy.write_row(row)
+
+    def finish(self, cur: psycopg.Cursor[Any]) -> None:
+        pass
 
 
 def _load(cur: psycopg.Cursor[Any], version: Version, keys: list[Key]) -> dict[Key, RosterEntry]:

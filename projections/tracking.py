@@ -149,3 +149,19 @@ def _write_letters(cur: psycopg.Cursor[Any], version: Version, letters: list[Let
             for row in letters
         ],
     )
+
+
+def advance(cur: psycopg.Cursor[Any], version: Version, position: int) -> None:
+    """Move a version's tracking position on to `position` (its row locked by the caller)."""
+    cur.execute(
+        sql.SQL(
+            "UPDATE {} SET notification_id = %s WHERE application_name = %s "
+            "AND notification_id < %s"
+        ).format(_TABLE),
+        (position, version.tracking_name, position),
+    )
+
+
+def write_letters(cur: psycopg.Cursor[Any], version: Version, letters: list[LetterRow]) -> None:
+    """Record dead letters of a version (a delivery recorded twice is recorded once)."""
+    _write_letters(cur, version, letters)

@@ -61,6 +61,30 @@ class View(Protocol):
         ...
 
 
+class Bulk(Protocol):
+    """A fresh version filled once per key (projections/bulk.py): each fold's rows streamed out
+    with COPY, never updated, and whatever sums over all keys written at the end."""
+
+    def add(self, cur: psycopg.Cursor[Any], write: Any) -> None:
+        """Store the rows of a fold of whole keys from nothing (no key seen before)."""
+        ...
+
+    def finish(self, cur: psycopg.Cursor[Any]) -> None:
+        """Write what accumulates over all keys."""
+        ...
+
+
+class BulkView(View, Protocol):
+    """A view a bulk rebuild can fill: which event types it folds, and its bulk writer."""
+
+    @property
+    def event_types(self) -> frozenset[str] | None:
+        """The event types its fold reads (None: all)."""
+        ...
+
+    def bulk(self, version: Version) -> Bulk: ...
+
+
 class Target(msgspec.Struct, frozen=True):
     """A view version and the position it has applied up to."""
 
