@@ -7,12 +7,13 @@ every core:
    and may one day decrypt, as the live runner does) in position ranges, one per worker; each
    delivery is interpreted with the current parser and its event is streamed with COPY into an
    unlogged scratch table keyed by (JTE event, attendee id, position).
-2. Fold: one worker per view reads the scratch table ordered by key (PostgreSQL does the
-   grouping), folds each attendee from nothing with the view's own fold, and streams the rows
-   out with COPY; sums over all attendees (occupancy's minutes and counters) are written last.
-   The whole view, its dead letters and its tracking position (the last position scanned) are
-   one transaction: an interrupted fill leaves the version empty at position 0, and the
-   rebuild that resumes it fills it again.
+2. Fold: workers read the scratch table ordered by key (PostgreSQL does the grouping), one per
+   view and part of a view (the roster, which reads every event, is split by attendee over the
+   workers), fold each attendee from nothing with the view's own fold, and stream the rows out
+   with COPY; sums over all attendees (occupancy's minutes and counters) are written last.
+   Once every part has committed, the versions' dead letters and tracking positions (the last
+   position scanned) are written in one transaction: until then a version stands at position
+   0, and the rebuild that resumes it empties and fills it again.
 
 Memory stays bounded by a batch in every process. Rebuilt versions then catch up and swap as
 before (projections/rebuild.py).
@@ -22,9 +23,11 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import logging
 import multiprocessing
 import signal
 import sys
+import time
 from collections.abc import Callable, Iterator, Sequence
 from datetime import datetime
 from multiprocessing.pool import AsyncResult
@@ -44,6 +47,8 @@ from projections.tracking import advance, positions, write_letters
 BATCH: Final = 5000  # deliveries per read, and events per fold
 WORKERS: Final = 2  # the machine rollcall is sized for has two cores
 SCRATCH_PREFIX: Final = "rebuild_scratch_"
+
+log = logging.getLogger("rollcall.projections")
 
 # Events keep exact decimals in their attendee objects both ways, as the roster's state does.
 _encode: Final = msgspec.json.Encoder(decimal_format="number").encode
@@ -98,7 +103,10 @@ def fill(
                 "event_type text NOT NULL, position bigint NOT NULL, event bytea NOT NULL)"
             ).format(table)
         )
-    counts = Counts(head=head, views=len(fresh))
+    counts = Counts(
+        head=head,
+        views=len(fresh) + (workers - 1) * any(VIEWS[v.view].event_types is None for v in fresh),
+    )
     on_progress(counts)
     try:
         # Spawned, not forked: a fork would share this process's database connections.
@@ -123,19 +131,41 @@ def fill(
                 for lo in range(0, head, step)
             ]
             letters: list[LetterRow] = []
+            started = time.monotonic()
             for scanned, found in _as_done(scans):
                 counts.scanned += scanned
                 letters += found
                 on_progress(counts)
-            # The longest fold (the roster's reads every event) first.
-            order = sorted(fresh, key=lambda v: VIEWS[v.view].event_types is not None)
-            folds = [
-                pool.apply_async(_fold, (database_url, version, scratch, head, letters, strict))
-                for version in order
+            log.info("scanned %d deliveries in %.1f s", counts.scanned, time.monotonic() - started)
+            # A rerun after an interruption fills the versions again from empty.
+            with psycopg.connect(database_url, autocommit=True) as conn:
+                for version in fresh:
+                    for name in VIEWS[version.view].tables:
+                        conn.execute(sql.SQL("TRUNCATE {}").format(version.table(name)))
+            # A view that reads every event (the roster) is split by attendee over the workers,
+            # longest first, so both cores stay busy to the end.
+            tasks = [
+                (version, part, workers if VIEWS[version.view].event_types is None else 1)
+                for version in sorted(fresh, key=lambda v: VIEWS[v.view].event_types is not None)
+                for part in range(workers if VIEWS[version.view].event_types is None else 1)
             ]
-            for _ in _as_done(folds):
+            folds = [
+                pool.apply_async(_fold, (database_url, version, scratch, part, parts, strict))
+                for version, part, parts in tasks
+            ]
+            dead: dict[Version, list[LetterRow]] = {v: list(letters) for v in fresh}
+            for version, part, seconds, found in _as_done(folds):
+                dead[version] += found
                 counts.folded += 1
+                log.info("filled part %d of the %s view in %.1f s", part, version.view, seconds)
                 on_progress(counts)
+        # The versions are whole: their dead letters and positions, in one transaction.
+        with psycopg.connect(database_url) as conn, conn.transaction(), conn.cursor() as cur:
+            positions(cur, fresh, lock=True)
+            for version in fresh:
+                if dead[version]:
+                    write_letters(cur, version, dead[version])
+                advance(cur, version, head)
     finally:
         with psycopg.connect(database_url, autocommit=True) as conn:
             conn.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(table))
@@ -237,33 +267,26 @@ def _scan_range(
 
 
 def _fold(
-    database_url: str,
-    version: Version,
-    scratch: str,
-    position: int,
-    letters: list[LetterRow],
-    strict: bool,
-) -> int:
-    """Fill one fresh version from the scratch table, in one transaction; events folded."""
+    database_url: str, version: Version, scratch: str, part: int, parts: int, strict: bool
+) -> tuple[Version, int, float, list[LetterRow]]:
+    """Fill one part of a fresh version (its share of the attendees) from the scratch table,
+    in one transaction; which, how long it took, and its dead letters."""
     try:
-        return _fold_view(database_url, version, scratch, position, letters, strict)
+        started = time.monotonic()
+        letters = _fold_part(database_url, version, scratch, part, parts, strict)
+        return version, part, time.monotonic() - started, letters
     except PoisonError:
         raise
     except Exception as error:
         raise BuildFailed(f"{version.view}: {type(error).__name__}: {error}") from None
 
 
-def _fold_view(
-    database_url: str,
-    version: Version,
-    scratch: str,
-    position: int,
-    letters: list[LetterRow],
-    strict: bool,
-) -> int:
+def _fold_part(
+    database_url: str, version: Version, scratch: str, part: int, parts: int, strict: bool
+) -> list[LetterRow]:
     view = VIEWS[version.view]
     decode = _decoder()
-    dead = list(letters)
+    dead: list[LetterRow] = []
 
     def poison(event: AttendeeEvent, error: Exception) -> None:
         message = f"{type(error).__name__}: {error}"[:500]
@@ -277,42 +300,35 @@ def _fold_view(
             )
         )
 
-    where = sql.SQL("")
+    conditions: list[sql.Composable] = [
+        sql.SQL("mod(hashtext(attendee_id) & 2147483647, {}) = {}").format(parts, part)
+    ]
     params: tuple[Any, ...] = ()
     if view.event_types is not None:
-        where = sql.SQL("WHERE event_type = ANY(%s)")
+        conditions.append(sql.SQL("event_type = ANY(%s)"))
         params = (sorted(view.event_types),)
     query = sql.SQL(
-        'SELECT slug, attendee_id, event FROM {} {} ORDER BY slug COLLATE "C", '
+        'SELECT slug, attendee_id, event FROM {} WHERE {} ORDER BY slug COLLATE "C", '
         'attendee_id COLLATE "C", position'
-    ).format(sql.Identifier(VIEWS_SCHEMA, scratch), where)
-    folded = 0
+    ).format(sql.Identifier(VIEWS_SCHEMA, scratch), sql.SQL(" AND ").join(conditions))
     with psycopg.connect(database_url) as conn, conn.transaction(), conn.cursor() as cur:
         # The sort of every event by key: in memory where it fits, else on disk.
         cur.execute("SET LOCAL work_mem = '64MB'")
-        for table in view.tables:
-            cur.execute(sql.SQL("TRUNCATE {}").format(version.table(table)))
-        positions(cur, [version], lock=True)
         bulk = view.bulk(version)
         batch: list[AttendeeEvent] = []
         last_key: tuple[str, str] | None = None
-        with conn.cursor(name=f"bulk_{version.view}") as rows:
-            rows.itersize = BATCH
+        with conn.cursor(name=f"bulk_{version.view}_{part}") as rows:
             rows.execute(query, params)
-            for slug, attendee_id, data in rows:
-                key = (slug, attendee_id)
-                # A batch ends between two attendees: each is folded whole, from nothing.
-                if key != last_key and len(batch) >= BATCH:
-                    bulk.add(cur, view.fold({}, batch, poison)[1])
-                    folded += len(batch)
-                    batch = []
-                last_key = key
-                batch.append(decode(data))
+            while chunk := rows.fetchmany(BATCH):
+                for slug, attendee_id, data in chunk:
+                    key = (slug, attendee_id)
+                    # A batch ends between two attendees: each is folded whole, from nothing.
+                    if key != last_key and len(batch) >= BATCH:
+                        bulk.add(cur, view.fold({}, batch, poison)[1])
+                        batch = []
+                    last_key = key
+                    batch.append(decode(data))
         if batch:
             bulk.add(cur, view.fold({}, batch, poison)[1])
-            folded += len(batch)
         bulk.finish(cur)
-        if dead:
-            write_letters(cur, version, dead)
-        advance(cur, version, position)
-    return folded
+    return dead

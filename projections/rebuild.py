@@ -8,6 +8,7 @@ schema of their own, leaving the live views alone.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -41,6 +42,8 @@ from projections.schema import (
 from projections.source import DeliverySource, Record, read
 from projections.tracking import ViewTracking, positions
 from projections.view import Target
+
+log = logging.getLogger("rollcall.projections")
 
 BATCH: Final = 5000
 # "bulk": fresh versions filled once per key in parallel processes (projections/bulk.py), then
@@ -265,6 +268,8 @@ class _Build:
 
 def _index(conn: psycopg.Connection[Any], targets: list[Target]) -> None:
     """Build the readers' indexes once, on the filled tables: cheaper than maintaining them."""
+    started = time.monotonic()
     for target in targets:
         for statement in VIEWS[target.version.view].indexes(target.version):
             conn.execute(statement)
+    log.info("indexed the new versions in %.1f s", time.monotonic() - started)

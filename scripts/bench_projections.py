@@ -1,15 +1,16 @@
 """Projections benchmark: rebuild throughput and memory at growing sizes, the eventsourcing
-ProjectionRunner baseline, and live lag under steady intake, all in one run.
+ProjectionRunner baseline, and live lag under steady and flat-out intake, all in one run.
 
     .venv/bin/python scripts/bench_projections.py [--events 1000000]
 
 Uses DATABASE_URL's server if set, else an embedded PostgreSQL. Appends simulator deliveries
 straight into the event store (several JTE events of 20,000 attendees each), then at 25%, 50%
 and 100% of --events runs `rollcall rebuild all` as a separate process and reports events/s
-and its peak RSS. The baseline builds the roster from the first 50,000 events with the
-library's own ProjectionRunner (one transaction per event). Finally a fresh `rollcall serve`
-takes 1,000 deliveries/s while the lag between each acknowledgement and the views having
-applied it is sampled. Not part of the test suite.
+and its peak RSS (the rebuild and its workers together). The baseline builds the roster from
+the first 50,000 events with the library's own ProjectionRunner (one transaction per event).
+Finally a fresh `rollcall serve` takes 1,000 deliveries/s, then as many as it can answer
+(--max-rate asked), while the lag between each acknowledgement and the views having applied
+it is sampled. Not part of the test suite.
 """
 
 from __future__ import annotations
@@ -56,6 +57,7 @@ ROOT = Path(__file__).resolve().parent.parent
 SECRET = "bench-projections-secret"  # noqa: S105 - a throwaway test secret
 ATTENDEES_PER_EVENT = 20_000
 BASELINE_EVENTS = 50_000
+_FLAT_OUT_SECONDS = 10
 
 
 def main() -> int:
@@ -71,7 +73,9 @@ def main() -> int:
 def _run(args: argparse.Namespace, work: Path, server_url: str) -> int:
     if args.lag_only:
         lags = _live_lag(server_url, work, args.lag_seconds, args.rate)
+        flat_out = _live_lag(server_url, work, _FLAT_OUT_SECONDS, args.max_rate)
         _print_lag(lags, args)
+        _print_lag(flat_out, args, args.max_rate, _FLAT_OUT_SECONDS)
         return 0
     database_url = new_database(server_url, "bench_projections")
     print(f"appending {args.events:,} simulator deliveries, rebuilding at each stage\n")
@@ -89,7 +93,10 @@ def _run(args: argparse.Namespace, work: Path, server_url: str) -> int:
     baseline = _baseline(database_url, min(BASELINE_EVENTS, appended))
     print(f"  baseline ProjectionRunner: {baseline:,.0f} events/s", flush=True)
     lag = _live_lag(server_url, work, args.lag_seconds, args.rate)
+    # As fast as 32 keep-alive senders get answers: the views following intake at its maximum.
+    flat_out = _live_lag(server_url, work, _FLAT_OUT_SECONDS, args.max_rate)
     _print_report(rebuilds, baseline, lag, args)
+    _print_lag(flat_out, args, args.max_rate, _FLAT_OUT_SECONDS)
     drop_database(server_url, database_url)
     return 0
 
@@ -102,6 +109,9 @@ def _arguments() -> argparse.Namespace:
     parser.add_argument("--rate", type=int, default=1000, help="deliveries/s for the lag test")
     parser.add_argument("--lag-seconds", type=int, default=20, help="length of the lag test")
     parser.add_argument("--lag-only", action="store_true", help="only the live-lag test")
+    parser.add_argument(
+        "--max-rate", type=int, default=8000, help="deliveries/s asked in the flat-out lag test"
+    )
     return parser.parse_args()
 
 
@@ -144,22 +154,42 @@ def _rebuild(database_url: str, work: Path) -> tuple[int, float, float]:
         cwd=ROOT,
         stderr=subprocess.DEVNULL,
     )
-    # VmHWM, sampled while it runs: the child's rusage would count the memory it shared with
-    # this (large) process between fork and exec.
+    # Sampled while it runs: the child's rusage would count the memory it shared with this
+    # (large) process between fork and exec. The rebuild works in worker processes too: the
+    # peak is the highest sum of the resident sets of it and its workers at one sample.
     peak_kb = 0
     while process.poll() is None:
-        peak_kb = max(peak_kb, _high_water_kb(process.pid))
-        time.sleep(0.1)
+        peak_kb = max(peak_kb, sum(_resident_kb(pid) for pid in _tree(process.pid)))
+        time.sleep(0.05)
     elapsed = time.monotonic() - started
     if process.returncode != 0:
         raise RuntimeError("rollcall rebuild failed")
     return events, events / elapsed, peak_kb / 1024
 
 
-def _high_water_kb(pid: int) -> int:
+def _tree(root: int) -> list[int]:
+    """A process and its descendants."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            parent = int(stat.rsplit(")", 1)[1].split()[1])
+            children.setdefault(parent, []).append(int(entry.name))
+    found, todo = [], [root]
+    while todo:
+        pid = todo.pop()
+        found.append(pid)
+        todo += children.get(pid, [])
+    return found
+
+
+def _resident_kb(pid: int) -> int:
     try:
         for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
+            if line.startswith("VmRSS:"):
                 return int(line.split()[1])
     except (FileNotFoundError, ProcessLookupError):
         pass
@@ -378,22 +408,24 @@ def _print_report(
     print(
         f"\nbaseline: ProjectionRunner, roster only, one transaction per event: {baseline:,.0f}/s"
     )
-    print(f"ratio rebuild(all three)/baseline(roster): {final / baseline:.1f}x   (target >= 10x)")
-    print(f"rebuild of {events:,} events: {events / final:.1f} s   (target <= 40 s for 1M)")
+    print(f"ratio rebuild(all three)/baseline(roster): {final / baseline:.1f}x   (target >= 25x)")
+    print(f"rebuild of {events:,} events: {events / final:.1f} s   (target <= 25 s for 1M)")
     _print_lag(lags, args)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(f"benchmark process peak RSS: {peak:.0f} MB")
 
 
-def _print_lag(lags: list[float], args: argparse.Namespace) -> None:
+def _print_lag(
+    lags: list[float], args: argparse.Namespace, rate: int | None = None, seconds: int = 0
+) -> None:
     if not lags:
         print("live lag: no delivery was seen applied")
         return
     q = statistics.quantiles(lags, n=100)
     print(
-        f"live lag at {args.rate}/s intake for {args.lag_seconds} s: "
+        f"live lag at {rate or args.rate}/s asked for {seconds or args.lag_seconds} s: "
         f"p50 {1000 * q[49]:.0f} ms, p99 {1000 * q[98]:.0f} ms, max {1000 * max(lags):.0f} ms"
-        f"   (target p99 <= 250 ms; {len(lags):,} deliveries)"
+        f"   (target p99 <= 100 ms at 1,000/s; {len(lags):,} deliveries)"
     )
 
 
