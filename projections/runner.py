@@ -66,9 +66,18 @@ def ensure_views(database_url: str) -> ViewTracking:
                 # IF NOT EXISTS: a no-op unless this release added an index to a live view.
                 for statement in VIEWS[name].indexes(live):
                     conn.execute(statement)
+                # Nor this, unless this release added an analytics view (roster_search).
+                published = VIEWS[name].analytics(live)
+                if any(_missing(conn, ANALYTICS, view) for view, _ in published):
+                    publish_views(conn, ANALYTICS, published)
         tracking = view_tracking(database_url)
         tracking.ensure_table(conn)
     return tracking
+
+
+def _missing(conn: psycopg.Connection[Any], schema: str, name: str) -> bool:
+    row = conn.execute("SELECT to_regclass(%s)", (f"{schema}.{name}",)).fetchone()
+    return row is None or row[0] is None
 
 
 class Runner:

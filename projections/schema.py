@@ -266,8 +266,18 @@ def grant_analysts(conn: Connection, schema: str) -> None:
 
 
 def drop_tables(conn: Connection, version: Version, tables: tuple[str, ...]) -> None:
+    """Drop a version's tables, and the trigger functions made for them (named after them)."""
     for name in tables:
         conn.execute(sql.SQL("DROP TABLE IF EXISTS {} CASCADE").format(version.table(name)))
+    functions = conn.execute(
+        "SELECT p.proname FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace "
+        "WHERE n.nspname = %s AND p.proname LIKE ANY(%s)",
+        (VIEWS_SCHEMA, [f"{name}\\_v{version.version}\\_%" for name in tables]),
+    ).fetchall()
+    for (function,) in functions:
+        conn.execute(
+            sql.SQL("DROP FUNCTION IF EXISTS {}()").format(sql.Identifier(VIEWS_SCHEMA, function))
+        )
 
 
 def record_failure(conn: Connection, views: list[str], error: str) -> None:
