@@ -151,7 +151,8 @@ def _run(args: argparse.Namespace, work: Path, server_url: str) -> int:
     )
     configurations = [
         ("a", "rollcall, group commit (intake only)", ["serve"], INTAKE_ONLY),
-        ("ap", "rollcall, group commit, live views in-process", ["serve"], DEFAULT_SERVE),
+        ("ap", "default serve: live views in a child process", ["serve"], DEFAULT_SERVE),
+        ("at", "live views in a thread of the server (before)", ["serve"], THREAD_SERVE),
         (
             "b",
             "rollcall, one transaction per delivery",
@@ -178,6 +179,7 @@ def _run(args: argparse.Namespace, work: Path, server_url: str) -> int:
 
 INTAKE_ONLY = {"ROLLCALL_GROUP_COMMIT": "on", "ROLLCALL_PROJECTIONS": "off"}
 DEFAULT_SERVE = {"ROLLCALL_GROUP_COMMIT": "on", "ROLLCALL_PROJECTIONS": "on"}
+THREAD_SERVE = {**DEFAULT_SERVE, "ROLLCALL_PROJECTION_RUNNER": "thread"}
 
 
 def _compare(args: argparse.Namespace, work: Path, server_url: str) -> int:
@@ -437,6 +439,13 @@ def _print_table(runs: list[Run], check: ExactlyOnce, args: argparse.Namespace) 
     print()
     print(f"ratio a/c: {a.per_second / c.per_second:5.1f}x   (target >= 8x)")
     print(f"ratio a/b: {a.per_second / b.per_second:5.1f}x   (target >= 2x)")
+    for name, title in (("ap", "default serve, live views"), ("at", "live views in a thread")):
+        if name in by_name:
+            run = by_name[name]
+            print(
+                f"ratio {name}/c: {run.per_second / c.per_second:4.1f}x   ({title}; p99 "
+                f"{run.p99_ms:.1f} ms; target >= 10x, p99 <= 25 ms for the default)"
+            )
     if "a2" in by_name:
         a2 = by_name["a2"]
         print(f"ratio a2/c: {a2.per_second / c.per_second:4.1f}x   ({args.workers} workers)")

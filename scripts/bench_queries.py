@@ -61,8 +61,8 @@ APPEND_BATCH = 1000
 CHECKS = ("AttendeeCheckedIn", "AttendeeCheckedOut")
 PAGE = 50
 
-ROSTER_TARGET_MS = 10.0
-OCCUPANCY_TARGET_MS = 5.0
+ROSTER_TARGET_MS = 5.0
+OCCUPANCY_TARGET_MS = 2.0
 TIMELINE_TARGET_MS = 50.0
 CSV_TARGET_S = 2.0
 FLAT_MB = 32  # what "flat memory" allows the service's RSS to grow while it streams an export
