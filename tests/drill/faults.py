@@ -432,8 +432,19 @@ def lock_holders(database_url: str) -> dict[str, list[int]]:
     holders: dict[str, list[int]] = {}
     for key, name in rows:
         match = _RUNNER_PID.fullmatch(name or "")
-        holders.setdefault(keys[key], []).append(int(match.group(1)) if match else -1)
+        holders.setdefault(keys[key], []).append(_server_of(int(match.group(1))) if match else -1)
     return holders
+
+
+def _server_of(pid: int) -> int:
+    """The serve process a runner works for: `rollcall serve` runs it in a child process
+    (service/runner_process.py), whose parent is the server; any other runner is its own."""
+    try:
+        if b"service.runner_process" in Path(f"/proc/{pid}/cmdline").read_bytes():
+            return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+    except (OSError, ValueError, IndexError):
+        pass
+    return pid
 
 
 class LockSample(msgspec.Struct, frozen=True):
