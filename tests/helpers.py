@@ -69,6 +69,7 @@ class RunningService:
             self.app,
             lifespan="on",
             log_config=None,
+            access_log=False,  # as `rollcall serve` without --access-log
             timeout_keep_alive=5,
             http=guarded(settings),
             limit_concurrency=settings.max_connections,
