@@ -18,6 +18,8 @@ from service.eventstore import database
 from service.jte import simulator
 from tests.helpers import SECRET, RunningService, make_settings
 
+pytest_plugins = ["pytester"]  # checks of the checkers run a tiny suite of their own
+
 # Generation speed varies with machine load (CI shares two cores with PostgreSQL); what the
 # properties check does not depend on it.
 settings.register_profile("rollcall", deadline=None, suppress_health_check=[HealthCheck.too_slow])
