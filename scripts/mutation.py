@@ -26,6 +26,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 # Pure, fast tests of domain/ (no database): a mutant is run against those that reach it.
 DOMAIN_TESTS = [
+    "tests/test_deliveries.py",
     "tests/test_interpret.py",
     "tests/test_ledger.py",
     "tests/test_presence.py",
