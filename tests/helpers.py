@@ -18,7 +18,7 @@ import socket
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
@@ -69,6 +69,7 @@ class RunningService:
             self.app,
             lifespan="on",
             log_config=None,
+            access_log=False,  # as `rollcall serve` without --access-log
             timeout_keep_alive=5,
             http=guarded(settings),
             limit_concurrency=settings.max_connections,
@@ -119,6 +120,24 @@ def wait_until(condition: Callable[[], object], timeout: float = 10) -> None:
         if time.monotonic() > deadline:
             raise AssertionError(f"not within {timeout} s: {condition}")
         time.sleep(0.01)
+
+
+async def until(condition: Callable[[], Awaitable[object]], within: float = 30) -> None:
+    """Await `condition` until it holds; `within` seconds is only a liveness bound."""
+    deadline = time.monotonic() + within
+    while not await condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not within {within} s: {condition}")
+        await asyncio.sleep(0.02)
+
+
+async def until_true(condition: Callable[[], object], within: float = 30) -> None:
+    """Wait on the event loop for a cheap `condition` to hold (a liveness bound only)."""
+
+    async def check() -> object:
+        return condition()
+
+    await until(check, within)
 
 
 def jte_headers(values: dict[str, str]) -> httpx.Headers:

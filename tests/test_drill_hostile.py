@@ -3,6 +3,7 @@ and proof that their checks bite and their generator is deterministic."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -20,6 +21,7 @@ from tests.drill.crowd import (
     check_flood,
     check_slow,
 )
+from tests.drill.faults import BOUND
 from tests.drill.fuzz import ANY, ApiFacts, Generator, Probe, Tally, is_json_type
 from tests.drill.harness import Workspace
 from tests.drill.hostile import check_answers
@@ -44,13 +46,17 @@ def test_hostile_holds(findings: dict[str, Finding]) -> None:
     assert finding.bad_inputs >= generated + QUICK.slow_clients
     assert "0 5xx, 0 hangs" in finding.figures
     assert figure(finding, r"named cases (\d+)/13 as DESIGN says") == 13
-    assert figure(finding, r"body declared -> 413 in (\d+) ms") < 2000
-    assert figure(finding, r"chunked -> 413 in (\d+) ms") < 2000
+    # Refused before the body was taken: by its declared length, and a chunked one part way
+    # (the times are reported, not asserted: speed belongs in the benchmarks).
+    assert re.search(r"MB body declared -> 413 in \d+ ms, chunked -> 413 in", finding.figures)
+    chunked_mb = figure(finding, r"chunked -> 413 in \d+ ms after (\d+) MB")
+    assert chunked_mb < QUICK.big_body_mb, finding.figures
     let_go = r"(\d+) idle and slow clients \(cap \d+ connections\) let go"
     assert figure(finding, let_go) == QUICK.slow_clients + CAP
     # Idle sockets filling the cap and slow ones on top: deliveries and health checks still
     # answered (held() above: none late), and ones refused from the headers let go at once.
-    assert figure(finding, r"let go within [\d.]+ s \(idle or slow headers\), ([\d.]+) s") < 1
+    # (a liveness bound: the header deadline is far shorter)
+    assert figure(finding, r"let go within [\d.]+ s \(idle or slow headers\), ([\d.]+) s") < BOUND
     # Unverified megabyte bodies beyond their memory bound: the oldest dropped, memory bounded.
     assert figure(finding, r"unverified 1 MB bodies held open: (\d+) dropped") > 0
     assert figure(finding, r"server peak \+(\d+) MB \(bound") < UNVERIFIED_MB + FLOOD_SLACK_MB

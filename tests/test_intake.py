@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import time
 from collections import Counter
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime
@@ -27,6 +26,7 @@ from tests.helpers import (
     raw_exchange,
     stored_rows,
     token_headers,
+    until,
 )
 
 
@@ -157,14 +157,18 @@ async def test_unknown_event_slug_is_404(client: httpx.AsyncClient, database_url
     assert stored_rows(database_url) == []
 
 
+TOO_LARGE = {"error": "body_too_large", "message": "the body is over the 1000-byte limit"}
+
+
 async def test_over_the_limit_is_413_by_declared_length(
-    start_service: Callable[..., RunningService],
+    start_service: Callable[..., RunningService], database_url: str
 ) -> None:
     service = start_service(body_limit=1000)
     big = b'{"event":"AttendeeRegistered","attendee":{"id":"a","pad":"' + b"x" * 2000 + b'"}}'
     async with httpx.AsyncClient(base_url=service.url) as client:
         answer = await client.post("/webhooks/jte", content=big, headers=token_headers())
-        assert answer.status_code == 413
+        assert (answer.status_code, answer.json()) == (413, TOO_LARGE)
+        assert stored_rows(database_url) == []
         small = await client.post("/webhooks/jte", content=delivery(), headers=token_headers())
         assert small.json()["status"] == "accepted"
 
@@ -180,7 +184,7 @@ async def test_over_the_limit_is_413_when_streamed_without_length(
 
     async with httpx.AsyncClient(base_url=service.url) as client:
         answer = await client.post("/webhooks/jte", content=chunks(), headers=token_headers())
-    assert answer.status_code == 413
+    assert (answer.status_code, answer.json()) == (413, TOO_LARGE)
     assert stored_rows(database_url) == []
 
 
@@ -193,7 +197,10 @@ async def test_not_json_content_type_is_415(
     if content_type:
         headers["content-type"] = content_type
     answer = await client.post("/webhooks/jte", content=delivery(), headers=headers)
-    assert answer.status_code == 415
+    assert (answer.status_code, answer.json()) == (
+        415,
+        {"error": "unsupported_media_type", "message": "the body must be application/json"},
+    )
     assert stored_rows(database_url) == []
 
 
@@ -222,25 +229,30 @@ async def test_database_unavailable_is_503_with_retry_after_then_recovers(
         ).status_code == 200
         _set_connections(server_url, str(name), allowed=False)
         try:
-            started = time.monotonic()
             answer = await client.post(
                 "/webhooks/jte", content=delivery(attendee_id="during"), headers=token_headers()
             )
-            assert answer.status_code == 503
-            assert answer.headers["retry-after"].isdigit()
-            assert time.monotonic() - started < 5
+            assert (answer.status_code, answer.json()) == (
+                503,
+                {"error": "unavailable", "message": "the event store is unavailable; retry later"},
+            )
+            assert answer.headers["retry-after"] == str(service.settings.retry_after_seconds)
             assert (await client.get("/readyz")).status_code == 503
         finally:
             _set_connections(server_url, str(name), allowed=True)
-        deadline = time.monotonic() + 10
-        while True:
-            answer = await client.post(
-                "/webhooks/jte", content=delivery(attendee_id="during"), headers=token_headers()
+        # JTE retries until it is answered: wait for that (a liveness bound, not a speed bound).
+        answers = []
+
+        async def retried() -> bool:
+            answers.append(
+                await client.post(
+                    "/webhooks/jte", content=delivery(attendee_id="during"), headers=token_headers()
+                )
             )
-            if answer.status_code == 200 or time.monotonic() > deadline:
-                break
-            await asyncio.sleep(0.2)
-        assert answer.json()["status"] == "accepted"
+            return answers[-1].status_code != 503
+
+        await until(retried, 60)
+        assert answers[-1].json()["status"] == "accepted"
     assert [row["attendee_id"] for row in stored_rows(database_url)] == ["a-1", "during"]
 
 
@@ -417,8 +429,9 @@ async def test_a_body_that_never_starts_is_cut_off_at_the_header_deadline(
         b"POST /webhooks/jte HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
         b"X-Webhook-Signature: sha256=00\r\nContent-Length: 100\r\n\r\n"
     )
-    received, seconds = await asyncio.to_thread(raw_exchange, service.url, head)
-    assert received == b"" and seconds < 5
+    # Closed with nothing said; were it held open, raw_exchange's 30 s socket timeout fails.
+    received, _ = await asyncio.to_thread(raw_exchange, service.url, head, 30)
+    assert received == b""
     # A body that has begun is the body deadline's: 408 from intake, not a silent close.
     body = delivery()
     slow = (

@@ -171,3 +171,52 @@ json_values = st.recursive(
 )
 def test_interpret_never_raises_on_any_envelope(envelope: dict[str, object]) -> None:
     assert isinstance(interpret(json.dumps(envelope).encode()), Interpreted | Unreadable)
+
+
+# --- Killed mutants (scripts/mutation.py) ------------------------------------------------------
+
+
+def test_the_attendee_id_may_come_as_attendee_id() -> None:
+    body = json.dumps({"event": "AttendeeCheckedIn", "attendee": {"attendeeId": "a-9"}})
+    reading = interpret(body.encode())
+    assert isinstance(reading, Interpreted) and reading.attendee_id == "a-9"
+
+
+def test_unix_seconds_are_an_aware_utc_time() -> None:
+    parsed = parse_time(1778749923)
+    assert parsed == datetime(2026, 5, 14, 9, 12, 3, tzinfo=UTC)
+    assert parsed is not None and parsed.utcoffset() is not None
+
+
+def test_an_id_of_the_longest_length_is_kept_one_longer_is_not() -> None:
+    def attendee_id(length: int) -> str | None:
+        body = json.dumps({"event": "AttendeeCheckedIn", "attendee": {"id": "x" * length}})
+        reading = interpret(body.encode())
+        return reading.attendee_id if isinstance(reading, Interpreted) else None
+
+    assert attendee_id(200) == "x" * 200
+    assert attendee_id(201) is None
+
+
+def test_deliveries_of_the_same_instant_are_ordered_by_key_not_by_arrival() -> None:
+    from uuid import UUID
+
+    from domain import roster
+    from domain.events import attendee_event
+
+    def reading(last: str) -> Interpreted:
+        body = {
+            "event": "AttendeeRegistered",
+            "occurredAt": "2026-05-14T09:00:00Z",
+            "attendee": {"id": "a-1", "lastName": last},
+        }
+        read = interpret(json.dumps(body).encode())
+        assert isinstance(read, Interpreted)
+        return read
+
+    received = datetime(2026, 5, 14, 10, tzinfo=UTC)
+    low = attendee_event("default", 7, UUID(int=1), received, reading("Low"))
+    high = attendee_event("default", 3, UUID(int=2), received, reading("High"))
+    assert low.order < high.order
+    for arrival in ([low, high], [high, low]):
+        assert roster.fold(arrival)[("default", "a-1")].fields["lastName"] == "High"

@@ -16,7 +16,14 @@ from domain.events import (
     REGISTERED,
     AttendeeEvent,
 )
-from domain.ledger import LedgerEntry, PaymentError, ledger_entry, merge, method_name
+from domain.ledger import (
+    LedgerEntry,
+    PaymentError,
+    ledger_entry,
+    merge,
+    method_name,
+    payment_fields,
+)
 from domain.roster import fold
 from tests.events_factory import SLUG, at, delivered, ledger_entries, ledger_of, make_event, paying
 from tests.reference import totals
@@ -301,3 +308,29 @@ def test_totals_are_exact_at_the_largest_accepted_amounts() -> None:
     exact = Decimal("1000000000000.000001")
     assert totals(entries)[0].amount == exact
     assert totals(list(reversed(entries)))[0].amount == exact
+
+
+@pytest.mark.parametrize(
+    ("fields", "expected"),
+    [
+        (
+            {"total": "5.00", "currency": "PLN", "gateway": "payu", "transactionId": "T-1"},
+            {"amount": "5.00", "currency": "PLN", "method": "payu", "reference": "T-1"},
+        ),
+        (
+            {"paidAmount": 7, "currency": "EUR", "paymentMethod": "tpay", "paymentReference": "P"},
+            {"amount": 7, "currency": "EUR", "method": "tpay", "reference": "P"},
+        ),
+        (
+            {"paidAmount": "1", "currency": "PLN", "paymentSystem": "przelewy24"},
+            {"amount": "1", "currency": "PLN", "method": "przelewy24", "reference": None},
+        ),
+    ],
+    ids=["total-gateway-transactionId", "paidAmount-paymentMethod", "paymentSystem"],
+)
+def test_every_spelling_of_the_payment_fields_is_read(
+    fields: dict[str, Any], expected: dict[str, Any]
+) -> None:
+    # Killed mutants (scripts/mutation.py): the alternative names JTE may use went untested.
+    assert payment_fields({"id": "a-1", "payment": fields}) == expected
+    assert payment_fields({"id": "a-1", **fields}) == expected  # or on the attendee itself

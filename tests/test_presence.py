@@ -323,3 +323,12 @@ def test_timeline_inside_agrees_with_inside_at_each_bucket_end() -> None:
     for b in timeline(steps, at(8), at(11), step):
         just_before_end = b.start + step - timedelta(microseconds=1)
         assert b.inside == inside_at(steps, just_before_end), b.start
+
+
+def test_presence_keeps_its_event_and_attendee() -> None:
+    # Killed mutants (scripts/mutation.py): presence and its moves lost their JTE event's slug.
+    events = [make_event(CHECKED_IN, "b-7", at(9), slug="autumn")]
+    moves = add(None, events[0])
+    assert (moves.slug, moves.attendee_id) == ("autumn", "b-7")
+    assert (presence(moves).slug, presence(moves).attendee_id) == ("autumn", "b-7")
+    assert (add(moves, make_event(CHECKED_OUT, "b-7", at(10), slug="autumn")).slug) == "autumn"

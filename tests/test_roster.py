@@ -395,3 +395,11 @@ def test_apply_starts_an_entry_from_nothing() -> None:
     entry = apply(None, make_event(CHECKED_OUT, "x", at(9)))
     assert (entry.slug, entry.attendee_id, entry.first_seen_at) == (SLUG, "x", at(9))
     assert not entry.inside
+
+
+def test_last_position_is_the_highest_position_applied_whatever_the_order() -> None:
+    # Killed mutant (scripts/mutation.py): the entry's last position was not kept.
+    late = make_event(REGISTERED, when=at(9), position=40)
+    early = make_event(CHECKED_IN, when=at(10), position=7)
+    assert entry_of([late, early]).last_position == 40
+    assert entry_of([early]).last_position == 7

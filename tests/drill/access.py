@@ -109,12 +109,16 @@ def _role_probes(finding: Finding, ws: Workspace, database_url: str) -> int:
         with psycopg.connect(**params, autocommit=True) as analyst:
             rows = analyst.execute("SELECT count(*) FROM analytics.roster").fetchone()
             finding.check(bool(rows and rows[0] > 0), "the analyst role cannot read the roster")
+            finding.check(
+                refusal(analyst, "CREATE TABLE analytics.mine (x int)") == "read-only",
+                "the analyst's sessions are not read-only",
+            )
+            # The session's read-only default is the analyst's own to turn off: only a missing
+            # privilege counts as a refusal (a missing table or a syntax error would not).
+            analyst.execute("SET default_transaction_read_only = off")
             for statement in _FORBIDDEN_SQL:
-                try:
-                    analyst.execute(statement)
-                    finding.check(False, f"the analyst role may run: {statement}")
-                except psycopg.errors.Error:
-                    pass  # refused, as it should be
+                why = refusal(analyst, statement)
+                finding.check(why == "no privilege", f"the analyst role's {statement}: {why}")
         with ws.database("access_other") as other:
             # Served after the grant, so its views are published while the analyst exists.
             server = ws.serve("access-other", other).start()
@@ -135,6 +139,20 @@ def _role_probes(finding: Finding, ws: Workspace, database_url: str) -> int:
     return 1 + len(_FORBIDDEN_SQL) + others
 
 
+def refusal(conn: psycopg.Connection[Any], statement: str) -> str:
+    """How PostgreSQL refused `statement`: "no privilege", "read-only", another error's class
+    name, or "ran" when it was not refused at all."""
+    try:
+        conn.execute(statement)
+    except psycopg.errors.InsufficientPrivilege:
+        return "no privilege"
+    except psycopg.errors.ReadOnlySqlTransaction:
+        return "read-only"
+    except psycopg.errors.Error as error:
+        return type(error).__name__
+    return "ran"
+
+
 def other_database_probes(finding: Finding, login: str, password: str, other_url: str) -> int:
     """Record on `finding` each view of `other_url`'s analytics schema that `login`, an
     analyst of another database of the same server, can read; how many were probed."""
@@ -150,8 +168,12 @@ def other_database_probes(finding: Finding, login: str, password: str, other_url
                 analyst.execute(
                     sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier("analytics", view))
                 )
-        except psycopg.errors.Error:
-            continue  # cannot connect, or refused: as it should be
+        except psycopg.errors.InsufficientPrivilege:
+            continue  # refused, as it should be
+        except psycopg.OperationalError as error:
+            if "permission denied" in str(error):
+                continue  # may not even connect, as it should be
+            raise
         finding.check(False, f"an analyst of another database reads analytics.{view} here")
     return len(views)
 

@@ -391,14 +391,14 @@ def kill_projector(projector: Projector, database_url: str, head: int, kills: in
             mark = head * (step + 1) // (kills + 2)
             if wait_for(partial(_projected_past, database_url, mark), 600) is None:
                 raise DrillError(f"the runner never reached {mark}: see {projector.log}")
-            in_batch = wait_for(partial(_in_batch, watch, projector.session), 30, 0.002)
+            in_batch = wait_for(partial(inside_batch, watch, projector.session), 30, 0.002)
             projector.kill()
             done.append(Kill(_projected(database_url), in_batch is not None))
             projector.start()
     return done
 
 
-def _in_batch(conn: psycopg.Connection[Any], session: str) -> bool:
+def inside_batch(conn: psycopg.Connection[Any], session: str) -> bool:
     """Whether the runner's work connection is inside a batch's transaction."""
     row = conn.execute(
         "SELECT count(*) FROM pg_stat_activity WHERE application_name = %s "

@@ -86,6 +86,9 @@ class Api:
                 TimeoutError,  # a query over its time: the database is too busy to answer now
                 asyncpg.PostgresConnectionError,
                 asyncpg.InterfaceError,
+                # A pooled connection the server terminated can fail its next query this way
+                # (found by tests/test_promises.py: it was a 500 while the database was down).
+                asyncpg.InternalClientError,
                 Unavailable,
             ):
                 return _unavailable("unavailable", "the database is unavailable; retry")
