@@ -99,6 +99,10 @@ class Settings(Tuning, frozen=True, kw_only=True):
     port: int = 8000
     log_format: LogFormat = "text"
     events: dict[str, EventConfig] = {}
+    # The master key that wraps personal data's keys (ROLLCALL_MASTER_KEY: 32 bytes, base64 or
+    # hex); unset, it is the data directory's master.key, generated on first start. A secret:
+    # never logged (service/eventstore/keys.py).
+    master_key: str | None = None
 
     def event(self, slug: str) -> EventConfig | None:
         return self.events.get(slug)

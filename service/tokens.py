@@ -72,6 +72,12 @@ async def scope_of(pool: asyncpg.Pool, token: str) -> Scope | None:
     return scope if scope in SCOPES else None
 
 
+async def name_of(pool: asyncpg.Pool, token: str) -> str:
+    """The name a valid token was issued under (what an erasure records as its author)."""
+    name = await pool.fetchval(f"SELECT name FROM {_TABLE} WHERE hash = $1", _hash(token))
+    return str(name) if name is not None else "unknown"
+
+
 class TokenCache:
     """Scopes of recently checked valid tokens: a reader polling the API costs one lookup per
     CACHE_SECONDS instead of a database round trip per request. A revoked token therefore

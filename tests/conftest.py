@@ -12,13 +12,16 @@ from pathlib import Path
 import pytest
 from hypothesis import HealthCheck, settings
 
-from service.eventstore import database
+from service.eventstore import database, keys
 from tests.helpers import RunningService, make_settings
 
 # Generation speed varies with machine load (CI shares two cores with PostgreSQL); what the
 # properties check does not depend on it.
 settings.register_profile("rollcall", deadline=None, suppress_health_check=[HealthCheck.too_slow])
 settings.load_profile("rollcall")
+# One master key for every store, source and service a test runs in this process (and the CLI
+# processes it starts): personal data is sealed under it (service/eventstore/keys.py).
+os.environ.setdefault(keys.MASTER_KEY_ENV, keys.generate_master_key())
 
 
 @pytest.fixture(scope="session")

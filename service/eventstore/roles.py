@@ -50,6 +50,7 @@ from projections.schema import (
 )
 from projections.tracking import view_tracking
 from service import tokens
+from service.eventstore import keys
 from service.eventstore.database import Unusable, connect, with_user
 from service.eventstore.store import EVENTS_TABLE, LOCK_FUNCTION, ensure_store
 from service.tokens import TOKENS_TABLE
@@ -65,6 +66,10 @@ _RUNTIME_TABLES: Final = {
     TRACKING_TABLE: "SELECT, INSERT, UPDATE",
     TOKENS_TABLE: "SELECT, INSERT, UPDATE",
     ROLES_TABLE: "SELECT",
+    # Data keys change only through the owner's functions (keys.py); reading them is needed.
+    keys.KEYS_TABLE: "SELECT",
+    keys.EMAILS_TABLE: "SELECT",
+    keys.STATE_TABLE: "SELECT",
 }
 
 
@@ -251,6 +256,13 @@ def _grant(conn: psycopg.Connection[Any], database: str, runtime: str) -> None:
         ),
         sql.SQL("REVOKE ALL ON FUNCTION {}() FROM PUBLIC").format(lock),
         sql.SQL("GRANT EXECUTE ON FUNCTION {}() TO {}").format(lock, role),
+        sql.SQL(
+            "GRANT EXECUTE ON FUNCTION {}(bigint, text[], text[], text[], bytea[], bytea[], "
+            "text[], text[]) TO {}"
+        ).format(sql.Identifier(INTERNAL, keys.ADD_KEYS_FUNCTION), role),
+        sql.SQL("GRANT EXECUTE ON FUNCTION {}(text, text, text) TO {}").format(
+            sql.Identifier(INTERNAL, keys.ERASE_FUNCTION), role
+        ),
     ]
     for statement in statements:
         conn.execute(statement)

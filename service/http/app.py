@@ -22,6 +22,7 @@ from starlette.types import Receive, Scope, Send
 
 from projections.runner import Runner
 from service.config import ConfigError, EventsWatcher, Settings, ensure_secrets, load_settings
+from service.eventstore import keys
 from service.eventstore.database import redacted
 from service.eventstore.source import SOURCE
 from service.eventstore.store import DeliveryStore, StoreUnavailable
@@ -66,6 +67,8 @@ def create_app(settings: Settings | None = None) -> Rollcall:
     database_url = settings.database_url
     if database_url is None:
         raise ConfigError("no database: set DATABASE_URL, or start with `rollcall serve`")
+    # Personal data is sealed and opened with this master key (service/eventstore/keys.py).
+    keys.activate(keys.keyring_for(settings.data_dir, settings.master_key))
     # Secrets can be rotated by editing ROLLCALL_CONFIG: intake re-reads it when it changes.
     events = EventsWatcher(settings)
     intake = Intake(settings, events)

@@ -237,6 +237,8 @@ class Workspace:
         }
         return {
             **clean,
+            # Replicas of one database share its master key (service/eventstore/keys.py).
+            "ROLLCALL_MASTER_KEY": os.environ["ROLLCALL_MASTER_KEY"],
             "DATABASE_URL": database_url,
             "ROLLCALL_CONFIG": str(self.config),
             "ROLLCALL_DATA_DIR": str(self.root / f"{name}-data"),

@@ -1,0 +1,214 @@
+"""Erasure and subject requests: what the CLI (`rollcall erase`, `rollcall subject`) and the
+admin API (DELETE /v1/events/{event}/attendees/{id}, /v1/subjects) share.
+
+An erasure destroys the attendee's data key and records itself in the store (one transaction
+under intake's lock, service/eventstore/store.py), scrubs every version of the roster now (the
+live one, as-of snapshots, builds in progress), then waits a little for the live views to fold
+the erasure, so that the receipt can say they have.
+"""
+
+from __future__ import annotations
+
+import time
+from datetime import UTC, datetime
+from typing import Any, Final
+
+import msgspec
+import psycopg
+from psycopg.rows import dict_row
+
+from domain import deliveries as stored_form
+from domain.privacy import ERASURE
+from projections import roster
+from projections.registry import VIEW_NAMES
+from projections.schema import ANALYTICS, INTERNAL, VIEWS_SCHEMA, versions
+from projections.source import StoredDelivery
+from projections.tracking import positions
+from service.eventstore import keys
+from service.eventstore.store import EVENTS_TABLE, DeliveryStore, opened
+
+_POLL: Final = 0.05
+_decode_json: Final = msgspec.json.Decoder()
+
+
+class Receipt(msgspec.Struct, frozen=True, kw_only=True):
+    """What an organiser files: who was erased, when, by whom, where it is recorded, and
+    whether the views had folded it when this was answered."""
+
+    status: str = "erased"
+    event: str
+    attendee_id: str
+    erased_at: datetime
+    erased_by: str
+    position: int  # the erasure's own record in the event store
+    receipt: str
+    roster_versions_scrubbed: int  # live, as-of and building versions that held a row
+    views_caught_up: bool  # every live view has folded the erasure
+
+
+def erase(
+    store: DeliveryStore, database_url: str, slug: str, attendee_id: str, by: str, wait: float
+) -> Receipt:
+    """Erase an attendee of a JTE event (see the module docstring); `by` names the operator
+    or token, never a person's data."""
+    erased = store.erase(slug, attendee_id, by)
+    scrubbed = scrub_versions(database_url, slug, attendee_id)
+    caught_up = wait_for_views(database_url, erased.position, wait)
+    return Receipt(
+        event=slug,
+        attendee_id=attendee_id,
+        erased_at=erased.erased_at,
+        erased_by=by,
+        position=erased.position,
+        receipt=erased.receipt,
+        roster_versions_scrubbed=scrubbed,
+        views_caught_up=caught_up,
+    )
+
+
+def scrub_versions(database_url: str, slug: str, attendee_id: str) -> int:
+    """Scrub the attendee from every roster version whose table exists; how many had them."""
+    count = 0
+    with psycopg.connect(database_url) as conn:
+        try:
+            found = versions(conn, roster.RosterView.name)
+        except psycopg.errors.UndefinedTable:
+            return 0
+        for version in found:
+            name = f"{VIEWS_SCHEMA}.roster_v{version.version}"
+            exists = conn.execute("SELECT to_regclass(%s)", (name,)).fetchone()
+            if exists is None or exists[0] is None:
+                continue
+            with conn.transaction():
+                count += roster.scrub(conn.cursor(), version, slug, attendee_id)
+    return count
+
+
+def wait_for_views(database_url: str, position: int, seconds: float) -> bool:
+    """Whether every live view reaches `position` within `seconds`."""
+    deadline = time.monotonic() + seconds
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        while True:
+            try:
+                live = [v for v in versions(conn) if v.state == "live"]
+            except psycopg.errors.UndefinedTable:
+                return False
+            names = {v.view for v in live}
+            with conn.cursor() as cur:
+                reached = positions(cur, live)
+            if names >= set(VIEW_NAMES) and all(p >= position for p in reached.values()):
+                return True
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(_POLL)
+
+
+# --- Subject requests ------------------------------------------------------------------------
+
+
+class Subject(msgspec.Struct, frozen=True, kw_only=True):
+    """One (JTE event, attendee id) an email address was found with."""
+
+    event: str
+    attendee_id: str
+
+
+class Subjects(msgspec.Struct, frozen=True, kw_only=True):
+    """Who carried an email address (a subject request's first step)."""
+
+    email_found: bool
+    subjects: list[Subject]
+
+
+class SubjectData(msgspec.Struct, frozen=True, kw_only=True):
+    """Everything held about one attendee: their deliveries (decrypted) and view rows."""
+
+    event: str
+    attendee_id: str
+    erased: bool
+    roster: dict[str, Any] | None
+    payments: list[dict[str, Any]]
+    presence: list[dict[str, Any]]
+    deliveries: list[dict[str, Any]]
+
+
+class SubjectExport(msgspec.Struct, frozen=True, kw_only=True):
+    """An access request's answer (GDPR Art. 15)."""
+
+    generated_at: datetime
+    subjects: list[SubjectData]
+
+
+def find(database_url: str, keyring: keys.Keyring, email: str) -> list[Subject]:
+    """The attendees whose deliveries carried this email, in every JTE event."""
+    with psycopg.connect(database_url) as conn, conn.cursor() as cur:
+        return [Subject(event=s, attendee_id=a) for s, a in keys.find_by_email(cur, keyring, email)]
+
+
+def export(database_url: str, keyring: keys.Keyring, email: str) -> SubjectExport:
+    """Everything held about the person with this email (decrypted deliveries, view rows)."""
+    found = find(database_url, keyring, email)
+    with psycopg.connect(database_url) as conn:
+        subjects = [_subject_data(conn, keyring, s.event, s.attendee_id) for s in found]
+    return SubjectExport(generated_at=datetime.now(UTC), subjects=subjects)
+
+
+def _subject_data(
+    conn: psycopg.Connection[Any], keyring: keys.Keyring, slug: str, attendee_id: str
+) -> SubjectData:
+    with conn.cursor(row_factory=dict_row) as cur:
+        rows = cur.execute(
+            f"SELECT to_jsonb(r) AS row FROM {ANALYTICS}.roster r "
+            "WHERE event = %s AND attendee_id = %s",
+            (slug, attendee_id),
+        ).fetchall()
+        payments = cur.execute(
+            f"SELECT to_jsonb(p) AS row FROM {ANALYTICS}.payments p "
+            "WHERE event = %s AND attendee_id = %s ORDER BY paid_at",
+            (slug, attendee_id),
+        ).fetchall()
+        presence = cur.execute(
+            f"SELECT to_jsonb(p) AS row FROM {ANALYTICS}.presence p "
+            "WHERE event = %s AND attendee_id = %s",
+            (slug, attendee_id),
+        ).fetchall()
+    with conn.cursor() as cur:
+        stored = cur.execute(
+            f"SELECT e.notification_id, e.originator_id, e.state "
+            f"FROM {ANALYTICS}.attendee_deliveries h JOIN {INTERNAL}.{EVENTS_TABLE} e "
+            "ON e.notification_id = h.position WHERE h.event = %s AND h.attendee_id = %s "
+            "ORDER BY e.notification_id",
+            (slug, attendee_id),
+        ).fetchall()
+        deliveries = opened(
+            cur,
+            keyring,
+            [StoredDelivery(p, k, stored_form.decode(bytes(s))) for p, k, s in stored],
+        )
+        erased = keys.wrapped_keys(cur, [(slug, keys.ATTENDEE, attendee_id)])
+    return SubjectData(
+        event=slug,
+        attendee_id=attendee_id,
+        erased=erased.get((slug, keys.ATTENDEE, attendee_id), b"") is None,
+        roster=rows[0]["row"] if rows else None,
+        payments=[r["row"] for r in payments],
+        presence=[r["row"] for r in presence],
+        deliveries=[_delivery(d) for d in deliveries if d.state.verified_by != ERASURE],
+    )
+
+
+def _delivery(stored: StoredDelivery[stored_form.DeliveryState]) -> dict[str, Any]:
+    state = stored.state
+    try:
+        body: Any = _decode_json.decode(state.body)
+    except msgspec.DecodeError:
+        body = state.body.decode("utf-8", "replace")
+    return {
+        "position": stored.position,
+        "received_at": state.timestamp,
+        "event_type": state.event_type,
+        "occurred_at": state.occurred_at,
+        "delivery_id": state.delivery_id,
+        "erased": state.sealed is not None,
+        "body": body,
+    }
