@@ -271,7 +271,10 @@ def scrub(cur: psycopg.Cursor[Any], version: Version, slug: str, attendee_id: st
     How many rows it changed (0 or 1)."""
     table = version.table("roster")
     row = cur.execute(
-        sql.SQL("SELECT state FROM {} WHERE slug = %s AND attendee_id = %s").format(table),
+        # FOR UPDATE: a runner's write of this row in the meantime is not overwritten.
+        sql.SQL("SELECT state FROM {} WHERE slug = %s AND attendee_id = %s FOR UPDATE").format(
+            table
+        ),
         (slug, attendee_id),
     ).fetchone()
     if row is None:
