@@ -51,7 +51,7 @@ def erase(
 ) -> Receipt:
     """Erase an attendee of a JTE event (see the module docstring); `by` names the operator
     or token, never a person's data."""
-    erased = store.erase(slug, attendee_id, by)
+    erased = store.erase(slug, attendee_id, by, _emails(database_url, slug, attendee_id))
     scrubbed = scrub_versions(database_url, slug, attendee_id)
     caught_up = wait_for_views(database_url, erased.position, wait)
     return Receipt(
@@ -64,6 +64,19 @@ def erase(
         roster_versions_scrubbed=scrubbed,
         views_caught_up=caught_up,
     )
+
+
+def _emails(database_url: str, slug: str, attendee_id: str) -> list[str]:
+    """The attendee's email as the roster has it (to find quarantined deliveries naming it)."""
+    with psycopg.connect(database_url) as conn:
+        try:
+            row = conn.execute(
+                f"SELECT email FROM {ANALYTICS}.roster WHERE event = %s AND attendee_id = %s",
+                (slug, attendee_id),
+            ).fetchone()
+        except psycopg.errors.UndefinedTable:
+            return []
+    return [row[0]] if row and row[0] else []
 
 
 def scrub_versions(database_url: str, slug: str, attendee_id: str) -> int:

@@ -274,9 +274,12 @@ def create_tables(conn: psycopg.Connection[Any], events_table: sql.Composable) -
         # Erasure: the wrapped key goes (kept as a tombstone that blocks a new key), the email
         # hashes go, and the epoch moves on so every writer drops its cached key.
         sql.SQL(
-            "CREATE OR REPLACE FUNCTION {erase}(p_slug text, p_id text, p_by text) "
+            "CREATE OR REPLACE FUNCTION {erase}(p_slug text, p_id text, p_by text, "
+            "p_deliveries text[]) "
             "RETURNS boolean LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog AS $$ "
             "DECLARE existed boolean; BEGIN "
+            "UPDATE {keys} SET wrapped = NULL, erased_at = now(), erased_by = p_by "
+            "WHERE slug = p_slug AND kind = 'd' AND subject = ANY(p_deliveries); "
             "UPDATE {state} SET epoch = epoch + 1 WHERE id = 1; "
             "SELECT wrapped IS NOT NULL INTO existed FROM {keys} "
             "WHERE slug = p_slug AND kind = 'a' AND subject = p_id; "
@@ -286,7 +289,7 @@ def create_tables(conn: psycopg.Connection[Any], events_table: sql.Composable) -
             "DELETE FROM {emails} WHERE slug = p_slug AND attendee_id = p_id; "
             "RETURN coalesce(existed, false); END $$"
         ).format(erase=_ERASE, state=_STATE, keys=_KEYS, emails=_EMAILS),
-        sql.SQL("REVOKE ALL ON FUNCTION {}(text, text, text) FROM PUBLIC").format(_ERASE),
+        sql.SQL("REVOKE ALL ON FUNCTION {}(text, text, text, text[]) FROM PUBLIC").format(_ERASE),
     ]
     for statement in statements:
         conn.execute(statement)
@@ -371,8 +374,9 @@ def add_keys_call(
 
 
 def erase_call() -> sql.Composed:
-    """The call that destroys an attendee's data key: (slug, attendee id, by whom)."""
-    return sql.SQL("SELECT {}(%s, %s, %s)").format(_ERASE)
+    """The call that destroys an attendee's data key: (slug, attendee id, by whom, and the
+    delivery keys of quarantined deliveries about them)."""
+    return sql.SQL("SELECT {}(%s, %s, %s, %s::text[])").format(_ERASE)
 
 
 def find_by_email(cur: psycopg.Cursor[Any], keyring: Keyring, email: str) -> list[tuple[str, str]]:

@@ -260,7 +260,7 @@ def _grant(conn: psycopg.Connection[Any], database: str, runtime: str) -> None:
             "GRANT EXECUTE ON FUNCTION {}(bigint, text[], text[], text[], bytea[], bytea[], "
             "text[], text[]) TO {}"
         ).format(sql.Identifier(INTERNAL, keys.ADD_KEYS_FUNCTION), role),
-        sql.SQL("GRANT EXECUTE ON FUNCTION {}(text, text, text) TO {}").format(
+        sql.SQL("GRANT EXECUTE ON FUNCTION {}(text, text, text, text[]) TO {}").format(
             sql.Identifier(INTERNAL, keys.ERASE_FUNCTION), role
         ),
     ]

@@ -298,10 +298,13 @@ class DeliveryStore:
         duplicates = {legacy[key] for key in found}
         return [d for d in pending if d.originator_id not in duplicates]
 
-    def erase(self, slug: str, attendee_id: str, by: str) -> Erased:
+    def erase(self, slug: str, attendee_id: str, by: str, mentions: Sequence[str] = ()) -> Erased:
         """Destroy an attendee's data key and record the erasure, in one transaction under the
         intake lock: every delivery about them stored before is unreadable from now on, and
-        what arrives after is kept without its personal content (see _Sealer.seal)."""
+        what arrives after is kept without its personal content (see _Sealer.seal). So are the
+        quarantined deliveries of the event whose body names them (their id, or one of
+        `mentions`, such as their email)."""
+        quarantined = self._call(self._quarantined_about, slug, [attendee_id, *mentions])
         now = datetime.now(UTC)
         record = DeliveryRecorded(
             originator_id=uuid5(_ERASURE_NAMESPACE, f"{slug}\n{attendee_id}\n{now.isoformat()}"),
@@ -320,7 +323,9 @@ class DeliveryStore:
         )
         self._check_reachable()
         try:
-            (recording,) = self._app.events.put([record], erase=(slug, attendee_id, by))
+            (recording,) = self._app.events.put(
+                [record], erase=(slug, attendee_id, by, quarantined)
+            )
         except (OperationalError, InterfaceError) as error:
             raise StoreUnavailable(str(error)) from error
         self._sealer.forget()
@@ -332,6 +337,28 @@ class DeliveryStore:
             position=recording.notification.id,
             receipt=str(record.originator_id),
         )
+
+    def _quarantined_about(self, slug: str, names: Sequence[str]) -> list[str]:
+        """The delivery keys of the event's sealed quarantined deliveries that mention any of
+        `names` (a whole scan of the store: erasures are rare, quarantined deliveries few)."""
+        wanted = [n.encode() for n in names if n]
+        query = sql.SQL(
+            "SELECT notification_id, originator_id, state FROM {} WHERE "
+            "convert_from(state, 'UTF8')::jsonb ->> 'quarantine_reason' IS NOT NULL "
+            "AND convert_from(state, 'UTF8')::jsonb ->> 'slug' = %s"
+        ).format(sql.Identifier(INTERNAL, EVENTS_TABLE))
+        with (
+            self._recorder.datastore.get_connection() as conn,
+            conn.cursor(row_factory=tuple_row) as cur,
+        ):
+            rows = cur.execute(query, (slug,)).fetchall()
+            stored = [StoredDelivery(p, k, stored_form.decode(bytes(s))) for p, k, s in rows]
+            readable = opened(cur, self.keyring, [s for s in stored if s.state.sealed])
+        return [
+            str(s.key)
+            for s in readable
+            if s.state.sealed is None and any(name in s.state.body for name in wanted)
+        ]
 
     def unacknowledged(self, keys: Iterable[UUID]) -> None:
         """Remember deliveries whose sender was told 503 although they are (or may be) stored:
