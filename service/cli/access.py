@@ -23,6 +23,12 @@ def add_commands(commands: Commands) -> None:
     token.add_argument("--scope", choices=SCOPES, default="read")
     token.add_argument("--name", default="token", help="a label, to revoke it by later")
     token.add_argument("--revoke", action="store_true", help="revoke every token of --name")
+    token.add_argument(
+        "--event",
+        action="append",
+        metavar="SLUG",
+        help="limit the token to this JTE event (repeatable; default: every event)",
+    )
     token.set_defaults(run=run_token)
 
     analyst = commands.add_parser(
@@ -36,11 +42,15 @@ def add_commands(commands: Commands) -> None:
 
 
 def run_token(settings: Settings, args: argparse.Namespace) -> int:
+    unknown = [slug for slug in args.event or () if settings.event(slug) is None]
+    if unknown:
+        print(f"rollcall: no JTE event {unknown[0][:64]!r} is configured", file=sys.stderr)
+        return 2
     with database(settings, "token") as url, psycopg.connect(url, autocommit=True) as conn:
         if args.revoke:
             print(f"revoked {tokens.revoke(conn, args.name)} token(s) named {args.name!r}")
         else:
-            print(tokens.issue(conn, args.scope, args.name))
+            print(tokens.issue(conn, args.scope, args.name, args.event))
     return 0
 
 

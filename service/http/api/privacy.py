@@ -25,8 +25,7 @@ def routes(api: Api) -> list[Route]:
     async def erase(request: Request) -> Response:
         slug: str = request.path_params["event"]
         attendee_id: str = request.path_params["attendee_id"]
-        if api.events.event(slug) is None:
-            raise ApiError(404, "unknown_event", f"no JTE event {slug[:64]!r} is configured")
+        api.check_event(request, slug)
         if not attendee_id.strip() or len(attendee_id) > 200 or "\x00" in attendee_id:
             raise ApiError(400, "bad_parameter", "an attendee id is 1 to 200 characters")
         name = await tokens.name_of(common.pool(request), _bearer(request))
@@ -44,13 +43,18 @@ def routes(api: Api) -> list[Route]:
         email = _email(request)
         url: str = request.app.state.database_url
         found = await asyncio.to_thread(privacy.find, url, keys.active(), email)
+        found = [s for s in found if common.grant(request).sees(s.event)]
         return json_response(privacy.Subjects(email_found=bool(found), subjects=found))
 
     async def export(request: Request) -> Response:
         email = _email(request)
         url: str = request.app.state.database_url
         exported = await asyncio.to_thread(privacy.export, url, keys.active(), email)
-        return json_response(exported)
+        granted = common.grant(request)
+        subjects = [s for s in exported.subjects if granted.sees(s.event)]
+        return json_response(
+            privacy.SubjectExport(generated_at=exported.generated_at, subjects=subjects)
+        )
 
     return [
         api.route("/v1/events/{event}/attendees/{attendee_id}", erase, "admin", "DELETE"),
