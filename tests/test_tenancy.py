@@ -4,16 +4,23 @@ the others (real server, real PostgreSQL)."""
 from __future__ import annotations
 
 import json
+import uuid
 from collections.abc import AsyncIterator, Callable
+from typing import Any
 
 import httpx
 import psycopg
 import pytest
+from psycopg import sql
 
+from projections.rebuild import rebuild
+from projections.registry import VIEW_NAMES
 from service import tokens
 from service.config import EventConfig
+from service.eventstore.roles import grant_analyst, role_name
+from service.eventstore.source import SOURCE
 from tests.drill.snapshot import wait_until_caught_up
-from tests.helpers import SECRET, RunningService, bearer, token_headers
+from tests.helpers import SECRET, RunningService, as_role, bearer, drop_roles, token_headers
 
 EVENTS = {
     "alpha": EventConfig(slug="alpha", secrets=(SECRET,)),
@@ -114,3 +121,59 @@ async def test_an_admin_token_for_one_event_erases_and_finds_only_there(
     )
     assert beta.json()["attendee"]["email"] == "bea@beta.example"
     assert (await client.delete("/v1/events/alpha/attendees/a-1", headers=alpha)).status_code == 200
+
+
+async def test_an_analyst_for_one_event_cannot_see_the_others_by_any_query(
+    two_events: tuple[httpx.AsyncClient, str], server_url: str
+) -> None:
+    _, database_url = two_events
+    login = f"analyst_{uuid.uuid4().hex[:8]}"  # roles are server-wide: a name of its own
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        grant_analyst(conn, login, "pw", ["alpha"])
+        conn.execute("ANALYZE")  # statistics exist: pg_stats must not show them either
+        group = role_name(conn.info.dbname, "analysts")
+    try:
+        with psycopg.connect(as_role(database_url, login, "pw"), autocommit=True) as analyst:
+            _sees_alpha_only(analyst, login)
+        # A rebuild swaps every analytics view: the limited ones are made again, still limited.
+        rebuild(database_url, list(VIEW_NAMES), SOURCE)
+        with psycopg.connect(as_role(database_url, login, "pw"), autocommit=True) as analyst:
+            _sees_alpha_only(analyst, login)
+    finally:
+        with psycopg.connect(database_url, autocommit=True) as conn:
+            conn.execute(sql.SQL("DROP OWNED BY {}").format(sql.Identifier(login)))
+        drop_roles(server_url, [database_url], [login, group])
+
+
+def _sees_alpha_only(analyst: psycopg.Connection[Any], login: str) -> None:
+    rows = analyst.execute("SELECT event, attendee_id, email FROM roster").fetchall()
+    assert rows == [("alpha", "a-1", "ala@alpha.example")]
+    views = [
+        row[0]
+        for row in analyst.execute(
+            "SELECT table_name FROM information_schema.views WHERE table_schema = %s",
+            (f"analytics_for_{login}",),
+        )
+    ]
+    assert {"roster", "payments", "presence", "occupancy", "payment_totals"} <= set(views)
+    for view in views:
+        events = analyst.execute(
+            sql.SQL("SELECT DISTINCT event FROM {}").format(sql.Identifier(view))
+        )
+        assert {row[0] for row in events} <= {"alpha"}, view
+    for forbidden in (
+        "SELECT * FROM analytics.roster",
+        "SELECT * FROM analytics.payments",
+        "SELECT * FROM rollcall_views.roster_v1",
+        "SELECT * FROM rollcall.deliveries_events",
+        "SELECT * FROM rollcall.data_keys",
+    ):
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            analyst.execute(forbidden)
+    # A function that fails on a value shows that value: behind the barrier, only alpha's.
+    with pytest.raises(psycopg.errors.InvalidTextRepresentation) as failed:
+        analyst.execute("SELECT * FROM roster WHERE email::int = 0")
+    assert "bea@beta.example" not in str(failed.value)
+    assert analyst.execute(
+        "SELECT count(*) FROM pg_stats WHERE schemaname IN ('rollcall_views', 'rollcall')"
+    ).fetchone() == (0,)

@@ -34,11 +34,14 @@ import psycopg
 from psycopg import sql
 
 from projections.schema import (
+    ANALYST_EVENTS,
+    ANALYTICS,
     DEAD_LETTERS,
     INTERNAL,
     LEGACY_ANALYST_GROUP,
     ROLES_TABLE,
     SETUP_LOCK,
+    TENANT_PREFIX,
     TRACKING_TABLE,
     VIEW_VERSIONS,
     VIEWS_SCHEMA,
@@ -46,6 +49,7 @@ from projections.schema import (
     analytics_schemas,
     ensure_internal,
     grant_analysts,
+    publish_tenant_views,
     recorded_role,
 )
 from projections.tracking import view_tracking
@@ -66,6 +70,7 @@ _RUNTIME_TABLES: Final = {
     TRACKING_TABLE: "SELECT, INSERT, UPDATE",
     TOKENS_TABLE: "SELECT, INSERT, UPDATE",
     ROLES_TABLE: "SELECT",
+    ANALYST_EVENTS: "SELECT",
     # Data keys change only through the owner's functions (keys.py); reading them is needed.
     keys.KEYS_TABLE: "SELECT",
     keys.EMAILS_TABLE: "SELECT",
@@ -284,9 +289,16 @@ class BadRoleName(ValueError):
     """The name cannot be a PostgreSQL role name we create."""
 
 
-def grant_analyst(conn: psycopg.Connection[Any], name: str, password: str | None = None) -> str:
+def grant_analyst(
+    conn: psycopg.Connection[Any],
+    name: str,
+    password: str | None = None,
+    events: list[str] | None = None,
+) -> str:
     """Create or update the login role `name` as an analyst of this database; the password it
-    can log in with. `conn` is a superuser's (it creates roles)."""
+    can log in with. `conn` is a superuser's (it creates roles). With `events`, the role reads
+    only those JTE events' rows, in schema `analytics_for_<name>` (its search path), and no
+    other analytics schema; without, every analytics schema (through the analyst group)."""
     if not _ROLE_NAME.match(name) or name == LEGACY_ANALYST_GROUP:
         raise BadRoleName(
             f"{name!r}: use lowercase letters, digits and _ (starting with a letter), max 63"
@@ -305,10 +317,34 @@ def grant_analyst(conn: psycopg.Connection[Any], name: str, password: str | None
             conn.execute(
                 sql.SQL("CREATE ROLE {} WITH LOGIN PASSWORD {}").format(role, sql.Literal(password))
             )
-        conn.execute(sql.SQL("GRANT {} TO {}").format(group, role))
         conn.execute(sql.SQL("ALTER ROLE {} SET default_transaction_read_only = on").format(role))
         database = sql.Identifier(conn.info.dbname)
         conn.execute(sql.SQL("GRANT CONNECT ON DATABASE {} TO {}").format(database, group))
+        tenant = sql.Identifier(TENANT_PREFIX + name)
+        conn.execute(f"DELETE FROM {INTERNAL}.{ANALYST_EVENTS} WHERE role = %s", (name,))
+        conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(tenant))
+        if events:
+            conn.execute(sql.SQL("REVOKE {} FROM {}").format(group, role))
+            conn.execute(sql.SQL("GRANT CONNECT ON DATABASE {} TO {}").format(database, role))
+            conn.execute(
+                f"INSERT INTO {INTERNAL}.{ANALYST_EVENTS} (role, slug) "
+                "SELECT %s, unnest(%s::text[]) ON CONFLICT DO NOTHING",
+                (name, sorted(set(events))),
+            )
+            conn.execute(sql.SQL("ALTER ROLE {} SET search_path = {}").format(role, tenant))
+            # Made as the owner of `analytics`, which remakes them whenever it republishes.
+            owner = conn.execute(
+                "SELECT nspowner::regrole::text FROM pg_namespace WHERE nspname = %s",
+                (ANALYTICS,),
+            ).fetchone()
+            if owner is not None:
+                conn.execute(sql.SQL("SET LOCAL ROLE {}").format(sql.Identifier(owner[0])))
+                publish_tenant_views(conn, name, sorted(set(events)))
+                conn.execute("RESET ROLE")
+        else:
+            conn.execute(sql.SQL("REVOKE CONNECT ON DATABASE {} FROM {}").format(database, role))
+            conn.execute(sql.SQL("ALTER ROLE {} RESET search_path").format(role))
+            conn.execute(sql.SQL("GRANT {} TO {}").format(group, role))
         for schema in analytics_schemas(conn):
             grant_analysts(conn, schema)
     return password
