@@ -151,7 +151,9 @@ class RosterView:
                 entries[key] = apply(before, event)
             except Exception as error:
                 poison(event, error)
-        touched = [(e.slug, e.attendee_id, e.position) for e in events]
+        # An erasure is rollcall's record, not a delivery about the attendee: not in history
+        # (nor in the event's last delivery, from which retention counts).
+        touched = [(e.slug, e.attendee_id, e.position) for e in events if e.event_type != ERASED]
         return entries, RosterWrite([entries[key] for key in sorted(entries)], touched)
 
     def write(self, cur: psycopg.Cursor[Any], version: Version, write: RosterWrite) -> None:

@@ -59,6 +59,9 @@ class EventConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fiel
     # A header carrying a delivery id that stays the same across JTE's retries.
     delivery_id_header: str | None = None
     tolerance_seconds: int = 300
+    # Personal data of this JTE event is erased automatically this many days after its last
+    # delivery (service/privacy.py); None keeps it until erased by hand.
+    retain_personal_data_days: int | None = None
 
 
 class Tuning(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):

@@ -10,7 +10,8 @@ the erasure, so that the receipt can say they have.
 from __future__ import annotations
 
 import time
-from datetime import UTC, datetime
+from collections.abc import Mapping
+from datetime import UTC, datetime, timedelta
 from typing import Any, Final
 
 import msgspec
@@ -24,6 +25,7 @@ from projections.registry import VIEW_NAMES
 from projections.schema import ANALYTICS, INTERNAL, VIEWS_SCHEMA, versions
 from projections.source import StoredDelivery
 from projections.tracking import positions
+from service.config import EventConfig
 from service.eventstore import keys
 from service.eventstore.store import EVENTS_TABLE, DeliveryStore, opened
 
@@ -47,11 +49,18 @@ class Receipt(msgspec.Struct, frozen=True, kw_only=True):
 
 
 def erase(
-    store: DeliveryStore, database_url: str, slug: str, attendee_id: str, by: str, wait: float
+    store: DeliveryStore,
+    database_url: str,
+    slug: str,
+    attendee_id: str,
+    by: str,
+    wait: float,
+    quarantined: list[str] | None = None,
 ) -> Receipt:
     """Erase an attendee of a JTE event (see the module docstring); `by` names the operator
     or token, never a person's data."""
-    erased = store.erase(slug, attendee_id, by, _emails(database_url, slug, attendee_id))
+    emails = _emails(database_url, slug, attendee_id)
+    erased = store.erase(slug, attendee_id, by, emails, quarantined)
     scrubbed = scrub_versions(database_url, slug, attendee_id)
     caught_up = wait_for_views(database_url, erased.position, wait)
     return Receipt(
@@ -225,3 +234,85 @@ def _delivery(stored: StoredDelivery[stored_form.DeliveryState]) -> dict[str, An
         "erased": state.sealed is not None,
         "body": body,
     }
+
+
+# --- Retention -------------------------------------------------------------------------------
+
+
+class Retention(msgspec.Struct, frozen=True, kw_only=True):
+    """When a JTE event's personal data goes (retain_personal_data_days after its last
+    delivery), and how many attendees still have theirs."""
+
+    event: str
+    retain_days: int
+    last_delivery_at: datetime | None
+    erase_after: datetime | None
+    attendees_with_data: int
+
+
+def retained(events: Mapping[str, EventConfig]) -> dict[str, int]:
+    """The events with a retention period, and its days."""
+    return {
+        slug: event.retain_personal_data_days
+        for slug, event in events.items()
+        if event.retain_personal_data_days is not None
+    }
+
+
+def retention(database_url: str, retain: dict[str, int]) -> list[Retention]:
+    """Where each event with a retention period stands."""
+    out = []
+    with psycopg.connect(database_url) as conn:
+        for slug, days in sorted(retain.items()):
+            last = _last_delivery(conn, slug)
+            count = conn.execute(
+                f"SELECT count(*) FROM {INTERNAL}.{keys.KEYS_TABLE} "
+                "WHERE slug = %s AND kind = 'a' AND wrapped IS NOT NULL",
+                (slug,),
+            ).fetchone()
+            out.append(
+                Retention(
+                    event=slug,
+                    retain_days=days,
+                    last_delivery_at=last,
+                    erase_after=last + timedelta(days=days) if last is not None else None,
+                    attendees_with_data=int(count[0]) if count else 0,
+                )
+            )
+    return out
+
+
+def sweep(store: DeliveryStore, database_url: str, retain: dict[str, int], now: datetime) -> int:
+    """Erase every attendee of each event past its retention period (and the event's
+    quarantined deliveries); how many attendees were erased."""
+    erased = 0
+    for state in retention(database_url, retain):
+        if state.erase_after is None or now < state.erase_after or not state.attendees_with_data:
+            continue
+        with psycopg.connect(database_url) as conn:
+            rows = conn.execute(
+                f"SELECT kind, subject FROM {INTERNAL}.{keys.KEYS_TABLE} "
+                "WHERE slug = %s AND wrapped IS NOT NULL ORDER BY kind, subject",
+                (state.event,),
+            ).fetchall()
+        quarantined = [subject for kind, subject in rows if kind == keys.DELIVERY]
+        by = f"retention:{state.retain_days}d"
+        for kind, subject in rows:
+            if kind == keys.ATTENDEE:
+                erase(store, database_url, state.event, subject, by, 0.0, quarantined)
+                quarantined = []
+                erased += 1
+    return erased
+
+
+def _last_delivery(conn: psycopg.Connection[Any], slug: str) -> datetime | None:
+    """When the event's last delivery about an attendee was received (as the views know)."""
+    try:
+        row = conn.execute(
+            f"SELECT e.state FROM {INTERNAL}.{EVENTS_TABLE} e WHERE e.notification_id = "
+            f"(SELECT max(position) FROM {ANALYTICS}.attendee_deliveries WHERE event = %s)",
+            (slug,),
+        ).fetchone()
+    except psycopg.errors.UndefinedTable:
+        return None
+    return stored_form.decode_body(bytes(row[0])).timestamp if row else None

@@ -12,6 +12,7 @@ import secrets
 import shutil
 import subprocess
 from collections.abc import AsyncIterator, Callable
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +24,7 @@ from domain.deliveries import legacy_delivery_key
 from domain.interpret import PARSER_VERSION
 from projections.rebuild import rebuild
 from projections.registry import VIEW_NAMES
+from service import privacy
 from service.eventstore import keys
 from service.eventstore.replay import replay_quarantined
 from service.eventstore.source import SOURCE
@@ -354,3 +356,36 @@ def _recorded(data: bytes, delivery_id: str | None) -> DeliveryRecorded:
     record = delivery_record(EventConfig(slug="default", secrets=("s",)), {}, data, "token")
     assert record.delivery_id == delivery_id
     return record
+
+
+async def test_retention_erases_an_event_past_its_period(
+    seeded: tuple[httpx.AsyncClient, str],
+) -> None:
+    client, database_url = seeded
+    rows = stored_rows(database_url)
+    last_received = max(
+        datetime.fromisoformat(r["timestamp"]) for r in rows if r["quarantine_reason"] is None
+    )
+    (state,) = privacy.retention(database_url, {"default": 30})
+    assert state.last_delivery_at == last_received
+    assert state.erase_after == last_received + timedelta(days=30)
+    assert state.attendees_with_data == 2
+    payments = view_rows(database_url)["payments"]
+    store = DeliveryStore(database_url, pool_size=1)
+    try:
+        assert privacy.sweep(store, database_url, {"default": 30}, last_received) == 0
+        later = last_received + timedelta(days=30, seconds=1)
+        assert privacy.sweep(store, database_url, {"default": 30}, later) == 2
+        assert privacy.sweep(store, database_url, {"default": 30}, later) == 0
+    finally:
+        store.close()
+    wait_until_caught_up(database_url)
+    (state,) = privacy.retention(database_url, {"default": 30})
+    assert state.attendees_with_data == 0
+    dump = readable(pg_dump(database_url))
+    for needle in [*NEEDLES, KEPT["email"], KEPT["lastName"]]:
+        assert needle not in dump, needle
+    assert view_rows(database_url)["payments"] == payments  # the ledger stays
+    assert not any(n.encode() in row["body"] for row in stored_rows(database_url) for n in NEEDLES)
+    roster = (await client.get("/v1/events/default/roster")).json()["items"]
+    assert {(a["attendee_id"], a["email"]) for a in roster} == {("a-erase", None), ("a-keep", None)}

@@ -43,6 +43,7 @@ EMAILS_TABLE: Final = "subject_emails"
 STATE_TABLE: Final = "crypto_state"
 ADD_KEYS_FUNCTION: Final = "add_data_keys"
 ERASE_FUNCTION: Final = "erase_data_key"
+INIT_FUNCTION: Final = "init_crypto_state"
 # The SQLSTATE add_data_keys raises when the keys a writer holds are stale: re-read, retry.
 STALE_KEYS: Final = "RC001"
 ATTENDEE: Final = "a"  # kinds of data key
@@ -220,6 +221,7 @@ _EMAILS: Final = sql.Identifier(INTERNAL, EMAILS_TABLE)
 _STATE: Final = sql.Identifier(INTERNAL, STATE_TABLE)
 _ADD: Final = sql.Identifier(INTERNAL, ADD_KEYS_FUNCTION)
 _ERASE: Final = sql.Identifier(INTERNAL, ERASE_FUNCTION)
+_INIT: Final = sql.Identifier(INTERNAL, INIT_FUNCTION)
 
 
 def create_tables(conn: psycopg.Connection[Any], events_table: sql.Composable) -> None:
@@ -290,15 +292,22 @@ def create_tables(conn: psycopg.Connection[Any], events_table: sql.Composable) -
             "RETURN coalesce(existed, false); END $$"
         ).format(erase=_ERASE, state=_STATE, keys=_KEYS, emails=_EMAILS),
         sql.SQL("REVOKE ALL ON FUNCTION {}(text, text, text, text[]) FROM PUBLIC").format(_ERASE),
+        # The first store opened with a master key records its fingerprint, and up to where
+        # deliveries were stored before encryption (the runtime role, through this function).
+        sql.SQL(
+            "CREATE OR REPLACE FUNCTION {init}(p_fingerprint bytea) RETURNS void "
+            "LANGUAGE sql SECURITY DEFINER SET search_path = pg_catalog AS $$ "
+            "INSERT INTO {state} (id, fingerprint, cutover) "
+            "SELECT 1, p_fingerprint, coalesce(max(notification_id), 0) FROM {events} "
+            "ON CONFLICT DO NOTHING $$"
+        ).format(init=_INIT, state=_STATE, events=events_table),
+        sql.SQL("REVOKE ALL ON FUNCTION {}(bytea) FROM PUBLIC").format(_INIT),
     ]
     for statement in statements:
         conn.execute(statement)
-    del events_table
 
 
-def check_master_key(
-    conn: psycopg.Connection[Any], keyring: Keyring, events: sql.Composable
-) -> None:
+def check_master_key(conn: psycopg.Connection[Any], keyring: Keyring) -> None:
     """Refuse a master key that is not this database's; on a database without one yet, record
     this key (persisting a generated one first). Deliveries stored before encryption existed
     (up to `cutover`) stay readable as they are."""
@@ -315,13 +324,13 @@ def check_master_key(
             )
         return
     keyring.persist()
-    conn.execute(
-        sql.SQL(
-            "INSERT INTO {} (id, fingerprint, cutover) "
-            "SELECT 1, %s, coalesce(max(notification_id), 0) FROM {} ON CONFLICT DO NOTHING"
-        ).format(_STATE, events),
-        (keyring.fingerprint,),
-    )
+    conn.execute(sql.SQL("SELECT {}(%s)").format(_INIT), (keyring.fingerprint,))
+    row = conn.execute(sql.SQL("SELECT fingerprint FROM {} WHERE id = 1").format(_STATE)).fetchone()
+    if row is not None and bytes(row[0]) != keyring.fingerprint:
+        raise MasterKeyMissing(
+            "another process recorded a different master key for this database at the same "
+            "moment: give every process the same one (ROLLCALL_MASTER_KEY)"
+        )
 
 
 def state(cur: psycopg.Cursor[Any]) -> tuple[int, int]:

@@ -194,7 +194,7 @@ def _require_superuser(conn: psycopg.Connection[Any]) -> None:
 def _create_schema(conn: psycopg.Connection[Any], admin_url: str) -> None:
     """Everything the owner owns, created as in a one-role setup (this session may: it is a
     superuser); _hand_over gives it to the owner afterwards."""
-    ensure_store(admin_url)
+    ensure_store(admin_url, check_key=False)
     ensure_internal(conn)
     view_tracking(admin_url).ensure_table(conn)
     tokens.ensure_table(conn)
@@ -267,6 +267,9 @@ def _grant(conn: psycopg.Connection[Any], database: str, runtime: str) -> None:
         ).format(sql.Identifier(INTERNAL, keys.ADD_KEYS_FUNCTION), role),
         sql.SQL("GRANT EXECUTE ON FUNCTION {}(text, text, text, text[]) TO {}").format(
             sql.Identifier(INTERNAL, keys.ERASE_FUNCTION), role
+        ),
+        sql.SQL("GRANT EXECUTE ON FUNCTION {}(bytea) TO {}").format(
+            sql.Identifier(INTERNAL, keys.INIT_FUNCTION), role
         ),
     ]
     for statement in statements:

@@ -298,13 +298,21 @@ class DeliveryStore:
         duplicates = {legacy[key] for key in found}
         return [d for d in pending if d.originator_id not in duplicates]
 
-    def erase(self, slug: str, attendee_id: str, by: str, mentions: Sequence[str] = ()) -> Erased:
+    def erase(
+        self,
+        slug: str,
+        attendee_id: str,
+        by: str,
+        mentions: Sequence[str] = (),
+        quarantined: list[str] | None = None,
+    ) -> Erased:
         """Destroy an attendee's data key and record the erasure, in one transaction under the
         intake lock: every delivery about them stored before is unreadable from now on, and
         what arrives after is kept without its personal content (see _Sealer.seal). So are the
         quarantined deliveries of the event whose body names them (their id, or one of
-        `mentions`, such as their email)."""
-        quarantined = self._call(self._quarantined_about, slug, [attendee_id, *mentions])
+        `mentions`, such as their email), or else the `quarantined` delivery keys given."""
+        if quarantined is None:
+            quarantined = self._call(self._quarantined_about, slug, [attendee_id, *mentions])
         now = datetime.now(UTC)
         record = DeliveryRecorded(
             originator_id=uuid5(_ERASURE_NAMESPACE, f"{slug}\n{attendee_id}\n{now.isoformat()}"),
@@ -456,16 +464,17 @@ class DeliveryStore:
             raise StoreUnavailable(str(error)) from error
 
 
-def ensure_store(database_url: str, keyring: keys.Keyring | None = None) -> None:
+def ensure_store(database_url: str, *, check_key: bool = True) -> None:
     """The event store's schema, table and protections, created where missing by a session that
     migrates the schema; StoreUnavailable while the database is unreachable, MasterKeyMissing
-    if the master key is not this database's."""
-    app, _ = _open(database_url, 1, 5.0, keyring if keyring is not None else keys.active())
+    if this process's master key is not this database's (unless not `check_key`: `rollcall
+    db setup` may run where the master key is not; the first store opened records it)."""
+    app, _ = _open(database_url, 1, 5.0, keys.active() if check_key else None)
     app.close()
 
 
 def _open(
-    database_url: str, pool_size: int, timeout: float, keyring: keys.Keyring
+    database_url: str, pool_size: int, timeout: float, keyring: keys.Keyring | None
 ) -> tuple[Deliveries, dict[str, str]]:
     """The application, its table set up (or found set up, by a session that may not); and
     the environment to reopen it with."""
@@ -494,7 +503,8 @@ def _open(
             _require_events_table(conn)
             app = Deliveries(env=env)
         try:
-            keys.check_master_key(conn, keyring, sql.Identifier(INTERNAL, EVENTS_TABLE))
+            if keyring is not None:
+                keys.check_master_key(conn, keyring)
         except BaseException:
             app.close()
             raise
