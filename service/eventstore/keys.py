@@ -44,8 +44,10 @@ STATE_TABLE: Final = "crypto_state"
 ADD_KEYS_FUNCTION: Final = "add_data_keys"
 ERASE_FUNCTION: Final = "erase_data_key"
 INIT_FUNCTION: Final = "init_crypto_state"
-# The SQLSTATE add_data_keys raises when the keys a writer holds are stale: re-read, retry.
+# The SQLSTATEs add_data_keys raises when the keys a writer holds are stale (an erasure since:
+# forget them all) or a key it made was made meanwhile by another writer (read it, retry).
 STALE_KEYS: Final = "RC001"
+KEY_RACE: Final = "RC002"
 ATTENDEE: Final = "a"  # kinds of data key
 DELIVERY: Final = "d"
 _NONCE: Final = 12
@@ -256,7 +258,7 @@ def create_tables(conn: psycopg.Connection[Any], events_table: sql.Composable) -
             "SELECT * FROM unnest(slugs, kinds, subjects, wrapped) ON CONFLICT DO NOTHING; "
             "GET DIAGNOSTICS n = ROW_COUNT; "
             "IF n <> cardinality(slugs) THEN "
-            "RAISE EXCEPTION 'rollcall: a data key was made elsewhere' USING ERRCODE = '{stale}'; "
+            "RAISE EXCEPTION 'rollcall: a data key was made elsewhere' USING ERRCODE = '{race}'; "
             "END IF; END IF; "
             "IF cardinality(e_hmacs) > 0 THEN "
             "INSERT INTO {emails} SELECT * FROM unnest(e_hmacs, e_slugs, e_ids) "
@@ -268,6 +270,7 @@ def create_tables(conn: psycopg.Connection[Any], events_table: sql.Composable) -
             keys=_KEYS,
             emails=_EMAILS,
             stale=sql.SQL(STALE_KEYS),
+            race=sql.SQL(KEY_RACE),
         ),
         sql.SQL(
             "REVOKE ALL ON FUNCTION {}(bigint, text[], text[], text[], bytea[], bytea[], "
@@ -351,7 +354,7 @@ def wrapped_keys(
     rows = cur.execute(
         sql.SQL(
             "SELECT k.slug, k.kind, k.subject, k.wrapped FROM {} k JOIN "
-            "unnest(%s::text[], %s::text[], %s::text[]) AS w(slug, kind, subject) "
+            "unnest(%b::text[], %b::text[], %b::text[]) AS w(slug, kind, subject) "
             "USING (slug, kind, subject)"
         ).format(_KEYS),
         ([s[0] for s in wanted], [s[1] for s in wanted], [s[2] for s in wanted]),
@@ -366,8 +369,8 @@ def add_keys_call(
 ) -> tuple[sql.Composed, tuple[Any, ...]]:
     """The call that checks `epoch` and adds `new` keys and email hashes, and its arguments."""
     call = sql.SQL(
-        "SELECT {}(%s, %s::text[], %s::text[], %s::text[], %s::bytea[], %s::bytea[], "
-        "%s::text[], %s::text[]) AS ok"
+        "SELECT {}(%s, %b::text[], %b::text[], %b::text[], %b::bytea[], %b::bytea[], "
+        "%b::text[], %b::text[]) AS ok"
     ).format(_ADD)
     args = (
         epoch,

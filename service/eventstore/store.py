@@ -6,7 +6,6 @@ a second delivery with the same key conflicts and is reported as a duplicate, ne
 
 from __future__ import annotations
 
-import dataclasses
 import threading
 import time
 from collections.abc import Iterable, Iterator, Sequence
@@ -59,6 +58,25 @@ _EMAILS_SEEN_MAX: Final = 100_000
 _ERASURE_NAMESPACE: Final = UUID("9b7e1d2c-4f3a-5b6c-8d9e-0a1b2c3d4e5f")
 
 
+# Intake attaches what it read from a delivery under this attribute (not stored), so that the
+# store does not parse the body again to seal it.
+READING: Final = "_reading"
+
+
+def with_reading(delivery: DeliveryRecorded, reading: Interpreted | None) -> DeliveryRecorded:
+    """The delivery, carrying intake's reading of it to the store."""
+    delivery.__dict__[READING] = reading
+    return delivery
+
+
+def _changed(delivery: DeliveryRecorded, **changes: Any) -> DeliveryRecorded:
+    """A copy with some fields changed (dataclasses.replace costs a constructor call)."""
+    copy = object.__new__(DeliveryRecorded)
+    copy.__dict__.update(delivery.__dict__, **changes)
+    copy.__dict__.pop(READING, None)
+    return copy
+
+
 class StoreUnavailable(Exception):
     """The database cannot take the write now; the sender should retry later."""
 
@@ -91,6 +109,9 @@ class DeliveryTranscoder(Transcoder):
     """The stored form's one codec (domain.deliveries): fast, exact, and readable with SQL."""
 
     def encode(self, obj: Any) -> bytes:
+        # The mapper hands over a copy of the event's attributes: what intake read (see
+        # READING) is not part of the stored form.
+        obj.pop(READING, None)
         return stored_form.encode(obj)
 
     def decode(self, data: bytes) -> Any:
@@ -269,10 +290,12 @@ class DeliveryStore:
             except PersistenceError as error:
                 # An erasure (or another process) changed the data keys since this writer
                 # read them: read them again and seal the batch anew.
-                if _sqlstate(error) != keys.STALE_KEYS or stale_retries == 0:
+                state = _sqlstate(error)
+                if state not in (keys.STALE_KEYS, keys.KEY_RACE) or stale_retries == 0:
                     raise
                 stale_retries -= 1
-                self._sealer.forget()
+                if state == keys.STALE_KEYS:
+                    self._sealer.forget()
             else:
                 commit()
                 stored = {r.domain_event.originator_id: r.notification.id for r in recordings}
@@ -611,7 +634,7 @@ class _Sealer:
         self._epoch: int | None = None  # None: read it again
         self._cutover = 0
         self._keys: dict[keys.Subject, AESGCM | None] = {}  # None: erased
-        self._emails: set[tuple[bytes, str, str]] = set()
+        self._emails: set[tuple[str, str, str]] = set()  # (email, slug, attendee) recorded
 
     def forget(self) -> None:
         with self._lock:
@@ -665,7 +688,7 @@ class _Sealer:
                 )
             else:
                 new[wanted] = self._keyring.new_key(wanted)
-        emails: dict[tuple[bytes, str, str], None] = {}
+        emails: dict[tuple[str, str, str], None] = {}
         out = []
         for delivery, subject in zip(pending, subjects, strict=True):
             if subject is None or delivery.sealed is not None:
@@ -674,27 +697,31 @@ class _Sealer:
             aead = cached[subject] if subject in cached else known.get(subject)
             if aead is None and subject in new:
                 aead = new[subject][0]
-            reading = interpret(delivery.body) if delivery.quarantine_reason is None else None
-            readable = reading if isinstance(reading, Interpreted) else None
+            if delivery.quarantine_reason is not None:
+                readable = None
+            elif READING in delivery.__dict__:
+                readable = delivery.__dict__[READING]
+            else:
+                reading = interpret(delivery.body)
+                readable = reading if isinstance(reading, Interpreted) else None
             clear = skeleton(readable) if readable is not None else quarantine_skeleton()
             if aead is None:
                 # The attendee was erased: their personal content is not kept (DESIGN.md,
                 # "Personal data"), only the skeleton the views need.
-                out.append(dataclasses.replace(delivery, body=clear))
+                out.append(_changed(delivery, body=clear))
                 continue
-            out.append(
-                dataclasses.replace(
-                    delivery,
-                    body=clear,
-                    sealed=keys.seal(aead, delivery.body, delivery.originator_id),
-                )
-            )
+            sealed = keys.seal(aead, delivery.body, delivery.originator_id)
+            out.append(_changed(delivery, body=clear, sealed=sealed))
             email = readable.attendee.get("email") if readable is not None else None
             if isinstance(email, str) and email.strip() and delivery.attendee_id is not None:
-                entry = (self._keyring.email_hmac(email), delivery.slug, delivery.attendee_id)
-                if entry not in self._emails:
-                    emails[entry] = None
-        crypto = keys.add_keys_call(epoch, [(s, w) for s, (_, w) in new.items()], list(emails))
+                seen = (email, delivery.slug, delivery.attendee_id)
+                if seen not in self._emails:
+                    emails[seen] = None
+        crypto = keys.add_keys_call(
+            epoch,
+            [(s, w) for s, (_, w) in new.items()],
+            [(self._keyring.email_hmac(e), slug, a) for e, slug, a in emails],
+        )
 
         def commit() -> None:
             with self._lock:

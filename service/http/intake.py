@@ -22,7 +22,7 @@ from domain.deliveries import delivery_key
 from domain.interpret import PARSER_VERSION, Interpreted, interpret
 from service.config import DEFAULT_SLUG, EventConfig, EventsWatcher, Settings
 from service.eventstore import keys
-from service.eventstore.store import DeliveryRecorded, StoreUnavailable
+from service.eventstore.store import DeliveryRecorded, StoreUnavailable, with_reading
 from service.http.admission import Admission, Drop, Ticket, unverified_slots
 from service.http.responses import Error
 from service.http.server import DROP_EXTENSION
@@ -314,7 +314,7 @@ def delivery_record(
     delivery_id = reading.delivery_id or _header_delivery_id(event, headers)
     interpreted = reading if isinstance(reading, Interpreted) else None
     secret = dedupe_secret if dedupe_secret is not None else keys.active().dedupe_secret
-    return DeliveryRecorded(
+    record = DeliveryRecorded(
         originator_id=delivery_key(event.slug, delivery_id, body, secret),
         originator_version=1,
         timestamp=datetime.now(UTC),
@@ -329,6 +329,7 @@ def delivery_record(
         parser_version=PARSER_VERSION,
         quarantine_reason=None if interpreted else getattr(reading, "reason", "unreadable"),
     )
+    return with_reading(record, interpreted)
 
 
 def _header_delivery_id(event: EventConfig, headers: dict[str, bytes]) -> str | None:
