@@ -257,7 +257,11 @@ def create_tables(conn: psycopg.Connection[Any], events_table: sql.Composable) -
             "INSERT INTO {keys} (slug, kind, subject, wrapped) "
             "SELECT * FROM unnest(slugs, kinds, subjects, wrapped) ON CONFLICT DO NOTHING; "
             "GET DIAGNOSTICS n = ROW_COUNT; "
-            "IF n <> cardinality(slugs) THEN "
+            # Already there is fine if it is the same key (two batches of one writer process
+            # share a key made but not yet committed); another key for it is a race.
+            "IF n <> cardinality(slugs) AND EXISTS (SELECT 1 FROM unnest(slugs, kinds, "
+            "subjects, wrapped) AS u(slug, kind, subject, wrapped) JOIN {keys} k USING "
+            "(slug, kind, subject) WHERE k.wrapped IS DISTINCT FROM u.wrapped) THEN "
             "RAISE EXCEPTION 'rollcall: a data key was made elsewhere' USING ERRCODE = '{race}'; "
             "END IF; END IF; "
             "IF cardinality(e_hmacs) > 0 THEN "

@@ -634,12 +634,16 @@ class _Sealer:
         self._epoch: int | None = None  # None: read it again
         self._cutover = 0
         self._keys: dict[keys.Subject, AESGCM | None] = {}  # None: erased
+        # Keys made by a batch not yet committed: another writer's batch uses (and inserts)
+        # the same one rather than racing with a key of its own.
+        self._pending: dict[keys.Subject, tuple[AESGCM, bytes]] = {}
         self._emails: set[tuple[str, str, str]] = set()  # (email, slug, attendee) recorded
 
     def forget(self) -> None:
         with self._lock:
             self._epoch = None
             self._keys.clear()
+            self._pending.clear()
 
     def cutover(self, recorder: IntakeRecorder) -> int:
         """Up to which position deliveries were stored before encryption (0: none)."""
@@ -670,7 +674,9 @@ class _Sealer:
             else None
             for d in pending
         ]
-        missing = {s for s in subjects if s is not None and s not in cached}
+        with self._lock:
+            shared = {s: self._pending[s] for s in subjects if s in self._pending}
+        missing = {s for s in subjects if s is not None and s not in cached and s not in shared}
         found: dict[keys.Subject, bytes | None] = {}
         if missing:
             with (
@@ -679,7 +685,8 @@ class _Sealer:
             ):
                 found = keys.wrapped_keys(cur, missing)
         known: dict[keys.Subject, AESGCM | None] = {}
-        new: dict[keys.Subject, tuple[AESGCM, bytes]] = {}
+        new: dict[keys.Subject, tuple[AESGCM, bytes]] = dict(shared)
+        made: dict[keys.Subject, tuple[AESGCM, bytes]] = {}
         for wanted in missing:
             if wanted in found:
                 wrapped = found[wanted]
@@ -687,7 +694,12 @@ class _Sealer:
                     self._keyring.unwrap(wanted, wrapped) if wrapped is not None else None
                 )
             else:
-                new[wanted] = self._keyring.new_key(wanted)
+                made[wanted] = self._keyring.new_key(wanted)
+        if made:
+            with self._lock:
+                for wanted, key in made.items():
+                    # Another writer may have made one meanwhile: use that one.
+                    new[wanted] = self._pending.setdefault(wanted, key)
         emails: dict[tuple[str, str, str], None] = {}
         out = []
         for delivery, subject in zip(pending, subjects, strict=True):
@@ -728,6 +740,8 @@ class _Sealer:
                 if self._epoch == epoch:
                     cached.update(known)
                     cached.update({s: aead for s, (aead, _) in new.items()})
+                for subject in new:
+                    self._pending.pop(subject, None)
                 if len(self._emails) > _EMAILS_SEEN_MAX:
                     self._emails.clear()
                 self._emails.update(emails)
