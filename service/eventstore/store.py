@@ -136,14 +136,14 @@ class IntakeRecorder(PostgresApplicationRecorder):
         super().__init__(datastore, events_table_name=events_table_name)
         self._insert_arrays = sql.SQL(
             "INSERT INTO {}.{} (originator_id, originator_version, topic, state) "
-            "SELECT * FROM unnest(%s::uuid[], %s::bigint[], %s::text[], %s::bytea[]) "
+            "SELECT * FROM unnest(%b::uuid[], %b::bigint[], %b::text[], %b::bytea[]) "
             "RETURNING notification_id"
         ).format(sql.Identifier(datastore.schema), sql.Identifier(events_table_name))
         # The same insert behind the data-key check (keys.add_keys_call), in one round trip:
         # the check runs once, under the table lock, before any row goes in.
         self._guarded_insert = sql.SQL(
             "INSERT INTO {}.{} (originator_id, originator_version, topic, state) "
-            "SELECT u.* FROM unnest(%s::uuid[], %s::bigint[], %s::text[], %s::bytea[]) AS u, "
+            "SELECT u.* FROM unnest(%b::uuid[], %b::bigint[], %b::text[], %b::bytea[]) AS u, "
             "guard WHERE guard.ok RETURNING notification_id"
         ).format(sql.Identifier(datastore.schema), sql.Identifier(events_table_name))
         set_lock_timeout = self.lock_table_statements[0]
@@ -296,6 +296,8 @@ class DeliveryStore:
                 stale_retries -= 1
                 if state == keys.STALE_KEYS:
                     self._sealer.forget()
+                else:
+                    self._sealer.lost_race()
             else:
                 commit()
                 stored = {r.domain_event.originator_id: r.notification.id for r in recordings}
@@ -643,6 +645,11 @@ class _Sealer:
         with self._lock:
             self._epoch = None
             self._keys.clear()
+            self._pending.clear()
+
+    def lost_race(self) -> None:
+        """Keys this process made lost to another process's: read those again."""
+        with self._lock:
             self._pending.clear()
 
     def cutover(self, recorder: IntakeRecorder) -> int:
