@@ -76,8 +76,6 @@ Connection = psycopg.Connection[Any]
 TableDDL = Callable[[Version], list[sql.Composed]]
 
 _INTERNAL_DDL: Final = [
-    f"""CREATE TABLE IF NOT EXISTS {INTERNAL}.{ANALYST_EVENTS} (
-        role text NOT NULL, slug text NOT NULL, PRIMARY KEY (role, slug))""",
     f"CREATE SCHEMA IF NOT EXISTS {INTERNAL}",
     f"CREATE SCHEMA IF NOT EXISTS {VIEWS_SCHEMA}",
     f"CREATE SCHEMA IF NOT EXISTS {ANALYTICS}",
@@ -108,6 +106,8 @@ _INTERNAL_DDL: Final = [
     f"""CREATE TABLE IF NOT EXISTS {INTERNAL}.{ROLES_TABLE} (
         purpose text PRIMARY KEY CHECK (purpose IN ('owner', 'runtime', 'analysts')),
         role text NOT NULL)""",
+    f"""CREATE TABLE IF NOT EXISTS {INTERNAL}.{ANALYST_EVENTS} (
+        role text NOT NULL, slug text NOT NULL, PRIMARY KEY (role, slug))""",
 ]
 
 
