@@ -434,3 +434,21 @@ async def test_the_command_line_finds_exports_and_erases(
     assert not any(n in readable(pg_dump(database_url)) for n in NEEDLES)
     person = (await client.get("/v1/events/default/attendees/a-erase")).json()["attendee"]
     assert person["email"] is None
+
+    # The organiser lifts the block: what JTE sends from now on is kept again (sealed).
+    lifted = rollcall("erase", "--event", "default", "--attendee", "a-erase", "--lift")
+    assert json.loads(lifted.stdout)["status"] == "lifted", lifted.stderr
+    again = rollcall("erase", "--event", "default", "--attendee", "a-erase", "--lift")
+    assert json.loads(again.stdout)["status"] == "not_erased"
+    update = body("AttendeeUpdated", {"id": "a-erase", "firstName": "Nowa"}, "12:00:00", "u-9")
+    answer = await client.post("/webhooks/jte", content=update, headers=token_headers())
+    assert answer.status_code == 200
+    wait_until_caught_up(database_url)
+    assert stored_rows(database_url)[-1]["sealed"] is not None
+    assert stored_rows(database_url)[-1]["body"] == update
+    person = (await client.get("/v1/events/default/attendees/a-erase")).json()["attendee"]
+    assert person["first_name"] == "Nowa" and person["email"] is None
+    # A rebuild reads the bodies sealed under the destroyed key as skeletons, the new one whole.
+    live = view_rows(database_url)
+    rebuild(database_url, list(VIEW_NAMES), SOURCE)
+    assert view_rows(database_url) == live

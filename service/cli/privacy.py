@@ -8,6 +8,7 @@ import sys
 from typing import Final
 
 import msgspec
+import psycopg
 
 from service import privacy
 from service.cli import Commands
@@ -32,6 +33,11 @@ def add_commands(commands: Commands) -> None:
     )
     erase.add_argument(
         "--wait", type=float, default=10.0, help="seconds to wait for the live views (default 10)"
+    )
+    erase.add_argument(
+        "--lift",
+        action="store_true",
+        help="lift the block an earlier erasure left: keep what JTE sends about them again",
     )
     erase.set_defaults(run=run_erase)
 
@@ -62,6 +68,12 @@ def run_erase(settings: Settings, args: argparse.Namespace) -> int:
         return 2
     by = args.by or f"cli:{getpass.getuser()}"
     keyring = keys.activate(keys.keyring_for(settings.data_dir, settings.master_key))
+    if args.lift:
+        with database(settings, "erase") as url, psycopg.connect(url, autocommit=True) as conn:
+            lifted = keys.lift(conn, slug, attendee)
+        status = "lifted" if lifted else "not_erased"
+        print(_encoder.encode({"status": status, "event": slug, "attendee_id": attendee}).decode())
+        return 0
     with database(settings, "erase") as url:
         store = DeliveryStore(url, pool_size=1, keyring=keyring)
         try:

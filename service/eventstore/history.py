@@ -47,7 +47,7 @@ async def attendee_history(pool: asyncpg.Pool, slug: str, attendee_id: str) -> l
     for position, key, stored in states:
         body = stored.body
         if stored.sealed is not None and aead is not None:
-            body = keys.unseal(aead, stored.sealed, key)
+            body = keys.unseal(aead, stored.sealed, key) or body
         reading = interpret(body)
         if not isinstance(reading, Interpreted):
             continue

@@ -44,6 +44,7 @@ STATE_TABLE: Final = "crypto_state"
 ADD_KEYS_FUNCTION: Final = "add_data_keys"
 ERASE_FUNCTION: Final = "erase_data_key"
 INIT_FUNCTION: Final = "init_crypto_state"
+LIFT_FUNCTION: Final = "lift_erasure"
 # The SQLSTATEs add_data_keys raises when the keys a writer holds are stale (an erasure since:
 # forget them all) or a key it made was made meanwhile by another writer (read it, retry).
 STALE_KEYS: Final = "RC001"
@@ -143,9 +144,13 @@ def seal(aead: AESGCM, body: bytes, key: Any) -> bytes:
     return nonce + aead.encrypt(nonce, body, key.bytes)
 
 
-def unseal(aead: AESGCM, sealed: bytes, key: Any) -> bytes:
-    """The body `seal` encrypted."""
-    return aead.decrypt(sealed[:_NONCE], sealed[_NONCE:], key.bytes)
+def unseal(aead: AESGCM, sealed: bytes, key: Any) -> bytes | None:
+    """The body `seal` encrypted; None if it was sealed under another key of the subject (one
+    destroyed by an erasure whose block was lifted since): that body is gone for good."""
+    try:
+        return aead.decrypt(sealed[:_NONCE], sealed[_NONCE:], key.bytes)
+    except InvalidTag:
+        return None
 
 
 def _aad(subject: Subject) -> bytes:
@@ -224,6 +229,7 @@ _STATE: Final = sql.Identifier(INTERNAL, STATE_TABLE)
 _ADD: Final = sql.Identifier(INTERNAL, ADD_KEYS_FUNCTION)
 _ERASE: Final = sql.Identifier(INTERNAL, ERASE_FUNCTION)
 _INIT: Final = sql.Identifier(INTERNAL, INIT_FUNCTION)
+_LIFT: Final = sql.Identifier(INTERNAL, LIFT_FUNCTION)
 
 
 def create_tables(conn: psycopg.Connection[Any], events_table: sql.Composable) -> None:
@@ -309,6 +315,18 @@ def create_tables(conn: psycopg.Connection[Any], events_table: sql.Composable) -
             "ON CONFLICT DO NOTHING $$"
         ).format(init=_INIT, state=_STATE, events=events_table),
         sql.SQL("REVOKE ALL ON FUNCTION {}(bytea) FROM PUBLIC").format(_INIT),
+        # The organiser lifts the block an erasure leaves: the tombstone goes, so the next
+        # delivery about the attendee gets a new key (what was erased stays erased).
+        sql.SQL(
+            "CREATE OR REPLACE FUNCTION {lift}(p_slug text, p_id text) RETURNS boolean "
+            "LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog AS $$ "
+            "DECLARE n bigint; BEGIN "
+            "DELETE FROM {keys} WHERE slug = p_slug AND kind = 'a' AND subject = p_id "
+            "AND wrapped IS NULL; GET DIAGNOSTICS n = ROW_COUNT; "
+            "UPDATE {state} SET epoch = epoch + 1 WHERE id = 1; "
+            "RETURN n > 0; END $$"
+        ).format(lift=_LIFT, keys=_KEYS, state=_STATE),
+        sql.SQL("REVOKE ALL ON FUNCTION {}(text, text) FROM PUBLIC").format(_LIFT),
     ]
     for statement in statements:
         conn.execute(statement)
@@ -393,6 +411,12 @@ def erase_call() -> sql.Composed:
     """The call that destroys an attendee's data key: (slug, attendee id, by whom, and the
     delivery keys of quarantined deliveries about them)."""
     return sql.SQL("SELECT {}(%s, %s, %s, %s::text[])").format(_ERASE)
+
+
+def lift(conn: psycopg.Connection[Any], slug: str, attendee_id: str) -> bool:
+    """Lift an erasure's block on an attendee (True if there was one)."""
+    row = conn.execute(sql.SQL("SELECT {}(%s, %s)").format(_LIFT), (slug, attendee_id)).fetchone()
+    return bool(row and row[0])
 
 
 def find_by_email(cur: psycopg.Cursor[Any], keyring: Keyring, email: str) -> list[tuple[str, str]]:

@@ -271,6 +271,9 @@ def _grant(conn: psycopg.Connection[Any], database: str, runtime: str) -> None:
         sql.SQL("GRANT EXECUTE ON FUNCTION {}(bytea) TO {}").format(
             sql.Identifier(INTERNAL, keys.INIT_FUNCTION), role
         ),
+        sql.SQL("GRANT EXECUTE ON FUNCTION {}(text, text) TO {}").format(
+            sql.Identifier(INTERNAL, keys.LIFT_FUNCTION), role
+        ),
     ]
     for statement in statements:
         conn.execute(statement)

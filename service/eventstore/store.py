@@ -777,6 +777,9 @@ def opened(
             out.append(item)
             continue
         body = keys.unseal(keyring.unwrap(subject, key), item.state.sealed, item.key)
+        if body is None:
+            out.append(item)
+            continue
         state = msgspec.structs.replace(item.state, body=body, sealed=None)
         out.append(StoredDelivery(item.position, item.key, state))
     return out
