@@ -10,6 +10,7 @@ store, the projections, the history of an attendee, the test tooling) goes throu
 from __future__ import annotations
 
 import hashlib
+import hmac
 from collections.abc import Mapping
 from datetime import datetime
 from typing import Any, Final
@@ -36,6 +37,10 @@ class DeliveryState(msgspec.Struct, frozen=True, kw_only=True):
     quarantine_reason: str | None
     # Set on a delivery appended by `rollcall replay`: the quarantined original it re-reads.
     replay_of: UUID | None = None
+    # The body encrypted under its attendee's data key (nonce + AES-256-GCM ciphertext); `body`
+    # then holds only its skeleton (no personal data). None: `body` is the whole body, either
+    # stored before encryption existed or kept as a skeleton only (an erased attendee's).
+    sealed: bytes | None = None
 
 
 class StoredBody(msgspec.Struct, frozen=True):
@@ -46,6 +51,9 @@ class StoredBody(msgspec.Struct, frozen=True):
     slug: str
     body: bytes
     quarantine_reason: str | None
+    verified_by: str = ""
+    attendee_id: str | None = None
+    sealed: bytes | None = None
 
 
 # JSON: readable with SQL too (`convert_from(state, 'UTF8')::jsonb`); bytes go as base64.
@@ -69,8 +77,17 @@ def decode_body(data: bytes) -> StoredBody:
     return _body_decoder.decode(data)
 
 
-def delivery_key(slug: str, delivery_id: str | None, body: bytes) -> UUID:
-    """The dedupe key: from JTE's delivery id when there is one, else from the exact body."""
+def delivery_key(slug: str, delivery_id: str | None, body: bytes, secret: bytes) -> UUID:
+    """The dedupe key: from JTE's delivery id when there is one, else from the exact body,
+    through an HMAC keyed by `secret`: a bare hash of a body would let whoever reads the store
+    confirm a guessed body (a person's registration) offline."""
     if delivery_id is not None:
         return uuid5(_KEY_NAMESPACE, f"{slug}\nid\n{delivery_id}")
+    digest = hmac.new(secret, body, hashlib.sha256).hexdigest()
+    return uuid5(_KEY_NAMESPACE, f"{slug}\nhmac\n{digest}")
+
+
+def legacy_delivery_key(slug: str, body: bytes) -> UUID:
+    """The key an id-less delivery got before keys were keyed: a retry of one stored then is
+    looked up under it, so it stays a duplicate."""
     return uuid5(_KEY_NAMESPACE, f"{slug}\nsha256\n{hashlib.sha256(body).hexdigest()}")

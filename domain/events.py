@@ -25,6 +25,8 @@ CHECKED_IN: Final = "AttendeeCheckedIn"
 CHECKED_OUT: Final = "AttendeeCheckedOut"
 PAYMENT_CONFIRMED: Final = "AttendeePaymentConfirmed"
 PROFILE_EVENTS: Final = frozenset({REGISTERED, IMPORTED, UPDATED})
+# Not JTE's: rollcall's record that an attendee's personal data was erased (domain.privacy).
+ERASED: Final = "AttendeeErased"
 
 
 class AttendeeEvent(msgspec.Struct, frozen=True, kw_only=True):

@@ -28,6 +28,7 @@ from domain.events import (
     CHECKED_IN,
     CHECKED_OUT,
     DELETED,
+    ERASED,
     PAYMENT_CONFIRMED,
     PROFILE_EVENTS,
     AttendeeEvent,
@@ -86,6 +87,8 @@ def apply(entry: RosterEntry | None, event: AttendeeEvent) -> RosterEntry:
     else:
         entry = msgspec.structs.replace(entry, first_seen_at=min(entry.first_seen_at, event.at))
     entry.last_position = max(entry.last_position, event.position)
+    if event.event_type == ERASED:
+        return scrubbed(entry)
     _merge_fields(entry, event)
     if event.event_type in PROFILE_EVENTS:
         _profile(entry, event)
@@ -96,6 +99,12 @@ def apply(entry: RosterEntry | None, event: AttendeeEvent) -> RosterEntry:
     elif event.event_type == PAYMENT_CONFIRMED:
         _paid(entry, event)
     return entry
+
+
+def scrubbed(entry: RosterEntry) -> RosterEntry:
+    """The entry without its person: no name, email or form field is kept; status, presence
+    and payment (which derive from no personal field) stay as they are."""
+    return msgspec.structs.replace(entry, fields={}, field_orders={})
 
 
 def fold(

@@ -13,8 +13,8 @@ import msgspec
 import psycopg
 from psycopg import sql
 
-from domain.events import AttendeeEvent
-from domain.roster import RosterEntry, apply
+from domain.events import ERASED, AttendeeEvent
+from domain.roster import RosterEntry, apply, scrubbed
 from projections.columns import json_text, text
 from projections.schema import ANALYTICS, VIEWS_SCHEMA, Version
 from projections.view import Key, Poison
@@ -159,11 +159,16 @@ class RosterView:
         entries: dict[Key, RosterEntry] = {}
         for event in events:
             key = (event.slug, event.attendee_id)
+            before = entries.get(key) or states.get(key)
+            if event.event_type == ERASED and before is None:
+                continue  # an erasure ahead of any delivery: nobody to scrub, no row to make
             try:
-                entries[key] = apply(entries.get(key) or states.get(key), event)
+                entries[key] = apply(before, event)
             except Exception as error:
                 poison(event, error)
-        touched = [(e.slug, e.attendee_id, e.position) for e in events]
+        # An erasure is rollcall's record, not a delivery about the attendee: not in history
+        # (nor in the event's last delivery, from which retention counts).
+        touched = [(e.slug, e.attendee_id, e.position) for e in events if e.event_type != ERASED]
         return entries, RosterWrite([entries[key] for key in sorted(entries)], touched)
 
     def write(self, cur: psycopg.Cursor[Any], version: Version, write: RosterWrite) -> None:
@@ -382,6 +387,35 @@ def _decode(state: bytes) -> RosterEntry:
     entry, orders, field_order = stored
     entry.field_orders = {name: orders[n] for name, n in field_order.items()}
     return entry
+
+
+def scrub(cur: psycopg.Cursor[Any], version: Version, slug: str, attendee_id: str) -> int:
+    """Remove an erased attendee's person from one version of the roster (live, as-of or
+    building) now, as the erasure's fold does: no name, email or form field; the rest stays.
+    How many rows it changed (0 or 1)."""
+    table = version.table("roster")
+    row = cur.execute(
+        # FOR UPDATE: a runner's write of this row in the meantime is not overwritten.
+        sql.SQL("SELECT state FROM {} WHERE slug = %s AND attendee_id = %s FOR UPDATE").format(
+            table
+        ),
+        (slug, attendee_id),
+    ).fetchone()
+    if row is None:
+        return 0
+    entry = scrubbed(_decode(bytes(row[0])))
+    values = dict(zip(_NAMES, _row(entry), strict=True))
+    personal = ("email", "first_name", "last_name", "role", "company", "ticket", "added_by_admin")
+    cur.execute(
+        sql.SQL(
+            "UPDATE {} SET {}, fields = %s::json, state = %s WHERE slug = %s AND attendee_id = %s"
+        ).format(
+            table,
+            sql.SQL(", ").join(sql.SQL("{} = NULL").format(sql.Identifier(c)) for c in personal),
+        ),
+        (values["fields"], values["state"], slug, attendee_id),
+    )
+    return 1
 
 
 # --- Reading ---------------------------------------------------------------------------------

@@ -31,6 +31,10 @@ TRACKING_TABLE: Final = "projection_tracking"
 # Which role does what in this database (service/eventstore/roles.py): a role is given rights
 # here only once it is recorded here, never because a role of some name exists.
 ROLES_TABLE: Final = "roles"
+# Analyst logins limited to some JTE events (`rollcall grant-analyst NAME --event SLUG`), and
+# the prefix of the schema each reads instead of `analytics` (see publish_tenant_views).
+ANALYST_EVENTS: Final = "analyst_events"
+TENANT_PREFIX: Final = "analytics_for_"
 # Before rollcall scoped analyst grants to one database, one server-wide group held them all.
 LEGACY_ANALYST_GROUP: Final = "rollcall_analyst"
 
@@ -102,6 +106,8 @@ _INTERNAL_DDL: Final = [
     f"""CREATE TABLE IF NOT EXISTS {INTERNAL}.{ROLES_TABLE} (
         purpose text PRIMARY KEY CHECK (purpose IN ('owner', 'runtime', 'analysts')),
         role text NOT NULL)""",
+    f"""CREATE TABLE IF NOT EXISTS {INTERNAL}.{ANALYST_EVENTS} (
+        role text NOT NULL, slug text NOT NULL, PRIMARY KEY (role, slug))""",
 ]
 
 
@@ -243,14 +249,65 @@ def set_state(conn: Connection, version: Version, state: State) -> Version:
 def publish_views(
     conn: Connection, schema: str, statements: list[tuple[str, sql.Composed]]
 ) -> None:
-    """(Re)create the SQL views of one view version in `schema`; readable by analysts."""
+    """(Re)create the SQL views of one view version in `schema`; readable by analysts (and,
+    in `analytics`, by each event-limited analyst through their own schema)."""
     conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(schema)))
+    tenants = _tenants(conn) if schema == ANALYTICS else {}
+    for role in tenants:
+        # Their views read `analytics`'s: dropped first, made again below.
+        conn.execute(
+            sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(TENANT_PREFIX + role))
+        )
     for name, select in statements:
         target = sql.Identifier(schema, name)
         # DROP + CREATE rather than CREATE OR REPLACE: a new version may change columns.
         conn.execute(sql.SQL("DROP VIEW IF EXISTS {}").format(target))
         conn.execute(sql.SQL("CREATE VIEW {} AS {}").format(target, select))
     grant_analysts(conn, schema)
+    for role, slugs in tenants.items():
+        publish_tenant_views(conn, role, slugs)
+
+
+def _tenants(conn: Connection) -> dict[str, list[str]]:
+    """Each event-limited analyst and their events."""
+    table = conn.execute("SELECT to_regclass(%s)", (f"{INTERNAL}.{ANALYST_EVENTS}",)).fetchone()
+    if table is None or table[0] is None:
+        return {}
+    rows = conn.execute(
+        f"SELECT role, array_agg(slug ORDER BY slug) FROM {INTERNAL}.{ANALYST_EVENTS} "
+        "GROUP BY role ORDER BY role"
+    ).fetchall()
+    return {row[0]: list(row[1]) for row in rows}
+
+
+def publish_tenant_views(conn: Connection, role: str, slugs: list[str]) -> None:
+    """Schema `analytics_for_<role>`: every `analytics` view, limited to `slugs`'s rows, as a
+    security barrier (no function in an analyst's query sees a row of another event first);
+    readable by `role` only. The role gets no right on `analytics` itself."""
+    schema = sql.Identifier(TENANT_PREFIX + role)
+    conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(schema))
+    conn.execute(sql.SQL("CREATE SCHEMA {}").format(schema))
+    names = conn.execute(
+        "SELECT c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+        "WHERE n.nspname = %s AND c.relkind = 'v' ORDER BY 1",
+        (ANALYTICS,),
+    ).fetchall()
+    for (name,) in names:
+        conn.execute(
+            sql.SQL(
+                "CREATE VIEW {} WITH (security_barrier) AS SELECT * FROM {} "
+                "WHERE event = ANY({}::text[])"
+            ).format(
+                sql.Identifier(TENANT_PREFIX + role, name),
+                sql.Identifier(ANALYTICS, name),
+                sql.Literal(slugs),
+            )
+        )
+    conn.execute(
+        sql.SQL(
+            "GRANT USAGE ON SCHEMA {0} TO {1}; GRANT SELECT ON ALL TABLES IN SCHEMA {0} TO {1}"
+        ).format(schema, sql.Identifier(role))
+    )
 
 
 def grant_analysts(conn: Connection, schema: str) -> None:

@@ -19,8 +19,9 @@ import msgspec
 import psycopg
 
 from domain.deliveries import DeliveryState, StoredBody
-from domain.events import AttendeeEvent, attendee_event
+from domain.events import ERASED, AttendeeEvent, attendee_event, order_token
 from domain.interpret import Interpreted, interpret
+from domain.privacy import ERASURE
 
 # Stored states read per batch, at most (plus one delivery). A batch held in memory costs about
 # three times its states (the driver's copy, Python's, the decoded bodies): bounded by rows
@@ -98,6 +99,21 @@ def read(
 def record(stored: StoredDelivery[StoredBody]) -> Record:
     """Interpret one stored delivery."""
     delivery, position, key = stored.state, stored.position, stored.key
+    if delivery.verified_by == ERASURE and delivery.attendee_id is not None:
+        # rollcall's own record, never a JTE body: a sender cannot forge one (its type is not
+        # one the parser reads, so a JTE delivery saying it is quarantined).
+        erased = AttendeeEvent(
+            slug=delivery.slug,
+            attendee_id=delivery.attendee_id,
+            event_type=ERASED,
+            at=delivery.timestamp,
+            timed=True,
+            order=order_token(delivery.timestamp, key),
+            position=position,
+            key=key,
+            attendee={},
+        )
+        return Record(position=position, key=key, received_at=delivery.timestamp, event=erased)
     if delivery.quarantine_reason is not None:
         return Record(
             position=position, key=key, received_at=delivery.timestamp, event=None, quarantined=True

@@ -59,6 +59,9 @@ class EventConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fiel
     # A header carrying a delivery id that stays the same across JTE's retries.
     delivery_id_header: str | None = None
     tolerance_seconds: int = 300
+    # Personal data of this JTE event is erased automatically this many days after its last
+    # delivery (service/privacy.py); None keeps it until erased by hand.
+    retain_personal_data_days: int | None = None
 
 
 class Tuning(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -102,6 +105,10 @@ class Settings(Tuning, frozen=True, kw_only=True):
     port: int = 8000
     log_format: LogFormat = "text"
     events: dict[str, EventConfig] = {}
+    # The master key that wraps personal data's keys (ROLLCALL_MASTER_KEY: 32 bytes, base64 or
+    # hex); unset, it is the data directory's master.key, generated on first start. A secret:
+    # never logged (service/eventstore/keys.py).
+    master_key: str | None = None
 
     def event(self, slug: str) -> EventConfig | None:
         return self.events.get(slug)

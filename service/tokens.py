@@ -1,4 +1,5 @@
-"""API tokens: issued once, stored only as a SHA-256 hash, each with a scope (read or admin).
+"""API tokens: issued once, stored only as a SHA-256 hash, each with a scope (read or admin) and
+optionally the JTE events it is limited to (tenancy: NULL means every event).
 
 A token is 32 random bytes; its hash is the key to its row, so checking one is a single lookup
 and the stored hashes are useless to someone who reads the table.
@@ -12,6 +13,7 @@ import time
 from typing import Any, Final, Literal
 
 import asyncpg
+import msgspec
 import psycopg
 
 from projections.schema import INTERNAL, may_migrate
@@ -28,6 +30,18 @@ _DDL: Final = (
     "hash text PRIMARY KEY, scope text NOT NULL CHECK (scope IN ('read', 'admin')), "
     "name text NOT NULL, created_at timestamptz NOT NULL DEFAULT now(), revoked_at timestamptz)"
 )
+# Tokens limited to some JTE events (added after the table first shipped).
+_EVENTS_DDL: Final = f"ALTER TABLE {_TABLE} ADD COLUMN IF NOT EXISTS events text[]"
+
+
+class Grant(msgspec.Struct, frozen=True):
+    """What a valid token grants: its scope, and the events it may see (None: all)."""
+
+    scope: Scope
+    events: frozenset[str] | None = None
+
+    def sees(self, slug: str) -> bool:
+        return self.events is None or slug in self.events
 
 
 def ensure_table(conn: psycopg.Connection[Any]) -> None:
@@ -35,15 +49,19 @@ def ensure_table(conn: psycopg.Connection[Any]) -> None:
     if may_migrate(conn):
         conn.execute(f"CREATE SCHEMA IF NOT EXISTS {INTERNAL}")
         conn.execute(_DDL)
+        conn.execute(_EVENTS_DDL)
 
 
-def issue(conn: psycopg.Connection[Any], scope: Scope, name: str) -> str:
-    """A new token with `scope`; it is shown once and never stored in the clear."""
+def issue(
+    conn: psycopg.Connection[Any], scope: Scope, name: str, events: list[str] | None = None
+) -> str:
+    """A new token with `scope`, limited to `events` if given; it is shown once and never
+    stored in the clear."""
     ensure_table(conn)
     token = _PREFIX + secrets.token_urlsafe(32)
     conn.execute(
-        f"INSERT INTO {_TABLE} (hash, scope, name) VALUES (%s, %s, %s)",
-        (_hash(token), scope, name),
+        f"INSERT INTO {_TABLE} (hash, scope, name, events) VALUES (%s, %s, %s, %s)",
+        (_hash(token), scope, name, sorted(set(events)) if events else None),
     )
     return token
 
@@ -58,18 +76,32 @@ def revoke(conn: psycopg.Connection[Any], name: str) -> int:
     return cur.rowcount
 
 
-async def scope_of(pool: asyncpg.Pool, token: str) -> Scope | None:
-    """The scope a presented token grants, or None if it is unknown or revoked."""
+async def scope_of(pool: asyncpg.Pool, token: str) -> Grant | None:
+    """What a presented token grants, or None if it is unknown or revoked."""
     if not token.startswith(_PREFIX) or len(token) > 200:
         return None
     try:
-        scope = await pool.fetchval(
-            f"SELECT scope FROM {_TABLE} WHERE hash = $1 AND revoked_at IS NULL",
+        row = await pool.fetchrow(
+            f"SELECT scope, events FROM {_TABLE} WHERE hash = $1 AND revoked_at IS NULL",
+            _hash(token),
+        )
+    except asyncpg.UndefinedColumnError:  # a table from before tokens had events
+        row = await pool.fetchrow(
+            f"SELECT scope, NULL AS events FROM {_TABLE} WHERE hash = $1 AND revoked_at IS NULL",
             _hash(token),
         )
     except asyncpg.UndefinedTableError:
         return None  # no token was ever issued
-    return scope if scope in SCOPES else None
+    if row is None or row["scope"] not in SCOPES:
+        return None
+    events = row["events"]
+    return Grant(row["scope"], frozenset(events) if events is not None else None)
+
+
+async def name_of(pool: asyncpg.Pool, token: str) -> str:
+    """The name a valid token was issued under (what an erasure records as its author)."""
+    name = await pool.fetchval(f"SELECT name FROM {_TABLE} WHERE hash = $1", _hash(token))
+    return str(name) if name is not None else "unknown"
 
 
 class TokenCache:
@@ -79,10 +111,10 @@ class TokenCache:
 
     def __init__(self, seconds: float = CACHE_SECONDS) -> None:
         self._seconds = seconds
-        self._checked: dict[str, tuple[Scope, float]] = {}  # token hash -> (scope, when)
+        self._checked: dict[str, tuple[Grant, float]] = {}  # token hash -> (grant, when)
 
-    async def scope(self, pool: asyncpg.Pool, token: str) -> Scope | None:
-        """The scope `token` grants, as scope_of says (at most CACHE_SECONDS ago)."""
+    async def scope(self, pool: asyncpg.Pool, token: str) -> Grant | None:
+        """What `token` grants, as scope_of says (at most CACHE_SECONDS ago)."""
         key = _hash(token)
         hit = self._checked.get(key)
         if hit is not None and time.monotonic() - hit[1] < self._seconds:

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from hypothesis import HealthCheck, settings
 
-from service.eventstore import database
+from service.eventstore import database, keys
 from service.jte import simulator
 from tests.helpers import SECRET, RunningService, make_settings
 
@@ -24,6 +24,9 @@ pytest_plugins = ["pytester"]  # checks of the checkers run a tiny suite of thei
 # properties check does not depend on it.
 settings.register_profile("rollcall", deadline=None, suppress_health_check=[HealthCheck.too_slow])
 settings.load_profile("rollcall")
+# One master key for every store, source and service a test runs in this process (and the CLI
+# processes it starts): personal data is sealed under it (service/eventstore/keys.py).
+os.environ.setdefault(keys.MASTER_KEY_ENV, keys.generate_master_key())
 
 
 # --- No secret, token or personal value in any log line of an in-process server -----------

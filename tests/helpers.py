@@ -34,7 +34,7 @@ from domain.deliveries import delivery_key
 from domain.interpret import PARSER_VERSION
 from service import tokens
 from service.config import EventConfig, Settings
-from service.eventstore import database
+from service.eventstore import database, keys
 from service.eventstore.store import DeliveryRecorded
 from service.http.app import create_app
 from service.http.server import guarded
@@ -186,17 +186,31 @@ def delivery(
 
 
 def stored_rows(database_url: str) -> list[dict[str, Any]]:
-    """Every stored delivery, read with plain SQL and the standard json module."""
+    """Every stored delivery, read with plain SQL and the standard json module; a sealed body
+    is decrypted with this process's keyring (its stored skeleton is under `skeleton`)."""
     with psycopg.connect(database_url) as conn:
         rows = conn.execute(
             "SELECT notification_id, originator_id, originator_version, topic, state "
             "FROM rollcall.deliveries_events ORDER BY notification_id"
         ).fetchall()
+        wrapped = {
+            (slug, kind, subject): key
+            for slug, kind, subject, key in conn.execute(
+                "SELECT slug, kind, subject, wrapped FROM rollcall.data_keys"
+            ).fetchall()
+        }
     result = []
     for position, key, version, topic, state in rows:
         record = json.loads(bytes(state))
         record.update(position=position, key=key, version=version, topic=topic)
         record["body"] = base64.b64decode(record["body"])
+        if record.get("sealed") is not None:
+            record["skeleton"] = record["body"]
+            subject = keys.subject_of(record["slug"], record["attendee_id"], key)
+            if wrapped.get(subject) is not None:
+                aead = keys.active().unwrap(subject, bytes(wrapped[subject]))
+                opened = keys.unseal(aead, base64.b64decode(record["sealed"]), key)
+                record["body"] = opened if opened is not None else record["body"]
         result.append(record)
     return result
 
@@ -204,7 +218,7 @@ def stored_rows(database_url: str) -> list[dict[str, Any]]:
 def recorded(body: bytes, delivery_id: str | None = None) -> DeliveryRecorded:
     """A delivery record as intake would make it, for tests of the store and writers."""
     return DeliveryRecorded(
-        originator_id=delivery_key("default", delivery_id, body),
+        originator_id=delivery_key("default", delivery_id, body, keys.active().dedupe_secret),
         originator_version=1,
         timestamp=datetime.now(UTC),
         slug="default",

@@ -58,6 +58,8 @@ class Serve:
 
 def child_env(tmp_path: Path, **extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("ROLLCALL_", "DATABASE_URL"))}
+    # The session's master key, so that this process can read what the child stores.
+    env["ROLLCALL_MASTER_KEY"] = os.environ["ROLLCALL_MASTER_KEY"]
     env.update(ROLLCALL_DATA_DIR=str(tmp_path / "data"), **extra)
     return env
 

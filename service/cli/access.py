@@ -23,6 +23,12 @@ def add_commands(commands: Commands) -> None:
     token.add_argument("--scope", choices=SCOPES, default="read")
     token.add_argument("--name", default="token", help="a label, to revoke it by later")
     token.add_argument("--revoke", action="store_true", help="revoke every token of --name")
+    token.add_argument(
+        "--event",
+        action="append",
+        metavar="SLUG",
+        help="limit the token to this JTE event (repeatable; default: every event)",
+    )
     token.set_defaults(run=run_token)
 
     analyst = commands.add_parser(
@@ -32,23 +38,37 @@ def add_commands(commands: Commands) -> None:
     analyst.add_argument(
         "--password-stdin", action="store_true", help="read the password from stdin"
     )
+    analyst.add_argument(
+        "--event",
+        action="append",
+        metavar="SLUG",
+        help="see only this JTE event's rows (repeatable; default: every event)",
+    )
     analyst.set_defaults(run=run_grant_analyst)
 
 
 def run_token(settings: Settings, args: argparse.Namespace) -> int:
+    unknown = [slug for slug in args.event or () if settings.event(slug) is None]
+    if unknown:
+        print(f"rollcall: no JTE event {unknown[0][:64]!r} is configured", file=sys.stderr)
+        return 2
     with database(settings, "token") as url, psycopg.connect(url, autocommit=True) as conn:
         if args.revoke:
             print(f"revoked {tokens.revoke(conn, args.name)} token(s) named {args.name!r}")
         else:
-            print(tokens.issue(conn, args.scope, args.name))
+            print(tokens.issue(conn, args.scope, args.name, args.event))
     return 0
 
 
 def run_grant_analyst(settings: Settings, args: argparse.Namespace) -> int:
+    unknown = [slug for slug in args.event or () if settings.event(slug) is None]
+    if unknown:
+        print(f"rollcall: no JTE event {unknown[0][:64]!r} is configured", file=sys.stderr)
+        return 2
     password = sys.stdin.readline().strip() if args.password_stdin else None
     try:
         with admin_database(settings) as url, psycopg.connect(url, autocommit=True) as conn:
-            password = grant_analyst(conn, args.name, password)
+            password = grant_analyst(conn, args.name, password, args.event)
             database_name = conn.info.dbname
     except BadRoleName as error:
         print(f"rollcall: {error}", file=sys.stderr)
@@ -57,8 +77,10 @@ def run_grant_analyst(settings: Settings, args: argparse.Namespace) -> int:
         raise Unusable(
             f"{reason(error)} (grant-analyst needs a superuser's DATABASE_URL)"
         ) from error
-    print(
-        f"role {args.name} can read the analytics schemas of database {database_name}; "
-        f"password: {password}"
+    where = (
+        f"the rows of {', '.join(sorted(set(args.event)))} in schema analytics_for_{args.name}"
+        if args.event
+        else "the analytics schemas"
     )
+    print(f"role {args.name} can read {where} of database {database_name}; password: {password}")
     return 0

@@ -20,6 +20,7 @@ from projections.rebuild import BATCH, BuildBusy, Progress, build_as_of, rebuild
 from projections.registry import VIEW_NAMES
 from projections.runner import Runner
 from projections.status import ViewStatus, read_status
+from service import privacy
 from service.cli import Commands
 from service.cli.database import database
 from service.config import Settings
@@ -100,10 +101,17 @@ def run_rebuild(settings: Settings, args: argparse.Namespace) -> int:
 def run_status(settings: Settings, args: argparse.Namespace) -> int:
     with database(settings, "status") as url, psycopg.connect(url) as conn:
         statuses = read_status(conn, SOURCE)
+        retention = privacy.retention(url, privacy.retained(settings.events))
     if args.json:
         print(msgspec.json.encode(statuses).decode())
     else:
         print(_status_table(statuses))
+        for r in retention:
+            when = r.erase_after.isoformat() if r.erase_after else "(no delivery yet)"
+            print(
+                f"personal data of {r.event}: kept {r.retain_days} days after the last delivery, "
+                f"erased after {when} ({r.attendees_with_data} attendees hold some)"
+            )
     return 1 if any(s.state == "failed" for s in statuses) else 0
 
 

@@ -34,11 +34,14 @@ import psycopg
 from psycopg import sql
 
 from projections.schema import (
+    ANALYST_EVENTS,
+    ANALYTICS,
     DEAD_LETTERS,
     INTERNAL,
     LEGACY_ANALYST_GROUP,
     ROLES_TABLE,
     SETUP_LOCK,
+    TENANT_PREFIX,
     TRACKING_TABLE,
     VIEW_VERSIONS,
     VIEWS_SCHEMA,
@@ -46,10 +49,12 @@ from projections.schema import (
     analytics_schemas,
     ensure_internal,
     grant_analysts,
+    publish_tenant_views,
     recorded_role,
 )
 from projections.tracking import view_tracking
 from service import tokens
+from service.eventstore import keys
 from service.eventstore.database import Unusable, connect, with_user
 from service.eventstore.store import EVENTS_TABLE, LOCK_FUNCTION, ensure_store
 from service.tokens import TOKENS_TABLE
@@ -65,6 +70,11 @@ _RUNTIME_TABLES: Final = {
     TRACKING_TABLE: "SELECT, INSERT, UPDATE",
     TOKENS_TABLE: "SELECT, INSERT, UPDATE",
     ROLES_TABLE: "SELECT",
+    ANALYST_EVENTS: "SELECT",
+    # Data keys change only through the owner's functions (keys.py); reading them is needed.
+    keys.KEYS_TABLE: "SELECT",
+    keys.EMAILS_TABLE: "SELECT",
+    keys.STATE_TABLE: "SELECT",
 }
 
 
@@ -184,7 +194,7 @@ def _require_superuser(conn: psycopg.Connection[Any]) -> None:
 def _create_schema(conn: psycopg.Connection[Any], admin_url: str) -> None:
     """Everything the owner owns, created as in a one-role setup (this session may: it is a
     superuser); _hand_over gives it to the owner afterwards."""
-    ensure_store(admin_url)
+    ensure_store(admin_url, check_key=False)
     ensure_internal(conn)
     view_tracking(admin_url).ensure_table(conn)
     tokens.ensure_table(conn)
@@ -251,6 +261,19 @@ def _grant(conn: psycopg.Connection[Any], database: str, runtime: str) -> None:
         ),
         sql.SQL("REVOKE ALL ON FUNCTION {}() FROM PUBLIC").format(lock),
         sql.SQL("GRANT EXECUTE ON FUNCTION {}() TO {}").format(lock, role),
+        sql.SQL(
+            "GRANT EXECUTE ON FUNCTION {}(bigint, text[], text[], text[], bytea[], bytea[], "
+            "text[], text[]) TO {}"
+        ).format(sql.Identifier(INTERNAL, keys.ADD_KEYS_FUNCTION), role),
+        sql.SQL("GRANT EXECUTE ON FUNCTION {}(text, text, text, text[]) TO {}").format(
+            sql.Identifier(INTERNAL, keys.ERASE_FUNCTION), role
+        ),
+        sql.SQL("GRANT EXECUTE ON FUNCTION {}(bytea) TO {}").format(
+            sql.Identifier(INTERNAL, keys.INIT_FUNCTION), role
+        ),
+        sql.SQL("GRANT EXECUTE ON FUNCTION {}(text, text) TO {}").format(
+            sql.Identifier(INTERNAL, keys.LIFT_FUNCTION), role
+        ),
     ]
     for statement in statements:
         conn.execute(statement)
@@ -272,9 +295,16 @@ class BadRoleName(ValueError):
     """The name cannot be a PostgreSQL role name we create."""
 
 
-def grant_analyst(conn: psycopg.Connection[Any], name: str, password: str | None = None) -> str:
+def grant_analyst(
+    conn: psycopg.Connection[Any],
+    name: str,
+    password: str | None = None,
+    events: list[str] | None = None,
+) -> str:
     """Create or update the login role `name` as an analyst of this database; the password it
-    can log in with. `conn` is a superuser's (it creates roles)."""
+    can log in with. `conn` is a superuser's (it creates roles). With `events`, the role reads
+    only those JTE events' rows, in schema `analytics_for_<name>` (its search path), and no
+    other analytics schema; without, every analytics schema (through the analyst group)."""
     if not _ROLE_NAME.match(name) or name == LEGACY_ANALYST_GROUP:
         raise BadRoleName(
             f"{name!r}: use lowercase letters, digits and _ (starting with a letter), max 63"
@@ -293,10 +323,34 @@ def grant_analyst(conn: psycopg.Connection[Any], name: str, password: str | None
             conn.execute(
                 sql.SQL("CREATE ROLE {} WITH LOGIN PASSWORD {}").format(role, sql.Literal(password))
             )
-        conn.execute(sql.SQL("GRANT {} TO {}").format(group, role))
         conn.execute(sql.SQL("ALTER ROLE {} SET default_transaction_read_only = on").format(role))
         database = sql.Identifier(conn.info.dbname)
         conn.execute(sql.SQL("GRANT CONNECT ON DATABASE {} TO {}").format(database, group))
+        tenant = sql.Identifier(TENANT_PREFIX + name)
+        conn.execute(f"DELETE FROM {INTERNAL}.{ANALYST_EVENTS} WHERE role = %s", (name,))
+        conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(tenant))
+        if events:
+            conn.execute(sql.SQL("REVOKE {} FROM {}").format(group, role))
+            conn.execute(sql.SQL("GRANT CONNECT ON DATABASE {} TO {}").format(database, role))
+            conn.execute(
+                f"INSERT INTO {INTERNAL}.{ANALYST_EVENTS} (role, slug) "
+                "SELECT %s, unnest(%s::text[]) ON CONFLICT DO NOTHING",
+                (name, sorted(set(events))),
+            )
+            conn.execute(sql.SQL("ALTER ROLE {} SET search_path = {}").format(role, tenant))
+            # Made as the owner of `analytics`, which remakes them whenever it republishes.
+            owner = conn.execute(
+                "SELECT nspowner::regrole::text FROM pg_namespace WHERE nspname = %s",
+                (ANALYTICS,),
+            ).fetchone()
+            if owner is not None:
+                conn.execute(sql.SQL("SET LOCAL ROLE {}").format(sql.Identifier(owner[0])))
+                publish_tenant_views(conn, name, sorted(set(events)))
+                conn.execute("RESET ROLE")
+        else:
+            conn.execute(sql.SQL("REVOKE CONNECT ON DATABASE {} FROM {}").format(database, role))
+            conn.execute(sql.SQL("ALTER ROLE {} RESET search_path").format(role))
+            conn.execute(sql.SQL("GRANT {} TO {}").format(group, role))
         for schema in analytics_schemas(conn):
             grant_analysts(conn, schema)
     return password

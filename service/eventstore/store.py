@@ -11,30 +11,35 @@ import time
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any, Final
-from uuid import UUID
+from uuid import UUID, uuid5
 
 import msgspec
 import psycopg
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from eventsourcing.application import Application
 from eventsourcing.domain import DomainEvent
 from eventsourcing.persistence import (
     IntegrityError,
     InterfaceError,
     OperationalError,
+    PersistenceError,
     StoredEvent,
     Transcoder,
 )
 from eventsourcing.postgres import PostgresApplicationRecorder, PostgresDatastore
 from eventsourcing.utils import Environment, EnvType, get_topic, register_topic
 from psycopg import Cursor, sql
-from psycopg.rows import DictRow
+from psycopg.rows import DictRow, tuple_row
 
 from domain import deliveries as stored_form
+from domain.interpret import PARSER_VERSION, Interpreted, interpret
+from domain.privacy import ERASURE, quarantine_skeleton, skeleton
 from projections.schema import INTERNAL, may_migrate
 from projections.source import StoredDelivery
 from projections.tracking import ConnectionParams, connection_params
+from service.eventstore import keys
 from service.eventstore.database import Unusable, eventsourcing_env
 
 # eventsourcing names the table after the application (Deliveries), in rollcall's schema.
@@ -47,6 +52,29 @@ _LOCK_FUNCTION: Final = sql.Identifier(INTERNAL, LOCK_FUNCTION)
 _PROBE_INTERVAL: Final = 0.25
 # How many unacknowledged keys (see DeliveryStore.unacknowledged) are remembered at most.
 _UNACKNOWLEDGED_MAX: Final = 65_536
+# How often a batch is sealed again after its keys turned out stale (an erasure, a race).
+_STALE_RETRIES: Final = 5
+_EMAILS_SEEN_MAX: Final = 100_000
+_ERASURE_NAMESPACE: Final = UUID("9b7e1d2c-4f3a-5b6c-8d9e-0a1b2c3d4e5f")
+
+
+# Intake attaches what it read from a delivery under this attribute (not stored), so that the
+# store does not parse the body again to seal it.
+READING: Final = "_reading"
+
+
+def with_reading(delivery: DeliveryRecorded, reading: Interpreted | None) -> DeliveryRecorded:
+    """The delivery, carrying intake's reading of it to the store."""
+    delivery.__dict__[READING] = reading
+    return delivery
+
+
+def _changed(delivery: DeliveryRecorded, **changes: Any) -> DeliveryRecorded:
+    """A copy with some fields changed (dataclasses.replace costs a constructor call)."""
+    copy = object.__new__(DeliveryRecorded)
+    copy.__dict__.update(delivery.__dict__, **changes)
+    copy.__dict__.pop(READING, None)
+    return copy
 
 
 class StoreUnavailable(Exception):
@@ -70,6 +98,7 @@ class DeliveryRecorded(DomainEvent):
     parser_version: int
     quarantine_reason: str | None
     replay_of: UUID | None = None
+    sealed: bytes | None = None
 
 
 # Deliveries stored before the event store became a package of its own carry this topic.
@@ -80,6 +109,9 @@ class DeliveryTranscoder(Transcoder):
     """The stored form's one codec (domain.deliveries): fast, exact, and readable with SQL."""
 
     def encode(self, obj: Any) -> bytes:
+        # The mapper hands over a copy of the event's attributes: what intake read (see
+        # READING) is not part of the stored form.
+        obj.pop(READING, None)
         return stored_form.encode(obj)
 
     def decode(self, data: bytes) -> Any:
@@ -104,8 +136,15 @@ class IntakeRecorder(PostgresApplicationRecorder):
         super().__init__(datastore, events_table_name=events_table_name)
         self._insert_arrays = sql.SQL(
             "INSERT INTO {}.{} (originator_id, originator_version, topic, state) "
-            "SELECT * FROM unnest(%s::uuid[], %s::bigint[], %s::text[], %s::bytea[]) "
+            "SELECT * FROM unnest(%b::uuid[], %b::bigint[], %b::text[], %b::bytea[]) "
             "RETURNING notification_id"
+        ).format(sql.Identifier(datastore.schema), sql.Identifier(events_table_name))
+        # The same insert behind the data-key check (keys.add_keys_call), in one round trip:
+        # the check runs once, under the table lock, before any row goes in.
+        self._guarded_insert = sql.SQL(
+            "INSERT INTO {}.{} (originator_id, originator_version, topic, state) "
+            "SELECT u.* FROM unnest(%b::uuid[], %b::bigint[], %b::text[], %b::bytea[]) AS u, "
+            "guard WHERE guard.ok RETURNING notification_id"
         ).format(sql.Identifier(datastore.schema), sql.Identifier(events_table_name))
         set_lock_timeout = self.lock_table_statements[0]
         self._lock_and_notify = sql.SQL("; ").join(
@@ -145,7 +184,18 @@ class IntakeRecorder(PostgresApplicationRecorder):
             [event.topic for event in stored_events],
             [event.state for event in stored_events],
         )
-        curs.execute(self._insert_arrays, columns)
+        erase = kwargs.get("erase")
+        if erase is not None:
+            curs.execute(keys.erase_call(), erase)
+        crypto = kwargs.get("crypto")
+        if crypto is None:
+            curs.execute(self._insert_arrays, columns)
+        else:
+            call, args = crypto
+            guarded = sql.Composed(
+                [sql.SQL("WITH guard AS MATERIALIZED ("), call, sql.SQL(") "), self._guarded_insert]
+            )
+            curs.execute(guarded, (*args, *columns))
 
     def existing_positions(self, ids: Sequence[UUID]) -> dict[UUID, int]:
         """Which of these event ids are already stored, and where."""
@@ -173,9 +223,18 @@ class Deliveries(Application[UUID]):
 class DeliveryStore:
     """Appends deliveries, deduplicated by key, and reads them back by global position."""
 
-    def __init__(self, database_url: str, *, pool_size: int = 4, timeout: float = 5.0) -> None:
-        self._app, self._reopen_env = _open(database_url, pool_size, timeout)
+    def __init__(
+        self,
+        database_url: str,
+        *,
+        pool_size: int = 4,
+        timeout: float = 5.0,
+        keyring: keys.Keyring | None = None,
+    ) -> None:
+        self.keyring = keyring if keyring is not None else keys.active()
+        self._app, self._reopen_env = _open(database_url, pool_size, timeout, self.keyring)
         self._recorder = _recorder(self._app)
+        self._sealer = _Sealer(self.keyring)
         self._params = connection_params(database_url)
         self._health = threading.Lock()
         self._unreachable_at: float | None = None  # when the database last failed to answer
@@ -201,14 +260,17 @@ class DeliveryStore:
         # drop the ones that exist and save the rest. Another writer can only add keys, so
         # each retry strictly shrinks the batch.
         connection_retries = 1
+        stale_retries = _STALE_RETRIES
         settled: dict[UUID, int] = {}  # stored before, but never acknowledged
+        pending = self._without_legacy_duplicates(pending)
         while pending:
             app = self._app
             try:
+                sealed, crypto, commit = self._call(self._sealer.seal, self._recorder, pending)
                 # The application's event store directly: Application.save() would add only
                 # a runtime Protocol check per event (a quarter of the CPU here on Python
                 # 3.11) before making this same call; no snapshots or notify hooks are used.
-                recordings = app.events.put(pending)
+                recordings = app.events.put(sealed, crypto=crypto)
             except IntegrityError:
                 existing = self._call(
                     self._recorder.existing_positions, [d.originator_id for d in pending]
@@ -225,11 +287,111 @@ class DeliveryStore:
                 if connection_retries == 0 or not self._reconnect(app):
                     raise StoreUnavailable(str(error)) from error
                 connection_retries -= 1
+            except PersistenceError as error:
+                # An erasure (or another process) changed the data keys since this writer
+                # read them: read them again and seal the batch anew.
+                state = _sqlstate(error)
+                if state not in (keys.STALE_KEYS, keys.KEY_RACE) or stale_retries == 0:
+                    raise
+                stale_retries -= 1
+                if state == keys.STALE_KEYS:
+                    self._sealer.forget()
+                else:
+                    self._sealer.lost_race()
             else:
+                commit()
                 stored = {r.domain_event.originator_id: r.notification.id for r in recordings}
                 self._settle(stored)  # those earlier attempts had not committed after all
                 return settled | stored
         return settled
+
+    def _without_legacy_duplicates(self, pending: list[DeliveryRecorded]) -> list[DeliveryRecorded]:
+        """Drop id-less deliveries stored before dedupe keys were keyed (under their bare-hash
+        key): a retry of one of those is still a duplicate. Only while such deliveries may
+        exist (the store has a cutover) does this cost a lookup, and only for id-less ones."""
+        cutover = self._call(self._sealer.cutover, self._recorder)
+        if not cutover:
+            return pending
+        legacy = {
+            stored_form.legacy_delivery_key(d.slug, d.body): d.originator_id
+            for d in pending
+            if d.delivery_id is None and d.replay_of is None and d.verified_by != ERASURE
+        }
+        if not legacy:
+            return pending
+        found = self._call(self._recorder.existing_positions, list(legacy))
+        duplicates = {legacy[key] for key in found}
+        return [d for d in pending if d.originator_id not in duplicates]
+
+    def erase(
+        self,
+        slug: str,
+        attendee_id: str,
+        by: str,
+        mentions: Sequence[str] = (),
+        quarantined: list[str] | None = None,
+    ) -> Erased:
+        """Destroy an attendee's data key and record the erasure, in one transaction under the
+        intake lock: every delivery about them stored before is unreadable from now on, and
+        what arrives after is kept without its personal content (see _Sealer.seal). So are the
+        quarantined deliveries of the event whose body names them (their id, or one of
+        `mentions`, such as their email), or else the `quarantined` delivery keys given."""
+        if quarantined is None:
+            quarantined = self._call(self._quarantined_about, slug, [attendee_id, *mentions])
+        now = datetime.now(UTC)
+        record = DeliveryRecorded(
+            originator_id=uuid5(_ERASURE_NAMESPACE, f"{slug}\n{attendee_id}\n{now.isoformat()}"),
+            originator_version=1,
+            timestamp=now,
+            slug=slug,
+            body=_erasure_body(slug, attendee_id, by, now),
+            headers={},
+            verified_by=ERASURE,
+            delivery_id=None,
+            event_type="AttendeeErased",
+            attendee_id=attendee_id,
+            occurred_at=now,
+            parser_version=PARSER_VERSION,
+            quarantine_reason=None,
+        )
+        self._check_reachable()
+        try:
+            (recording,) = self._app.events.put(
+                [record], erase=(slug, attendee_id, by, quarantined)
+            )
+        except (OperationalError, InterfaceError) as error:
+            raise StoreUnavailable(str(error)) from error
+        self._sealer.forget()
+        return Erased(
+            event=slug,
+            attendee_id=attendee_id,
+            erased_at=now,
+            erased_by=by,
+            position=recording.notification.id,
+            receipt=str(record.originator_id),
+        )
+
+    def _quarantined_about(self, slug: str, names: Sequence[str]) -> list[str]:
+        """The delivery keys of the event's sealed quarantined deliveries that mention any of
+        `names` (a whole scan of the store: erasures are rare, quarantined deliveries few)."""
+        wanted = [n.encode() for n in names if n]
+        query = sql.SQL(
+            "SELECT notification_id, originator_id, state FROM {} WHERE "
+            "convert_from(state, 'UTF8')::jsonb ->> 'quarantine_reason' IS NOT NULL "
+            "AND convert_from(state, 'UTF8')::jsonb ->> 'slug' = %s"
+        ).format(sql.Identifier(INTERNAL, EVENTS_TABLE))
+        with (
+            self._recorder.datastore.get_connection() as conn,
+            conn.cursor(row_factory=tuple_row) as cur,
+        ):
+            rows = cur.execute(query, (slug,)).fetchall()
+            stored = [StoredDelivery(p, k, stored_form.decode(bytes(s))) for p, k, s in rows]
+            readable = opened(cur, self.keyring, [s for s in stored if s.state.sealed])
+        return [
+            str(s.key)
+            for s in readable
+            if s.state.sealed is None and any(name in s.state.body for name in wanted)
+        ]
 
     def unacknowledged(self, keys: Iterable[UUID]) -> None:
         """Remember deliveries whose sender was told 503 although they are (or may be) stored:
@@ -304,10 +466,17 @@ class DeliveryStore:
         notifications = self._call(
             self._recorder.select_notifications, after, limit, inclusive_of_start=False
         )
-        return [
+        stored = [
             StoredDelivery(n.id, UUID(str(n.originator_id)), stored_form.decode(n.state))
             for n in notifications
         ]
+        if not any(s.state.sealed is not None for s in stored):
+            return stored
+        with (
+            self._recorder.datastore.get_connection() as conn,
+            conn.cursor(row_factory=tuple_row) as cur,
+        ):
+            return opened(cur, self.keyring, stored)
 
     def close(self) -> None:
         self._app.close()
@@ -320,14 +489,18 @@ class DeliveryStore:
             raise StoreUnavailable(str(error)) from error
 
 
-def ensure_store(database_url: str) -> None:
+def ensure_store(database_url: str, *, check_key: bool = True) -> None:
     """The event store's schema, table and protections, created where missing by a session that
-    migrates the schema; StoreUnavailable while the database is unreachable."""
-    app, _ = _open(database_url, pool_size=1, timeout=5.0)
+    migrates the schema; StoreUnavailable while the database is unreachable, MasterKeyMissing
+    if this process's master key is not this database's (unless not `check_key`: `rollcall
+    db setup` may run where the master key is not; the first store opened records it)."""
+    app, _ = _open(database_url, 1, 5.0, keys.active() if check_key else None)
     app.close()
 
 
-def _open(database_url: str, pool_size: int, timeout: float) -> tuple[Deliveries, dict[str, str]]:
+def _open(
+    database_url: str, pool_size: int, timeout: float, keyring: keys.Keyring | None
+) -> tuple[Deliveries, dict[str, str]]:
     """The application, its table set up (or found set up, by a session that may not); and
     the environment to reopen it with."""
     seconds = str(max(1, round(timeout)))
@@ -349,10 +522,17 @@ def _open(database_url: str, pool_size: int, timeout: float) -> tuple[Deliveries
             conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(INTERNAL)))
             app = Deliveries(env={**env, "CREATE_TABLE": "y"})
             _protect_events_table(conn)
+            keys.create_tables(conn, sql.Identifier(INTERNAL, EVENTS_TABLE))
         else:
             # The runtime role of `rollcall db setup`: its owner role made the table.
             _require_events_table(conn)
             app = Deliveries(env=env)
+        try:
+            if keyring is not None:
+                keys.check_master_key(conn, keyring)
+        except BaseException:
+            app.close()
+            raise
     return app, env
 
 
@@ -413,3 +593,193 @@ def _require_events_table(conn: psycopg.Connection[Any]) -> None:
             f"database {conn.info.dbname} has no rollcall event store, and role "
             f"{conn.info.user} may not create one: run `rollcall db setup` as a superuser"
         )
+
+
+class Erased(msgspec.Struct, frozen=True, kw_only=True):
+    """The receipt of an erasure: whose data key was destroyed, when, by whom, and where the
+    erasure is recorded in the store."""
+
+    status: str = "erased"
+    event: str
+    attendee_id: str
+    erased_at: datetime
+    erased_by: str
+    position: int
+    receipt: str
+
+
+def _erasure_body(slug: str, attendee_id: str, by: str, at: datetime) -> bytes:
+    """The erasure's own record: who and when, no personal data."""
+    return msgspec.json.encode(
+        {
+            "event": "AttendeeErased",
+            "slug": slug,
+            "attendee": {"id": attendee_id},
+            "by": by,
+            "at": at.isoformat(),
+        }
+    )
+
+
+def _sqlstate(error: BaseException) -> str | None:
+    cause = error.__cause__
+    return getattr(cause, "sqlstate", None) if cause is not None else None
+
+
+class _Sealer:
+    """Seals deliveries for the store: the body under its attendee's data key, beside its
+    skeleton. Data keys are cached per writer; new ones join the cache once committed."""
+
+    def __init__(self, keyring: keys.Keyring) -> None:
+        self._keyring = keyring
+        self._lock = threading.Lock()
+        self._epoch: int | None = None  # None: read it again
+        self._cutover = 0
+        self._keys: dict[keys.Subject, AESGCM | None] = {}  # None: erased
+        # Keys made by a batch not yet committed: another writer's batch uses (and inserts)
+        # the same one rather than racing with a key of its own.
+        self._pending: dict[keys.Subject, tuple[AESGCM, bytes]] = {}
+        self._emails: set[tuple[str, str, str]] = set()  # (email, slug, attendee) recorded
+
+    def forget(self) -> None:
+        with self._lock:
+            self._epoch = None
+            self._keys.clear()
+            self._pending.clear()
+
+    def lost_race(self) -> None:
+        """Keys this process made lost to another process's: read those again."""
+        with self._lock:
+            self._pending.clear()
+
+    def cutover(self, recorder: IntakeRecorder) -> int:
+        """Up to which position deliveries were stored before encryption (0: none)."""
+        if self._epoch is None:
+            self._load(recorder)
+        return self._cutover
+
+    def _load(self, recorder: IntakeRecorder) -> None:
+        with recorder.datastore.get_connection() as conn, conn.cursor(row_factory=tuple_row) as cur:
+            epoch, cutover = keys.state(cur)
+        with self._lock:
+            self._keys.clear()
+            self._epoch, self._cutover = epoch, cutover
+
+    def seal(
+        self, recorder: IntakeRecorder, pending: Sequence[DeliveryRecorded]
+    ) -> tuple[list[DeliveryRecorded], tuple[sql.Composed, tuple[Any, ...]], Any]:
+        """The deliveries as stored, the data-key check (with the keys they add), and what to
+        call once they are committed."""
+        if self._epoch is None:
+            self._load(recorder)
+        epoch = self._epoch
+        assert epoch is not None
+        cached = self._keys
+        subjects = [
+            keys.subject_of(d.slug, d.attendee_id, d.originator_id)
+            if d.verified_by != ERASURE
+            else None
+            for d in pending
+        ]
+        with self._lock:
+            shared = {s: self._pending[s] for s in subjects if s in self._pending}
+        missing = {s for s in subjects if s is not None and s not in cached and s not in shared}
+        found: dict[keys.Subject, bytes | None] = {}
+        if missing:
+            with (
+                recorder.datastore.get_connection() as conn,
+                conn.cursor(row_factory=tuple_row) as cur,
+            ):
+                found = keys.wrapped_keys(cur, missing)
+        known: dict[keys.Subject, AESGCM | None] = {}
+        new: dict[keys.Subject, tuple[AESGCM, bytes]] = dict(shared)
+        made: dict[keys.Subject, tuple[AESGCM, bytes]] = {}
+        for wanted in missing:
+            if wanted in found:
+                wrapped = found[wanted]
+                known[wanted] = (
+                    self._keyring.unwrap(wanted, wrapped) if wrapped is not None else None
+                )
+            else:
+                made[wanted] = self._keyring.new_key(wanted)
+        if made:
+            with self._lock:
+                for wanted, key in made.items():
+                    # Another writer may have made one meanwhile: use that one.
+                    new[wanted] = self._pending.setdefault(wanted, key)
+        emails: dict[tuple[str, str, str], None] = {}
+        out = []
+        for delivery, subject in zip(pending, subjects, strict=True):
+            if subject is None or delivery.sealed is not None:
+                out.append(delivery)
+                continue
+            aead = cached[subject] if subject in cached else known.get(subject)
+            if aead is None and subject in new:
+                aead = new[subject][0]
+            if delivery.quarantine_reason is not None:
+                readable = None
+            elif READING in delivery.__dict__:
+                readable = delivery.__dict__[READING]
+            else:
+                reading = interpret(delivery.body)
+                readable = reading if isinstance(reading, Interpreted) else None
+            clear = skeleton(readable) if readable is not None else quarantine_skeleton()
+            if aead is None:
+                # The attendee was erased: their personal content is not kept (DESIGN.md,
+                # "Personal data"), only the skeleton the views need.
+                out.append(_changed(delivery, body=clear))
+                continue
+            sealed = keys.seal(aead, delivery.body, delivery.originator_id)
+            out.append(_changed(delivery, body=clear, sealed=sealed))
+            email = readable.attendee.get("email") if readable is not None else None
+            if isinstance(email, str) and email.strip() and delivery.attendee_id is not None:
+                seen = (email, delivery.slug, delivery.attendee_id)
+                if seen not in self._emails:
+                    emails[seen] = None
+        crypto = keys.add_keys_call(
+            epoch,
+            [(s, w) for s, (_, w) in new.items()],
+            [(self._keyring.email_hmac(e), slug, a) for e, slug, a in emails],
+        )
+
+        def commit() -> None:
+            with self._lock:
+                if self._epoch == epoch:
+                    cached.update(known)
+                    cached.update({s: aead for s, (aead, _) in new.items()})
+                for subject in new:
+                    self._pending.pop(subject, None)
+                if len(self._emails) > _EMAILS_SEEN_MAX:
+                    self._emails.clear()
+                self._emails.update(emails)
+
+        return out, crypto, commit
+
+
+def opened(
+    cur: psycopg.Cursor[Any], keyring: keys.Keyring, stored: list[StoredDelivery[Any]]
+) -> list[StoredDelivery[Any]]:
+    """Stored deliveries with their sealed bodies decrypted where their data key still exists;
+    an erased one keeps its skeleton (and `sealed` set: its body is gone for good)."""
+    subjects = {
+        s.key: keys.subject_of(s.state.slug, s.state.attendee_id, s.key)
+        for s in stored
+        if s.state.sealed is not None
+    }
+    if not subjects:
+        return stored
+    wrapped = keys.wrapped_keys(cur, set(subjects.values()))
+    out = []
+    for item in stored:
+        subject = subjects.get(item.key)
+        key = wrapped.get(subject) if subject is not None else None
+        if subject is None or key is None or item.state.sealed is None:
+            out.append(item)
+            continue
+        body = keys.unseal(keyring.unwrap(subject, key), item.state.sealed, item.key)
+        if body is None:
+            out.append(item)
+            continue
+        state = msgspec.structs.replace(item.state, body=body, sealed=None)
+        out.append(StoredDelivery(item.position, item.key, state))
+    return out

@@ -8,6 +8,7 @@ import threading
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from datetime import UTC, datetime
 from typing import Final
 
 import asyncpg
@@ -21,7 +22,9 @@ from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
 from projections.runner import Runner
+from service import privacy
 from service.config import ConfigError, EventsWatcher, Settings, ensure_secrets, load_settings
+from service.eventstore import keys
 from service.eventstore.database import redacted
 from service.eventstore.source import SOURCE
 from service.eventstore.store import DeliveryStore, StoreUnavailable
@@ -37,6 +40,8 @@ log = logging.getLogger("rollcall.app")
 
 STARTUP_TIMEOUT = 30.0
 QUERY_TIMEOUT: Final = 5.0  # seconds an interactive read may take before answering 503
+# How often events past their retention period are looked for (service/privacy.py).
+RETENTION_INTERVAL: Final = 3600.0
 
 
 class Rollcall:
@@ -67,6 +72,8 @@ def create_app(settings: Settings | None = None) -> Rollcall:
     database_url = settings.database_url
     if database_url is None:
         raise ConfigError("no database: set DATABASE_URL, or start with `rollcall serve`")
+    # Personal data is sealed and opened with this master key (service/eventstore/keys.py).
+    keys.activate(keys.keyring_for(settings.data_dir, settings.master_key))
     # Secrets can be rotated by editing ROLLCALL_CONFIG: intake re-reads it when it changes.
     events = EventsWatcher(settings)
     intake = Intake(settings, events)
@@ -98,6 +105,10 @@ def create_app(settings: Settings | None = None) -> Rollcall:
         intake.writer = writer
         runner = _start_runner(database_url, settings)
         app.state.runner = runner
+        retain = privacy.retained(settings.events)
+        sweeper = (
+            asyncio.create_task(_sweep_forever(store, database_url, retain)) if retain else None
+        )
         log.info(
             "rollcall ready on %s (events: %s)", redacted(database_url), ", ".join(settings.events)
         )
@@ -105,6 +116,8 @@ def create_app(settings: Settings | None = None) -> Rollcall:
             yield
         finally:
             intake.writer = None
+            if sweeper is not None:
+                sweeper.cancel()
             if runner is not None:
                 await asyncio.to_thread(runner.stop)
             await writer.close()
@@ -128,6 +141,21 @@ def create_app(settings: Settings | None = None) -> Rollcall:
     # A path with a trailing slash is no route of ours: 404, not an undocumented 307.
     starlette.router.redirect_slashes = False
     return Rollcall(intake, starlette)
+
+
+async def _sweep_forever(store: DeliveryStore, database_url: str, retain: dict[str, int]) -> None:
+    """Erase the personal data of events past their retention period, now and every hour."""
+    while True:
+        try:
+            erased = await asyncio.to_thread(
+                privacy.sweep, store, database_url, retain, datetime.now(UTC)
+            )
+        except Exception:
+            log.exception("the retention sweep failed; it runs again in an hour")
+        else:
+            if erased:
+                log.info("retention: erased %d attendees' personal data", erased)
+        await asyncio.sleep(RETENTION_INTERVAL)
 
 
 async def _open_store(database_url: str, settings: Settings) -> DeliveryStore:

@@ -21,7 +21,8 @@ from starlette.types import Receive, Scope, Send
 from domain.deliveries import delivery_key
 from domain.interpret import PARSER_VERSION, Interpreted, interpret
 from service.config import DEFAULT_SLUG, EventConfig, EventsWatcher, Settings
-from service.eventstore.store import DeliveryRecorded, StoreUnavailable
+from service.eventstore import keys
+from service.eventstore.store import DeliveryRecorded, StoreUnavailable, with_reading
 from service.http.admission import Admission, Drop, Ticket, unverified_slots
 from service.http.responses import Error
 from service.http.server import DROP_EXTENSION
@@ -300,14 +301,21 @@ def _slug(path: str) -> str | None:
 
 
 def delivery_record(
-    event: EventConfig, headers: dict[str, bytes], body: bytes, method: str
+    event: EventConfig,
+    headers: dict[str, bytes],
+    body: bytes,
+    method: str,
+    dedupe_secret: bytes | None = None,
 ) -> DeliveryRecorded:
-    """What the store keeps of a verified delivery: its bytes, kept headers, and reading."""
+    """What the store keeps of a verified delivery: its bytes, kept headers, and reading (the
+    store encrypts the personal part). The dedupe key of an id-less delivery is keyed by
+    `dedupe_secret`, by default this process's keyring's."""
     reading = interpret(body)
     delivery_id = reading.delivery_id or _header_delivery_id(event, headers)
     interpreted = reading if isinstance(reading, Interpreted) else None
-    return DeliveryRecorded(
-        originator_id=delivery_key(event.slug, delivery_id, body),
+    secret = dedupe_secret if dedupe_secret is not None else keys.active().dedupe_secret
+    record = DeliveryRecorded(
+        originator_id=delivery_key(event.slug, delivery_id, body, secret),
         originator_version=1,
         timestamp=datetime.now(UTC),
         slug=event.slug,
@@ -321,6 +329,7 @@ def delivery_record(
         parser_version=PARSER_VERSION,
         quarantine_reason=None if interpreted else getattr(reading, "reason", "unreadable"),
     )
+    return with_reading(record, interpreted)
 
 
 def _header_delivery_id(event: EventConfig, headers: dict[str, bytes]) -> str | None:

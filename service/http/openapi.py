@@ -20,11 +20,15 @@ from service.http.api.occupancy import BUCKETS
 from service.http.intake import IntakeAccepted, IntakeDuplicate, IntakeQuarantined
 from service.http.probes import Health, Readiness
 from service.http.responses import Error
+from service.privacy import Receipt, SubjectExport, Subjects
 
 VERSION: Final = "1.0.0"
 
 
 _MODELS: Final = (
+    Receipt,
+    Subjects,
+    SubjectExport,
     Error, m.Events, m.RosterPage, m.AttendeeDetail, Occupancy, m.Timeline, m.CheckIns,
     m.PaymentsPage, PaymentSummary, m.Projections, m.RebuildStarted, IntakeAccepted,
     IntakeDuplicate, IntakeQuarantined, Health, Readiness,
@@ -167,7 +171,7 @@ def _paths() -> dict[str, Any]:
         _CURSOR,
         _FORMAT,
     ]
-    return {
+    paths = {
         "/webhooks/jte": _webhook("A delivery for the default JTE event", []),
         "/webhooks/jte/{event}": _webhook("A delivery for a configured JTE event", [_EVENT]),
         "/healthz": {
@@ -281,3 +285,24 @@ def _paths() -> dict[str, Any]:
             }
         },
     }
+    paths["/v1/events/{event}/attendees/{attendee_id}"]["delete"] = {
+        "summary": (
+            "Erase an attendee's personal data for good (admin): destroys their data key, "
+            "scrubs the views, records the erasure; answers a receipt"
+        ),
+        "security": [{"bearer": []}],
+        "parameters": [_EVENT, _path("attendee_id", "the attendee's id in JTE")],
+        "responses": {"200": _json(Receipt, "erased"), **_errors(400, 401, 403, 404, 503)},
+    }
+    email = _query("email", {"type": "string"}, "the person's email address (required)")
+    paths["/v1/subjects"] = _get(
+        "Which attendees, in which JTE events, carried this email (admin)",
+        [email],
+        Subjects,
+    )
+    paths["/v1/subjects/export"] = _get(
+        "Everything held about the person with this email: deliveries and view rows (admin)",
+        [email],
+        SubjectExport,
+    )
+    return paths

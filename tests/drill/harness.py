@@ -31,11 +31,13 @@ from domain.deliveries import DeliveryState
 from projections.rebuild import rebuild
 from projections.registry import VIEW_NAMES
 from projections.schema import INTERNAL
+from projections.source import StoredDelivery
 from service import tokens
 from service.config import EventConfig
+from service.eventstore import keys
 from service.eventstore.database import EmbeddedPostgres, drop_database, new_database
 from service.eventstore.source import SOURCE
-from service.eventstore.store import EVENTS_TABLE
+from service.eventstore.store import EVENTS_TABLE, opened
 from service.jte.simulator import (
     SignedDelivery,
     SimulatedDelivery,
@@ -237,6 +239,8 @@ class Workspace:
         }
         return {
             **clean,
+            # Replicas of one database share its master key (service/eventstore/keys.py).
+            "ROLLCALL_MASTER_KEY": os.environ["ROLLCALL_MASTER_KEY"],
             "DATABASE_URL": database_url,
             "ROLLCALL_CONFIG": str(self.config),
             "ROLLCALL_DATA_DIR": str(self.root / f"{name}-data"),
@@ -294,12 +298,16 @@ def stored_ids(database_url: str) -> Counter[str | None]:
 
 
 def stored_deliveries(database_url: str) -> list[DeliveryState]:
-    """Every stored delivery's state (slug, exact body, delivery id, ...)."""
-    with psycopg.connect(database_url) as conn:
-        rows = conn.execute(
-            sql.SQL("SELECT state FROM {}").format(sql.Identifier(INTERNAL, EVENTS_TABLE))
+    """Every stored delivery's state (slug, exact body, delivery id, ...), its sealed body
+    decrypted with the drill's master key (the servers share this process's)."""
+    with psycopg.connect(database_url) as conn, conn.cursor() as cur:
+        rows = cur.execute(
+            sql.SQL("SELECT notification_id, originator_id, state FROM {}").format(
+                sql.Identifier(INTERNAL, EVENTS_TABLE)
+            )
         ).fetchall()
-    return [stored_form.decode(bytes(row[0])) for row in rows]
+        stored = [StoredDelivery(p, k, stored_form.decode(bytes(s))) for p, k, s in rows]
+        return [item.state for item in opened(cur, keys.active(), stored)]
 
 
 def fresh_deliveries(seed: int, count: int) -> list[SimulatedDelivery]:

@@ -20,7 +20,7 @@ from domain.interpret import parse_time
 from service.config import EventsWatcher
 from service.http.exports import Exports, ExportsBusy
 from service.http.responses import Error, json_response
-from service.tokens import Scope, TokenCache, allows
+from service.tokens import Grant, Scope, TokenCache, allows
 
 log = logging.getLogger("rollcall.api")
 
@@ -63,11 +63,16 @@ class Api:
 
         async def with_event(request: Request) -> Response:
             slug: str = request.path_params["event"]
-            if self.events.event(slug) is None:
-                raise ApiError(404, "unknown_event", f"no JTE event {slug[:64]!r} is configured")
+            self.check_event(request, slug)
             return await endpoint(request, slug)
 
         return self.route(path, with_event)
+
+    def check_event(self, request: Request, slug: str) -> None:
+        """404 for an event that is not configured, or not one the token may see (the same
+        answer: a token limited to some events learns nothing of the others)."""
+        if self.events.event(slug) is None or not grant(request).sees(slug):
+            raise ApiError(404, "unknown_event", f"no JTE event {slug[:64]!r} is configured")
 
     def _guarded(self, endpoint: Handler, path: str, scope: Scope) -> Handler:
         known = self._parameters.get(path, ())
@@ -117,8 +122,15 @@ async def authorize(request: Request, needed: Scope, tokens: TokenCache) -> None
     granted = await tokens.scope(pool(request), token.strip())
     if granted is None:
         raise ApiError(401, "unauthorized", "the API token is not valid")
-    if not allows(granted, needed):
+    if not allows(granted.scope, needed):
         raise ApiError(403, "forbidden", f"this needs a token with the {needed} scope")
+    request.state.grant = granted
+
+
+def grant(request: Request) -> Grant:
+    """What the request's token grants (set by authorize)."""
+    granted: Grant = request.state.grant
+    return granted
 
 
 def error_response(error: ApiError) -> Response:

@@ -16,7 +16,9 @@ from service.http.responses import json_response
 def routes(api: Api) -> list[Route]:
     async def summaries(request: Request) -> Response:
         pool = common.pool(request)
-        registered = await roster.registered(pool, list(api.events.events))
+        granted = common.grant(request)
+        visible = [slug for slug in api.events.events if granted.sees(slug)]
+        registered = await roster.registered(pool, visible)
         inside = await occupancy.inside_now(pool, list(registered))
         return json_response(
             Events(

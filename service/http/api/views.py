@@ -51,6 +51,9 @@ class _Rebuilds:
         name = request.path_params["name"]
         if name not in (*VIEW_NAMES, "all"):
             raise ApiError(404, "unknown_view", f"views are {', '.join(VIEW_NAMES)} or all")
+        if common.grant(request).events is not None:
+            # A rebuild rewrites every event's rows: not for a token limited to some.
+            raise ApiError(403, "forbidden", "a rebuild needs an admin token for all events")
         views = list(VIEW_NAMES) if name == "all" else [name]
         skip_poison = common.flag(request.query_params, "skip_poison") or False
         if self._running is not None and self._running.is_alive():

@@ -1,0 +1,454 @@
+"""Personal data: sealed at the store, erased for good, found and exported by email; against
+the real server, PostgreSQL and pg_dump."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import contextlib
+import json
+import os
+import re
+import secrets
+import shutil
+import subprocess
+import sys
+from collections.abc import AsyncIterator, Callable
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import httpx
+import psycopg
+import pytest
+
+from domain.deliveries import legacy_delivery_key
+from domain.interpret import PARSER_VERSION
+from projections.rebuild import build_as_of, rebuild
+from projections.registry import VIEW_NAMES
+from service import privacy
+from service.eventstore import keys
+from service.eventstore.replay import replay_quarantined
+from service.eventstore.source import SOURCE
+from service.eventstore.store import DeliveryRecorded, DeliveryStore
+from tests.drill.snapshot import wait_until_caught_up
+from tests.helpers import RunningService, api_token, bearer, stored_rows, token_headers
+
+pytestmark = pytest.mark.skipif(shutil.which("pg_dump") is None, reason="needs pg_dump")
+
+# The person to erase: every value is unusual enough that finding it anywhere means it leaked.
+ERASED = {
+    "id": "a-erase",
+    "firstName": "Zbigniewa",
+    "lastName": "Przybyszewska",
+    "email": "zbigniewa.przybyszewska@example.org",
+    "company": "Tajna-Firma-Q",
+    "dietary": "bezglutenowa-xq7",
+}
+KEPT = {
+    "id": "a-keep",
+    "firstName": "Bartłomiej",
+    "lastName": "Kępiński",
+    "email": "bartlomiej.kepinski@example.org",
+    "company": "Jawna-Firma-W",
+}
+NEEDLES = ["Zbigniewa", "Przybyszewska", "zbigniewa.przybyszewska@example.org", "Tajna-Firma-Q",
+           "bezglutenowa-xq7"]  # fmt: skip
+
+
+def body(event: str, attendee: dict[str, Any], at: str, delivery_id: str | None) -> bytes:
+    envelope: dict[str, Any] = {"event": event, "occurredAt": f"2026-05-14T{at}Z"}
+    if delivery_id is not None:
+        envelope["id"] = delivery_id
+    envelope["attendee"] = attendee
+    return json.dumps(envelope).encode()
+
+
+def payment(attendee_id: str, amount: str, reference: str) -> dict[str, Any]:
+    return {
+        "id": attendee_id,
+        "payment": {"amount": amount, "currency": "PLN", "method": "payu", "reference": reference},
+    }
+
+
+SEED = [
+    body("AttendeeRegistered", ERASED, "08:00:00", "e1"),
+    body("AttendeeRegistered", KEPT, "08:01:00", "k1"),
+    body("AttendeeUpdated", {**ERASED, "phone": "+48 600 700 800"}, "08:02:00", None),
+    body("AttendeePaymentConfirmed", payment("a-erase", "349.00", "R-E1"), "08:10:00", "e2"),
+    body("AttendeePaymentConfirmed", payment("a-keep", "100.50", "R-K1"), "08:11:00", "k2"),
+    body("AttendeeCheckedIn", {"id": "a-erase"}, "09:00:00", "e3"),
+    body("AttendeeCheckedIn", {"id": "a-keep"}, "09:01:00", "k3"),
+]
+# Verified but unreadable (an event type the parser does not know), naming the person.
+QUARANTINED = body("AttendeeFavourited", ERASED, "10:00:00", "q1")
+
+
+def readable(dump: str) -> str:
+    """Everything a reader of a plain-text dump can read without a key: the text, each bytea
+    decoded, and inside those every JSON string and base64 value decoded too."""
+    parts = [dump]
+    for hexed in re.findall(r"\\\\x([0-9a-f]+)", dump):
+        raw = binascii.unhexlify(hexed)
+        parts.append(raw.decode("utf-8", "replace"))
+        try:
+            decoded = json.loads(raw)
+        except ValueError:
+            continue
+        if isinstance(decoded, dict):
+            for value in decoded.values():
+                if isinstance(value, str):
+                    with contextlib.suppress(binascii.Error, ValueError):
+                        parts.append(base64.b64decode(value).decode("utf-8", "replace"))
+    return "\n".join(parts)
+
+
+def pg_dump(database_url: str, *options: str) -> str:
+    """The whole database as plain SQL text (bytea as hex), as a backup would hold it."""
+    return subprocess.run(
+        ["pg_dump", "--no-owner", *options, database_url],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+
+
+def view_rows(database_url: str) -> dict[str, list[tuple[Any, ...]]]:
+    """Every live view's physical rows (the roster's stored state included), sorted."""
+    tables = {  # table: its view
+        "roster": "roster",
+        "payments": "payments",
+        "presence": "occupancy",
+        "occupancy": "occupancy",
+        "occupancy_changes": "occupancy",
+    }
+    out = {}
+    with psycopg.connect(database_url) as conn:
+        live: dict[str, int] = dict(
+            conn.execute("SELECT view, version FROM rollcall.view_versions WHERE state = 'live'")
+        )
+        for name, table in tables.items():
+            view = (
+                "roster" if name == "roster" else "payments" if name == "payments" else "occupancy"
+            )
+            rows = conn.execute(f"SELECT * FROM rollcall_views.{table}_v{live[view]}").fetchall()
+            out[name] = sorted(rows, key=repr)
+    return out
+
+
+@pytest.fixture
+async def seeded(
+    start_service: Callable[..., RunningService], database_url: str
+) -> AsyncIterator[tuple[httpx.AsyncClient, str]]:
+    service = start_service()
+    async with httpx.AsyncClient(base_url=service.url, timeout=30) as client:
+        for delivery in SEED:
+            answer = await client.post("/webhooks/jte", content=delivery, headers=token_headers())
+            assert answer.status_code == 200, answer.text
+        answer = await client.post("/webhooks/jte", content=QUARANTINED, headers=token_headers())
+        assert answer.status_code == 202
+        wait_until_caught_up(database_url)
+        client.headers.update(bearer(api_token(database_url, "admin")))
+        yield client, database_url
+
+
+async def test_the_store_keeps_no_readable_personal_data(
+    seeded: tuple[httpx.AsyncClient, str],
+) -> None:
+    _, database_url = seeded
+    store_dump = readable(pg_dump(database_url, "--schema=rollcall"))
+    for needle in [*NEEDLES, KEPT["email"], "+48 600 700 800"]:
+        assert needle not in store_dump, needle
+    # What routing needs stays readable (and proves the dump reader decodes nested bodies).
+    assert '"attendee":{"id":"a-erase"' in store_dump
+    assert "R-E1" in store_dump  # a payment's reference stays, for the ledger
+    # Through the store's own port every body reads back exactly, the quarantined one too.
+    assert [row["body"] for row in stored_rows(database_url)] == [*SEED, QUARANTINED]
+
+
+async def test_erasure_scrubs_everything_and_nothing_else(
+    seeded: tuple[httpx.AsyncClient, str],
+) -> None:
+    client, database_url = seeded
+    before = view_rows(database_url)
+    # An as-of snapshot made before the erasure holds the person too (until the erasure).
+    build_as_of(database_url, ["roster"], SOURCE, datetime.now(UTC))
+    assert any(n in readable(pg_dump(database_url)) for n in NEEDLES)  # the views had them
+
+    answer = await client.delete("/v1/events/default/attendees/a-erase")
+    assert answer.status_code == 200, answer.text
+    receipt = answer.json()
+    assert receipt["status"] == "erased"
+    assert (receipt["event"], receipt["attendee_id"]) == ("default", "a-erase")
+    assert receipt["erased_by"] == "token:test-admin"
+    assert receipt["views_caught_up"] is True
+    assert receipt["roster_versions_scrubbed"] == 2  # live and the as-of snapshot
+    assert not any(n in answer.text for n in NEEDLES)
+
+    dump = readable(pg_dump(database_url))
+    for needle in NEEDLES:
+        assert needle not in dump, needle
+    assert KEPT["lastName"] in dump  # the reader would have found them
+    # Even with the master key, nothing stored about them opens: the quarantined delivery
+    # naming them was shredded with the rest.
+    rows = stored_rows(database_url)
+    assert not any(n.encode() in row["body"] for row in rows for n in NEEDLES)
+
+    after = view_rows(database_url)
+    # Every other attendee's rows are unchanged; occupancy and payments entirely so.
+    for name in ("payments", "presence", "occupancy", "occupancy_changes"):
+        assert after[name] == before[name], name
+    kept_before = [r for r in before["roster"] if r[1] == "a-keep"]
+    assert [r for r in after["roster"] if r[1] == "a-keep"] == kept_before
+    person = (await client.get("/v1/events/default/attendees/a-erase")).json()
+    attendee = person["attendee"]
+    assert attendee["email"] is None and attendee["first_name"] is None
+    assert attendee["fields"] == {}
+    assert (attendee["paid"], attendee["amount"], attendee["checked_in"]) == (True, "349.00", True)
+    assert not any(n in json.dumps(person) for n in NEEDLES)
+    ledger = (await client.get("/v1/events/default/payments")).json()["items"]
+    assert {(p["attendee_id"], p["amount"], p["reference"]) for p in ledger} == {
+        ("a-erase", "349.00", "R-E1"),
+        ("a-keep", "100.50", "R-K1"),
+    }
+
+    # A rebuild after the erasure equals the scrubbed live views, byte for byte.
+    rebuild(database_url, list(VIEW_NAMES), SOURCE)
+    assert view_rows(database_url) == after
+    # A replay brings nothing back.
+    store = DeliveryStore(database_url, pool_size=1)
+    try:
+        report = replay_quarantined(store)
+    finally:
+        store.close()
+    assert report.appended == 0
+    wait_until_caught_up(database_url)
+    assert view_rows(database_url) == after
+    assert not any(n in readable(pg_dump(database_url)) for n in NEEDLES)
+
+
+async def test_deliveries_after_an_erasure_keep_no_personal_content(
+    seeded: tuple[httpx.AsyncClient, str],
+) -> None:
+    client, database_url = seeded
+    assert (await client.delete("/v1/events/default/attendees/a-erase")).status_code == 200
+    # JTE keeps sending: an update with the name, a check-out, a payment.
+    late = [
+        body("AttendeeUpdated", ERASED, "11:00:00", "late-1"),
+        body("AttendeeCheckedOut", {"id": "a-erase"}, "11:05:00", "late-2"),
+        body("AttendeePaymentConfirmed", payment("a-erase", "20.00", "R-E2"), "11:06:00", None),
+    ]
+    for delivery in late:
+        answer = await client.post("/webhooks/jte", content=delivery, headers=token_headers())
+        assert answer.status_code == 200
+        # A retry is still a duplicate.
+        again = await client.post("/webhooks/jte", content=delivery, headers=token_headers())
+        assert again.json() == {"status": "duplicate"}
+    wait_until_caught_up(database_url)
+    rows = stored_rows(database_url)[-3:]
+    assert all(row["sealed"] is None for row in rows)  # kept as skeletons only
+    assert not any(n in readable(pg_dump(database_url)) for n in NEEDLES)
+    person = (await client.get("/v1/events/default/attendees/a-erase")).json()["attendee"]
+    assert person["first_name"] is None and person["checked_in"] is False
+    assert person["amount"] == "20.00"
+    live = view_rows(database_url)
+    rebuild(database_url, list(VIEW_NAMES), SOURCE)
+    assert view_rows(database_url) == live
+
+
+async def test_erasure_needs_an_admin_token_and_a_known_event(
+    seeded: tuple[httpx.AsyncClient, str],
+) -> None:
+    client, database_url = seeded
+    read = bearer(api_token(database_url, "read"))
+    answer = await client.delete("/v1/events/default/attendees/a-erase", headers=read)
+    assert answer.status_code == 403
+    assert (await client.delete("/v1/events/nope/attendees/a-erase")).status_code == 404
+    assert (await client.delete("/v1/events/default/attendees/" + "x" * 300)).status_code == 400
+    assert (await client.get("/v1/events/default/attendees/a-erase")).json()["attendee"][
+        "email"
+    ] == ERASED["email"]
+
+
+async def test_subject_find_and_export(seeded: tuple[httpx.AsyncClient, str]) -> None:
+    client, _ = seeded
+    found = (
+        await client.get("/v1/subjects", params={"email": " Zbigniewa.Przybyszewska@EXAMPLE.org"})
+    ).json()
+    assert found == {
+        "email_found": True,
+        "subjects": [{"event": "default", "attendee_id": "a-erase"}],
+    }
+    nobody = (await client.get("/v1/subjects", params={"email": "nobody@example.org"})).json()
+    assert nobody == {"email_found": False, "subjects": []}
+    exported = (await client.get("/v1/subjects/export", params={"email": ERASED["email"]})).json()
+    (subject,) = exported["subjects"]
+    assert subject["roster"]["email"] == ERASED["email"]
+    assert [p["reference"] for p in subject["payments"]] == ["R-E1"]
+    assert subject["presence"][0]["inside"] is True
+    bodies = [d["body"] for d in subject["deliveries"]]
+    assert bodies[0]["attendee"] == ERASED
+    assert len(bodies) == 4
+    # After erasure: found no more; nothing to export.
+    assert (await client.delete("/v1/events/default/attendees/a-erase")).status_code == 200
+    after = (await client.get("/v1/subjects", params={"email": ERASED["email"]})).json()
+    assert after == {"email_found": False, "subjects": []}
+
+
+def test_a_wrong_or_missing_master_key_is_refused_and_loses_nothing(
+    database_url: str, tmp_path: Path
+) -> None:
+    store = DeliveryStore(database_url, pool_size=1)
+    try:
+        store.append([_recorded(SEED[0], "e1")])
+    finally:
+        store.close()
+    empty = tmp_path / "fresh-data-dir"
+    # What a start with an empty data directory and no ROLLCALL_MASTER_KEY holds: a new key.
+    missing = keys.Keyring(secrets.token_bytes(32), path=empty / "master.key", persisted=False)
+    with pytest.raises(keys.MasterKeyMissing, match="restore the original"):
+        DeliveryStore(database_url, pool_size=1, keyring=missing)
+    assert not (empty / "master.key").exists()
+    other = keys.Keyring(bytes(32))
+    with pytest.raises(keys.MasterKeyMissing, match="not the one in ROLLCALL_MASTER_KEY"):
+        DeliveryStore(database_url, pool_size=1, keyring=other)
+    store = DeliveryStore(database_url, pool_size=1)
+    try:
+        assert [s.state.body for s in store.read(0, 10)] == [SEED[0]]
+    finally:
+        store.close()
+
+
+def test_a_delivery_stored_before_encryption_stays_a_duplicate(database_url: str) -> None:
+    """An id-less delivery stored under the old bare-hash key, retried after the change."""
+    store = DeliveryStore(database_url, pool_size=1)
+    old = SEED[2]  # the one without a delivery id
+    legacy = _recorded(old, None)
+    with psycopg.connect(database_url) as conn:
+        state = json.dumps(
+            {
+                "timestamp": "2026-05-14T08:02:00Z", "slug": "default",
+                "body": base64.b64encode(old).decode(), "headers": {}, "verified_by": "token",
+                "delivery_id": None, "event_type": "AttendeeUpdated", "attendee_id": "a-erase",
+                "occurred_at": None, "parser_version": PARSER_VERSION, "quarantine_reason": None,
+            }
+        ).encode()  # fmt: skip
+        conn.execute(
+            "INSERT INTO rollcall.deliveries_events (originator_id, originator_version, topic, "
+            "state) VALUES (%s, 1, %s, %s)",
+            (legacy_delivery_key("default", old), "service.store:DeliveryRecorded", state),
+        )
+        conn.execute(
+            "UPDATE rollcall.crypto_state SET cutover = "
+            "(SELECT max(notification_id) FROM rollcall.deliveries_events)"
+        )
+    store.close()
+    store = DeliveryStore(database_url, pool_size=1)
+    try:
+        assert legacy.originator_id != legacy_delivery_key("default", old)
+        assert store.append([legacy]) == [None]
+        assert store.append([_recorded(SEED[0], "e1")])[0] is not None
+        assert [s.state.body for s in store.read(0, 10)] == [old, SEED[0]]
+    finally:
+        store.close()
+
+
+def _recorded(data: bytes, delivery_id: str | None) -> DeliveryRecorded:
+    from service.config import EventConfig
+    from service.http.intake import delivery_record
+
+    record = delivery_record(EventConfig(slug="default", secrets=("s",)), {}, data, "token")
+    assert record.delivery_id == delivery_id
+    return record
+
+
+async def test_retention_erases_an_event_past_its_period(
+    seeded: tuple[httpx.AsyncClient, str],
+) -> None:
+    client, database_url = seeded
+    rows = stored_rows(database_url)
+    last_received = max(
+        datetime.fromisoformat(r["timestamp"]) for r in rows if r["quarantine_reason"] is None
+    )
+    (state,) = privacy.retention(database_url, {"default": 30})
+    assert state.last_delivery_at == last_received
+    assert state.erase_after == last_received + timedelta(days=30)
+    assert state.attendees_with_data == 2
+    payments = view_rows(database_url)["payments"]
+    store = DeliveryStore(database_url, pool_size=1)
+    try:
+        assert privacy.sweep(store, database_url, {"default": 30}, last_received) == 0
+        later = last_received + timedelta(days=30, seconds=1)
+        assert privacy.sweep(store, database_url, {"default": 30}, later) == 2
+        assert privacy.sweep(store, database_url, {"default": 30}, later) == 0
+    finally:
+        store.close()
+    wait_until_caught_up(database_url)
+    (state,) = privacy.retention(database_url, {"default": 30})
+    assert state.attendees_with_data == 0
+    dump = readable(pg_dump(database_url))
+    for needle in [*NEEDLES, KEPT["email"], KEPT["lastName"]]:
+        assert needle not in dump, needle
+    assert view_rows(database_url)["payments"] == payments  # the ledger stays
+    assert not any(n.encode() in row["body"] for row in stored_rows(database_url) for n in NEEDLES)
+    roster = (await client.get("/v1/events/default/roster")).json()["items"]
+    assert {(a["attendee_id"], a["email"]) for a in roster} == {("a-erase", None), ("a-keep", None)}
+
+
+async def test_the_command_line_finds_exports_and_erases(
+    seeded: tuple[httpx.AsyncClient, str], tmp_path: Path
+) -> None:
+    client, database_url = seeded
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("ROLLCALL_", "DATABASE_"))}
+    env.update(
+        DATABASE_URL=database_url,
+        ROLLCALL_DATA_DIR=str(tmp_path / "cli"),
+        ROLLCALL_MASTER_KEY=os.environ[keys.MASTER_KEY_ENV],
+    )
+
+    def rollcall(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "service.cli", *args],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+
+    found = rollcall("subject", "find", "--email", ERASED["email"].upper())
+    assert found.returncode == 0, found.stderr
+    assert json.loads(found.stdout)["subjects"] == [{"event": "default", "attendee_id": "a-erase"}]
+    exported = rollcall("subject", "export", "--email", ERASED["email"])
+    assert json.loads(exported.stdout)["subjects"][0]["deliveries"][0]["body"]["attendee"] == ERASED
+    assert rollcall("erase", "--event", "nope", "--attendee", "a-erase").returncode == 2
+    erased = rollcall("erase", "--event", "default", "--attendee", "a-erase", "--by", "dpo")
+    assert erased.returncode == 0, erased.stderr
+    receipt = json.loads(erased.stdout)
+    assert (receipt["status"], receipt["erased_by"], receipt["views_caught_up"]) == (
+        "erased",
+        "dpo",
+        True,
+    )
+    assert not any(n in erased.stdout + erased.stderr for n in NEEDLES)
+    assert not any(n in readable(pg_dump(database_url)) for n in NEEDLES)
+    person = (await client.get("/v1/events/default/attendees/a-erase")).json()["attendee"]
+    assert person["email"] is None
+
+    # The organiser lifts the block: what JTE sends from now on is kept again (sealed).
+    lifted = rollcall("erase", "--event", "default", "--attendee", "a-erase", "--lift")
+    assert json.loads(lifted.stdout)["status"] == "lifted", lifted.stderr
+    again = rollcall("erase", "--event", "default", "--attendee", "a-erase", "--lift")
+    assert json.loads(again.stdout)["status"] == "not_erased"
+    update = body("AttendeeUpdated", {"id": "a-erase", "firstName": "Nowa"}, "12:00:00", "u-9")
+    answer = await client.post("/webhooks/jte", content=update, headers=token_headers())
+    assert answer.status_code == 200
+    wait_until_caught_up(database_url)
+    assert stored_rows(database_url)[-1]["sealed"] is not None
+    assert stored_rows(database_url)[-1]["body"] == update
+    person = (await client.get("/v1/events/default/attendees/a-erase")).json()["attendee"]
+    assert person["first_name"] == "Nowa" and person["email"] is None
+    # A rebuild reads the bodies sealed under the destroyed key as skeletons, the new one whole.
+    live = view_rows(database_url)
+    rebuild(database_url, list(VIEW_NAMES), SOURCE)
+    assert view_rows(database_url) == live
