@@ -557,9 +557,9 @@ async def test_metrics_count_what_happened(seeded: tuple[httpx.AsyncClient, str]
         for line in text.splitlines()
         if line and not line.startswith("#")
     }
-    assert values['rollcall_deliveries_total{outcome="accepted"}'] >= len(SEED)
-    assert values['rollcall_deliveries_total{outcome="duplicate"}'] >= 1
-    assert values['rollcall_verification_failures_total{reason="secret does not match"}'] >= 1
+    assert values['rollcall_deliveries_total{event="default",outcome="accepted"}'] >= len(SEED)
+    assert values['rollcall_deliveries_total{event="default",outcome="duplicate"}'] >= 1
+    assert values['rollcall_rejections_total{reason="secret_mismatch"}'] >= 1
     assert values["rollcall_append_seconds_count"] >= 1
     assert values["rollcall_store_head"] >= len(SEED)
     assert values['rollcall_projection_lag_events{view="roster"}'] >= 0

@@ -18,7 +18,7 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
-from starlette.types import Receive, Scope, Send
+from starlette.types import Message, Receive, Scope, Send
 
 from projections.runner import Runner
 from service.config import ConfigError, EventsWatcher, Settings, ensure_secrets, load_settings
@@ -31,6 +31,7 @@ from service.http.exports import Exports
 from service.http.intake import Intake, is_webhook_path
 from service.http.logs import RequestIdMiddleware
 from service.http.responses import Error, json_response
+from service.metrics import HTTP_SECONDS, METRICS, worker_exited
 
 log = logging.getLogger("rollcall.app")
 
@@ -54,10 +55,33 @@ class Rollcall:
         await self._with_request_id(scope, receive, send)
 
     async def _dispatch(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and is_webhook_path(scope["path"]):
+        if scope["type"] != "http":
+            await self.routes(scope, receive, send)
+        elif is_webhook_path(scope["path"]):
             await self.intake(scope, receive, send)
         else:
-            await self.routes(scope, receive, send)
+            await _timed(self.routes, scope, receive, send)
+
+
+async def _timed(app: Starlette, scope: Scope, receive: Receive, send: Send) -> None:
+    """Answer, and observe how long it took by route template (never the raw path: bounded)."""
+    status = 500
+
+    async def sending(message: Message) -> None:
+        nonlocal status
+        if message["type"] == "http.response.start":
+            status = message["status"]
+        await send(message)
+
+    started = time.perf_counter()
+    try:
+        await app(scope, receive, sending)
+    finally:
+        route = scope.get("route")
+        template = route.path if isinstance(route, Route) else "unmatched"
+        HTTP_SECONDS.labels(template, scope["method"], str(status)).observe(
+            time.perf_counter() - started
+        )
 
 
 def create_app(settings: Settings | None = None) -> Rollcall:
@@ -96,12 +120,18 @@ def create_app(settings: Settings | None = None) -> Rollcall:
         app.state.database_url = database_url
         intake.writer = writer
         runner = _RunnerThread(database_url) if settings.projections else None
+        METRICS.watch_queue(lambda: writer.depth)
+        sampler = asyncio.get_running_loop().create_task(_sample_metrics())
         log.info(
             "rollcall ready on %s (events: %s)", redacted(database_url), ", ".join(settings.events)
         )
         try:
             yield
         finally:
+            sampler.cancel()
+            METRICS.watch_queue(None)
+            METRICS.flush()
+            worker_exited()
             intake.writer = None
             if runner is not None:
                 await asyncio.to_thread(runner.stop)
@@ -126,6 +156,13 @@ def create_app(settings: Settings | None = None) -> Rollcall:
     # A path with a trailing slash is no route of ours: 404, not an undocumented 307.
     starlette.router.redirect_slashes = False
     return Rollcall(intake, starlette)
+
+
+async def _sample_metrics() -> None:
+    """Write the sampled gauges each second (every worker: a scrape reads them all)."""
+    while True:
+        await asyncio.sleep(1.0)
+        METRICS.flush()
 
 
 async def _open_store(database_url: str, settings: Settings) -> DeliveryStore:

@@ -25,8 +25,15 @@ from service.eventstore.store import DeliveryRecorded, StoreUnavailable
 from service.http.admission import Admission, Drop, Ticket, unverified_slots
 from service.http.responses import Error
 from service.http.server import DROP_EXTENSION
-from service.http.verification import Pending, Rejected, Verified, check_body, screen
-from service.metrics import METRICS
+from service.http.verification import (
+    Pending,
+    Rejected,
+    Verified,
+    check_body,
+    reason_code,
+    screen,
+)
+from service.metrics import METRICS, OTHER_EVENT
 
 log = logging.getLogger("rollcall.intake")
 _encoder: Final = msgspec.json.Encoder()
@@ -88,6 +95,7 @@ class Answer(msgspec.Struct, frozen=True):
     status: int
     body: IntakeAccepted | IntakeDuplicate | IntakeQuarantined | Error
     headers: tuple[tuple[bytes, bytes], ...] = ()
+    reason: str | None = None  # a refusal's snake_case reason, where the error code is not it
 
     @property
     def outcome(self) -> str:
@@ -139,7 +147,11 @@ class Intake:
             # A bug of ours, not the sender's: nothing was stored, so ask JTE to retry.
             log.exception("intake failed unexpectedly")
             answer = self._unavailable("intake failed unexpectedly; retry later")
-        METRICS.delivery(answer.outcome)
+        slug = _slug(scope["path"])
+        event = slug if slug is not None and slug in self._events.events else OTHER_EVENT
+        METRICS.delivery(event, answer.outcome)
+        if 400 <= answer.status < 500:
+            METRICS.rejected(answer.reason or answer.outcome)
         await _send_json(send, answer)
 
     async def _answer(self, scope: Scope, receive: Receive) -> Answer:
@@ -366,8 +378,8 @@ def _is_json(content_type: bytes) -> bool:
 
 def _unauthorized(event: EventConfig, verdict: Rejected, *headers: tuple[bytes, bytes]) -> Answer:
     log.info("rejected delivery for %s: %s", event.slug, verdict.reason)
-    METRICS.verification_failed(verdict.reason)
-    return _error(401, "unauthorized", verdict.reason, *headers)
+    answer = _error(401, "unauthorized", verdict.reason, *headers)
+    return msgspec.structs.replace(answer, reason=reason_code(verdict.reason))
 
 
 def _drop_hook(scope: Scope) -> Drop | None:

@@ -162,6 +162,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
 
     def _refuse_head(self) -> None:
         self.logger.warning("Request headers over %d bytes: answered 431.", self.header_limit)
+        METRICS.rejected("headers_too_large")
         if self.cycle is None or self.cycle.response_complete:  # no answer is being sent
             body = _too_large(self.header_limit)
             self.transport.write(
