@@ -49,9 +49,10 @@ from projections.schema import (
     recorded_role,
 )
 from projections.tracking import view_tracking
-from service import tokens
+from service import intake_log, tokens
 from service.eventstore.database import Unusable, connect, with_user
 from service.eventstore.store import EVENTS_TABLE, LOCK_FUNCTION, ensure_store
+from service.intake_log import LOG_SEQUENCE, LOG_TABLE
 from service.tokens import TOKENS_TABLE
 
 Purpose = Literal["owner", "runtime", "analysts"]
@@ -65,6 +66,7 @@ _RUNTIME_TABLES: Final = {
     TRACKING_TABLE: "SELECT, INSERT, UPDATE",
     TOKENS_TABLE: "SELECT, INSERT, UPDATE",
     ROLES_TABLE: "SELECT",
+    LOG_TABLE: "SELECT, INSERT, UPDATE",
 }
 
 
@@ -188,6 +190,7 @@ def _create_schema(conn: psycopg.Connection[Any], admin_url: str) -> None:
     ensure_internal(conn)
     view_tracking(admin_url).ensure_table(conn)
     tokens.ensure_table(conn)
+    intake_log.ensure_table(conn)
 
 
 def _hand_over(conn: psycopg.Connection[Any], owner: str, runtime: str) -> None:
@@ -248,6 +251,9 @@ def _grant(conn: psycopg.Connection[Any], database: str, runtime: str) -> None:
         ),
         sql.SQL("GRANT USAGE ON SEQUENCE {} TO {}").format(
             sql.Identifier(INTERNAL, f"{EVENTS_TABLE}_notification_id_seq"), role
+        ),
+        sql.SQL("GRANT USAGE ON SEQUENCE {} TO {}").format(
+            sql.Identifier(INTERNAL, LOG_SEQUENCE), role
         ),
         sql.SQL("REVOKE ALL ON FUNCTION {}() FROM PUBLIC").format(lock),
         sql.SQL("GRANT EXECUTE ON FUNCTION {}() TO {}").format(lock, role),

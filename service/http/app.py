@@ -12,6 +12,7 @@ from typing import Final
 
 import asyncpg
 import msgspec
+import psycopg
 from starlette.applications import Starlette
 from starlette.datastructures import State
 from starlette.exceptions import HTTPException
@@ -21,6 +22,7 @@ from starlette.routing import Route
 from starlette.types import Message, Receive, Scope, Send
 
 from projections.runner import Runner
+from service import intake_log
 from service.config import ConfigError, EventsWatcher, Settings, ensure_secrets, load_settings
 from service.eventstore.database import redacted
 from service.eventstore.source import SOURCE
@@ -119,6 +121,8 @@ def create_app(settings: Settings | None = None) -> Rollcall:
         )
         app.state.database_url = database_url
         intake.writer = writer
+        await asyncio.to_thread(_ensure_intake_log, database_url)
+        intake.log.start(pool)
         runner = _RunnerThread(database_url) if settings.projections else None
         METRICS.watch_queue(lambda: writer.depth)
         sampler = asyncio.get_running_loop().create_task(_sample_metrics())
@@ -133,6 +137,7 @@ def create_app(settings: Settings | None = None) -> Rollcall:
             METRICS.flush()
             worker_exited()
             intake.writer = None
+            await intake.log.stop()
             if runner is not None:
                 await asyncio.to_thread(runner.stop)
             await writer.close()
@@ -156,6 +161,11 @@ def create_app(settings: Settings | None = None) -> Rollcall:
     # A path with a trailing slash is no route of ours: 404, not an undocumented 307.
     starlette.router.redirect_slashes = False
     return Rollcall(intake, starlette)
+
+
+def _ensure_intake_log(database_url: str) -> None:
+    with psycopg.connect(database_url, autocommit=True, connect_timeout=5) as conn:
+        intake_log.ensure_table(conn)
 
 
 async def _sample_metrics() -> None:

@@ -33,6 +33,7 @@ from service.http.verification import (
     reason_code,
     screen,
 )
+from service.intake_log import IntakeLog
 from service.metrics import METRICS, OTHER_EVENT
 
 log = logging.getLogger("rollcall.intake")
@@ -96,6 +97,7 @@ class Answer(msgspec.Struct, frozen=True):
     body: IntakeAccepted | IntakeDuplicate | IntakeQuarantined | Error
     headers: tuple[tuple[bytes, bytes], ...] = ()
     reason: str | None = None  # a refusal's snake_case reason, where the error code is not it
+    key: str | None = None  # a duplicate's stored delivery
 
     @property
     def outcome(self) -> str:
@@ -137,6 +139,7 @@ class Intake:
             unverified_slots(settings.max_connections), settings.unverified_body_memory
         )
         self.writer: Writer | None = None  # set by the lifespan once the store is open
+        self.log = IntakeLog()  # started by the lifespan
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         try:
@@ -151,8 +154,31 @@ class Intake:
         event = slug if slug is not None and slug in self._events.events else OTHER_EVENT
         METRICS.delivery(event, answer.outcome)
         if 400 <= answer.status < 500:
-            METRICS.rejected(answer.reason or answer.outcome)
+            reason = answer.reason or answer.outcome
+            METRICS.rejected(reason)
+            self._log(scope, event, "rejected", answer.status, reason, None)
+        elif answer.key is not None:
+            self._log(scope, event, "duplicate", answer.status, "duplicate", answer.key)
         await _send_json(send, answer)
+
+    def _log(
+        self, scope: Scope, event: str, outcome: str, status: int, reason: str, key: str | None
+    ) -> None:
+        """Keep an answer that stored nothing in the intake log (metadata only)."""
+        headers = _header_map(scope)
+        declared = headers.get("content-length", b"").strip()
+        client = scope.get("client")
+        self.log.record(
+            outcome=outcome,
+            status=status,
+            reason=reason,
+            event=event,
+            path=scope["path"],
+            body_size=int(declared) if declared.isdigit() and len(declared) < 19 else None,
+            headers=headers,
+            peer=client[0] if client else None,
+            delivery_key=key,
+        )
 
     async def _answer(self, scope: Scope, receive: Receive) -> Answer:
         screened = self._screen(scope)
@@ -244,7 +270,7 @@ class Intake:
             log.warning("store unavailable, answered 503: %s", error)
             return self._unavailable("the event store is unavailable; retry later")
         if position is None:
-            return Answer(200, IntakeDuplicate("duplicate"))
+            return Answer(200, IntakeDuplicate("duplicate"), key=str(delivery.originator_id))
         if delivery.quarantine_reason is not None:
             return Answer(202, IntakeQuarantined("quarantined"))
         return Answer(200, IntakeAccepted("accepted", position))

@@ -14,6 +14,7 @@ import msgspec
 from projections.occupancy import Occupancy
 from projections.payments import PaymentSummary
 from projections.roster import STATUSES
+from service.deliveries import OUTCOMES, DeliveryDetail, LogPage
 from service.http.api import models as m
 from service.http.api.common import MAX_LIMIT
 from service.http.api.occupancy import BUCKETS
@@ -27,7 +28,7 @@ VERSION: Final = "1.0.0"
 _MODELS: Final = (
     Error, m.Events, m.RosterPage, m.AttendeeDetail, Occupancy, m.Timeline, m.CheckIns,
     m.PaymentsPage, PaymentSummary, m.Projections, m.RebuildStarted, IntakeAccepted,
-    IntakeDuplicate, IntakeQuarantined, Health, Readiness,
+    IntakeDuplicate, IntakeQuarantined, Health, Readiness, LogPage, DeliveryDetail,
 )  # fmt: skip
 
 
@@ -262,6 +263,25 @@ def _paths() -> dict[str, Any]:
             "Totals by currency, method and day", [_EVENT], PaymentSummary
         ),
         "/v1/projections": _get("Where each view stands", [], m.Projections),
+        "/v1/deliveries": _get(
+            "The delivery log: stored deliveries, duplicates and refused requests, newest first "
+            "(admin). Refusals keep metadata only: header names, never values",
+            [
+                _query("event", {"type": "string"}, "a JTE event's slug (`other`: none)"),
+                _query("outcome", {"type": "string", "enum": list(OUTCOMES)}, "one outcome"),
+                _query("from", _TIME, "received at or after"),
+                _query("to", _TIME, "received before"),
+                _query("attendee", {"type": "string"}, "an attendee's id in JTE"),
+                _LIMIT,
+                _CURSOR,
+            ],
+            LogPage,
+        ),
+        "/v1/deliveries/{key}": _get(
+            "One stored delivery: kept headers, body, interpretation, which views applied it",
+            [_path("key", "the delivery's key (`key` in the log)")],
+            DeliveryDetail,
+        ),
         "/v1/projections/{name}/rebuild": {
             "post": {
                 "summary": "Rebuild a view (or all) in the background, then swap it in (admin)",

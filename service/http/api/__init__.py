@@ -14,7 +14,7 @@ from typing import Final
 from starlette.routing import Route
 
 from service.config import EventsWatcher
-from service.http.api import events, occupancy, payments, roster, views
+from service.http.api import deliveries, events, occupancy, payments, roster, views
 from service.http.api.common import Api
 
 # The query parameters each route knows (OpenAPI documents exactly these); any other, or one
@@ -28,6 +28,7 @@ PARAMETERS: Final[dict[str, tuple[str, ...]]] = {
     "/v1/events/{event}/check-ins": ("limit",),
     "/v1/events/{event}/payments": ("currency", "method", "limit", "cursor", "format"),
     "/v1/projections/{name}/rebuild": ("skip_poison",),
+    "/v1/deliveries": deliveries.PARAMETERS,
 }  # fmt: skip
 
 
@@ -40,4 +41,5 @@ def routes(configured: EventsWatcher) -> list[Route]:
         *occupancy.routes(api),
         *payments.routes(api),
         *views.routes(api),
+        *deliveries.routes(api),
     ]
