@@ -80,7 +80,7 @@ _ORDINARY: Final = frozenset(
 _HEX: Final = re.compile(rb"^[0-9a-fA-F]+$")
 _DIGITS: Final = re.compile(rb"^[0-9]+$")
 _BASE64: Final = re.compile(rb"^[A-Za-z0-9+/_-]+={0,2}$")
-_PREFIX: Final = re.compile(rb"^([A-Za-z0-9_-]{1,16})([=,])(.+)$")
+_PREFIX: Final = re.compile(rb"^([A-Za-z][A-Za-z0-9_-]{0,15})([=,])(.+)$")
 
 
 class Headers(msgspec.Struct, frozen=True, kw_only=True):

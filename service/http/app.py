@@ -120,6 +120,7 @@ def create_app(settings: Settings | None = None) -> Rollcall:
             stall=settings.export_stall,
         )
         app.state.database_url = database_url
+        app.state.events = events
         intake.writer = writer
         await asyncio.to_thread(_ensure_intake_log, database_url)
         intake.log.start(pool)

@@ -15,6 +15,7 @@ from projections.occupancy import Occupancy
 from projections.payments import PaymentSummary
 from projections.roster import STATUSES
 from service.deliveries import OUTCOMES, DeliveryDetail, LogPage
+from service.doctor import Diagnosis
 from service.http.api import models as m
 from service.http.api.common import MAX_LIMIT
 from service.http.api.occupancy import BUCKETS
@@ -28,7 +29,7 @@ VERSION: Final = "1.0.0"
 _MODELS: Final = (
     Error, m.Events, m.RosterPage, m.AttendeeDetail, Occupancy, m.Timeline, m.CheckIns,
     m.PaymentsPage, PaymentSummary, m.Projections, m.RebuildStarted, IntakeAccepted,
-    IntakeDuplicate, IntakeQuarantined, Health, Readiness, LogPage, DeliveryDetail,
+    IntakeDuplicate, IntakeQuarantined, Health, Readiness, LogPage, DeliveryDetail, Diagnosis,
 )  # fmt: skip
 
 
@@ -281,6 +282,17 @@ def _paths() -> dict[str, Any]:
             "One stored delivery: kept headers, body, interpretation, which views applied it",
             [_path("key", "the delivery's key (`key` in the log)")],
             DeliveryDetail,
+        ),
+        "/v1/doctor": _get(
+            "What recent refusals say JTE sends, and a configuration that would accept it (admin)",
+            [
+                _query(
+                    "hours",
+                    {"type": "number", "exclusiveMinimum": 0, "maximum": 168},
+                    "how far back to look (default 24)",
+                )
+            ],
+            Diagnosis,
         ),
         "/v1/projections/{name}/rebuild": {
             "post": {

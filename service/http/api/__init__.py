@@ -29,6 +29,7 @@ PARAMETERS: Final[dict[str, tuple[str, ...]]] = {
     "/v1/events/{event}/payments": ("currency", "method", "limit", "cursor", "format"),
     "/v1/projections/{name}/rebuild": ("skip_poison",),
     "/v1/deliveries": deliveries.PARAMETERS,
+    "/v1/doctor": deliveries.DOCTOR_PARAMETERS,
 }  # fmt: skip
 
 

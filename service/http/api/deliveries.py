@@ -1,5 +1,6 @@
-"""GET /v1/deliveries (the delivery log) and GET /v1/deliveries/{key} (one stored delivery):
-admin scope, since they show bodies and the headers that came (service/deliveries.py)."""
+"""GET /v1/deliveries (the delivery log), GET /v1/deliveries/{key} (one stored delivery) and
+GET /v1/doctor (what the refusals say): admin scope, since they show bodies and the headers
+that came (service/deliveries.py, service/doctor.py)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from service import deliveries
+from service import deliveries, doctor, intake_log
 from service.deliveries import OUTCOMES, Filters, LogPage
 from service.http.api import common
 from service.http.api.common import Api, ApiError, Unavailable
@@ -20,13 +21,29 @@ from service.http.responses import json_response
 
 # The query parameters GET /v1/deliveries knows (service/http/api/__init__.py lists them).
 PARAMETERS = ("event", "outcome", "from", "to", "attendee", "limit", "cursor")
+DOCTOR_PARAMETERS = ("hours",)
+MAX_HOURS = 24 * 7
 
 
 def routes(api: Api) -> list[Route]:
     return [
         api.route("/v1/deliveries", listing, "admin"),
         api.route("/v1/deliveries/{key}", one, "admin"),
+        api.route("/v1/doctor", doctor_advice, "admin"),
     ]
+
+
+async def doctor_advice(request: Request) -> Response:
+    text = request.query_params.get("hours", "24")
+    try:
+        hours = float(text)
+    except ValueError:
+        hours = -1.0
+    if not 0 < hours <= MAX_HOURS:
+        raise ApiError(400, "bad_parameter", f"`hours` must be a number from 0 to {MAX_HOURS}")
+    url: str = request.app.state.database_url
+    entries = await _in_thread(url, intake_log.recent_refusals, hours * 3600)
+    return json_response(doctor.diagnose(entries, request.app.state.events.events, hours))
 
 
 async def listing(request: Request) -> Response:
