@@ -20,7 +20,12 @@ from service.tokens import SCOPES
 def add_commands(commands: Commands) -> None:
     """Register token and grant-analyst."""
     token = commands.add_parser("token", help="issue an API token (shown once, stored hashed)")
-    token.add_argument("--scope", choices=SCOPES, default="read")
+    token.add_argument(
+        "--scope",
+        choices=SCOPES,
+        default="read",
+        help="read: the analyst API; admin: also rebuilds and the delivery log",
+    )
     token.add_argument("--name", default="token", help="a label, to revoke it by later")
     token.add_argument("--revoke", action="store_true", help="revoke every token of --name")
     token.set_defaults(run=run_token)
@@ -38,7 +43,11 @@ def add_commands(commands: Commands) -> None:
 def run_token(settings: Settings, args: argparse.Namespace) -> int:
     with database(settings, "token") as url, psycopg.connect(url, autocommit=True) as conn:
         if args.revoke:
-            print(f"revoked {tokens.revoke(conn, args.name)} token(s) named {args.name!r}")
+            revoked = tokens.revoke(conn, args.name)
+            if not revoked:
+                print(f"rollcall: no live token is named {args.name!r}", file=sys.stderr)
+                return 1
+            print(f"revoked {revoked} token(s) named {args.name!r}")
         else:
             print(tokens.issue(conn, args.scope, args.name))
     return 0

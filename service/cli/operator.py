@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import sys
 from datetime import datetime
+from pathlib import Path
 from uuid import UUID
 
 import msgspec
@@ -15,7 +16,15 @@ from domain.interpret import parse_time
 from service import deliveries, doctor, intake_log
 from service.cli import Commands
 from service.cli.database import database
-from service.config import Settings
+from service.config import (
+    DEFAULT_SLUG,
+    ConfigError,
+    EventConfig,
+    Settings,
+    Tuning,
+    env_name,
+    load_settings,
+)
 from service.deliveries import OUTCOMES, Filters, LogItem
 
 
@@ -45,6 +54,86 @@ def add_commands(commands: Commands) -> None:
     )
     diagnose.add_argument("--json", action="store_true", help="print JSON (default: prose)")
     diagnose.set_defaults(run=run_doctor)
+
+
+def add_config(commands: Commands) -> None:
+    """Register config check."""
+    config = commands.add_parser("config", help="the configuration file")
+    actions = config.add_subparsers(required=True, metavar="ACTION")
+    check = actions.add_parser(
+        "check",
+        help="validate a TOML configuration file before deploying it",
+        description="Read FILE as ROLLCALL_CONFIG would be read (the environment's own "
+        "ROLLCALL_* settings are not applied), and print the JTE events and limits it sets. "
+        "Secrets are never printed, only how many each event has.",
+    )
+    check.add_argument("file", help="the TOML file")
+    check.add_argument("--json", action="store_true", help="print the summary as JSON")
+    check.set_defaults(run=run_config_check, settings_free=True)
+
+
+class EventSummary(msgspec.Struct, frozen=True, kw_only=True):
+    slug: str
+    path: str
+    mode: str
+    secrets: int  # 0: one is generated at first start (shown by `rollcall secret`)
+    headers: dict[str, str]
+
+
+class ConfigSummary(msgspec.Struct, frozen=True, kw_only=True):
+    file: str
+    events: list[EventSummary]
+    intake: dict[str, object]  # the limits the file sets (others are defaults)
+
+
+def run_config_check(args: argparse.Namespace) -> int:
+    path = Path(args.file)
+    if not path.is_file():
+        print(f"rollcall: {args.file}: no such file", file=sys.stderr)
+        return 1
+    try:
+        settings = load_settings({env_name("config"): str(path)})
+    except ConfigError as error:
+        print(f"rollcall: {args.file}: {error}", file=sys.stderr)
+        return 1
+    defaults = Tuning()
+    intake = {
+        name: getattr(settings, name)
+        for name in Tuning.__struct_fields__
+        if getattr(settings, name) != getattr(defaults, name)
+    }
+    summary = ConfigSummary(
+        file=str(path),
+        events=[_event_summary(event) for event in settings.events.values()],
+        intake=intake,
+    )
+    if args.json:
+        print(msgspec.json.encode(summary).decode())
+        return 0
+    print(f"{args.file}: valid, {len(summary.events)} JTE event(s)")
+    for event in summary.events:
+        secrets = f"{event.secrets} secret(s)" if event.secrets else "no secret: one is generated"
+        headers = ", ".join(f"{k} {v}" for k, v in event.headers.items())
+        print(f"  {event.path:32} mode {event.mode:18} {secrets}; {headers}")
+    for name, value in intake.items():
+        print(f"  [intake] {name} = {value}")
+    return 0
+
+
+def _event_summary(event: EventConfig) -> EventSummary:
+    path = "/webhooks/jte" if event.slug == DEFAULT_SLUG else f"/webhooks/jte/{event.slug}"
+    headers = {}
+    if event.mode in ("token", "default"):
+        headers["token_header"] = event.token_header
+    if event.mode in ("hmac-sha256", "default"):
+        headers["signature_header"] = event.signature_header
+        if event.timestamp_header:
+            headers["timestamp_header"] = event.timestamp_header
+    if event.delivery_id_header:
+        headers["delivery_id_header"] = event.delivery_id_header
+    return EventSummary(
+        slug=event.slug, path=path, mode=event.mode, secrets=len(event.secrets), headers=headers
+    )
 
 
 def run_deliveries(settings: Settings, args: argparse.Namespace) -> int:
