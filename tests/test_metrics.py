@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import functools
 import os
+import re
 import signal
 import subprocess
 import time
@@ -15,6 +16,7 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from service import grafana
 from tests.helpers import SECRET, delivery, token_headers, wait_until
 from tests.test_cli import ROLLCALL, child_env, free_port
 
@@ -160,6 +162,14 @@ def test_counters_sum_all_workers_and_never_go_down(
         assert ("rollcall_intake_queue_depth", ()) in final
         assert any(name == "rollcall_build_info" for name, _ in final)
         assert final[("rollcall_projection_dead_letters", (("view", "roster"),))] >= 0
+        # Every rollcall metric the Grafana dashboard draws is one this server exposes.
+        exposed = {name for name, _ in final}
+        drawn = {
+            name
+            for expr in grafana.expressions()
+            for name in re.findall(r"\brollcall_[a-z_]+", expr)
+        }
+        assert drawn - exposed == set()
     finally:
         server.stop()
     # The run's metrics directory is per run: the next start begins from zero.

@@ -99,6 +99,7 @@ def _parser() -> argparse.ArgumentParser:
     database.add_setup(commands)  # db setup
     operator.add_commands(commands)  # deliveries, doctor
     operator.add_config(commands)  # config check
+    operator.add_grafana(commands)  # grafana
     return parser
 
 

@@ -4,6 +4,7 @@ refusals say JTE sends): results on stdout, as text or `--json`."""
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from datetime import datetime
 from pathlib import Path
@@ -13,7 +14,7 @@ import msgspec
 import psycopg
 
 from domain.interpret import parse_time
-from service import deliveries, doctor, intake_log
+from service import deliveries, doctor, grafana, intake_log
 from service.cli import Commands
 from service.cli.database import database
 from service.config import (
@@ -54,6 +55,20 @@ def add_commands(commands: Commands) -> None:
     )
     diagnose.add_argument("--json", action="store_true", help="print JSON (default: prose)")
     diagnose.set_defaults(run=run_doctor)
+
+
+def add_grafana(commands: Commands) -> None:
+    """Register grafana."""
+    command = commands.add_parser(
+        "grafana",
+        help="print a Grafana dashboard (JSON) on rollcall's metrics, for Import dashboard",
+    )
+    command.set_defaults(run=run_grafana, settings_free=True)
+
+
+def run_grafana(args: argparse.Namespace) -> int:
+    print(json.dumps(grafana.dashboard(), indent=2))
+    return 0
 
 
 def add_config(commands: Commands) -> None:
