@@ -336,3 +336,14 @@ def recent_refusals(conn: psycopg.Connection[Any], seconds: float) -> list[Entry
     """The refusals of the last `seconds` (at most LOG_ROWS), newest first."""
     since = datetime.fromtimestamp(time.time() - seconds, UTC)
     return read(conn, limit=LOG_ROWS, outcome="rejected", since=since)
+
+
+def count_refused(conn: psycopg.Connection[Any], since: datetime) -> int:
+    """How many refusals the log holds since `since` (at most LOG_ROWS)."""
+    if not _exists(conn):
+        return 0
+    row = conn.execute(
+        f"SELECT count(*) FROM {_TABLE} WHERE outcome = 'rejected' AND at >= %s",
+        (since,),
+    ).fetchone()
+    return int(row[0]) if row else 0

@@ -18,6 +18,7 @@ from service.deliveries import OUTCOMES, DeliveryDetail, LogPage
 from service.doctor import Diagnosis
 from service.http.api import models as m
 from service.http.api.common import MAX_LIMIT
+from service.http.api.day import Days, Inside, PipelineHealth
 from service.http.api.occupancy import BUCKETS
 from service.http.intake import IntakeAccepted, IntakeDuplicate, IntakeQuarantined
 from service.http.probes import Health, Readiness
@@ -30,6 +31,7 @@ _MODELS: Final = (
     Error, m.Events, m.RosterPage, m.AttendeeDetail, Occupancy, m.Timeline, m.CheckIns,
     m.PaymentsPage, PaymentSummary, m.Projections, m.RebuildStarted, IntakeAccepted,
     IntakeDuplicate, IntakeQuarantined, Health, Readiness, LogPage, DeliveryDetail, Diagnosis,
+    Days, Inside, PipelineHealth,
 )  # fmt: skip
 
 
@@ -282,6 +284,22 @@ def _paths() -> dict[str, Any]:
             "One stored delivery: kept headers, body, interpretation, which views applied it",
             [_path("key", "the delivery's key (`key` in the log)")],
             DeliveryDetail,
+        ),
+        "/v1/events/{event}/days": _get(
+            "Days with arrivals or departures, newest first, in a time zone",
+            [_EVENT, _query("tz", {"type": "string"}, "an IANA time zone (default UTC)")],
+            Days,
+        ),
+        "/v1/events/{event}/inside": _get(
+            "Inside now by when the stay began: since `since`, or earlier (never checked out)",
+            [_EVENT, {**_query("since", _TIME, "the day's start"), "required": True}],
+            Inside,
+        ),
+        "/v1/health": _get(
+            "The pipeline at a glance: last delivery, refusals and quarantines in the last "
+            "hour, views' lag, stale",
+            [],
+            PipelineHealth,
         ),
         "/v1/doctor": _get(
             "What recent refusals say JTE sends, and a configuration that would accept it (admin)",
