@@ -8,6 +8,7 @@ it they are skipped, unless ROLLCALL_REQUIRE_BROWSER=1 (as CI sets), when they f
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import re
@@ -21,6 +22,7 @@ import pytest
 from playwright.async_api import Browser, ConsoleMessage, Error, Page, async_playwright, expect
 
 from service.config import EventConfig
+from service.http.api import day
 from service.http.dashboard import STATIC
 from tests.drill.snapshot import wait_until_caught_up
 from tests.helpers import SECRET, RunningService, api_token, bearer, token_headers
@@ -310,11 +312,10 @@ async def test_dashboard_shows_a_seeded_event_live(
         await expect(first_time).to_have_text("2026-05-14 11:40")
         await expect(first_time).to_have_attribute("title", "2026-05-14T09:40:12Z")
 
-        # 15-minute buckets 09:00 to 10:15 UTC: inside at each bucket's end.
-        points = page.locator("#chart svg circle.point")
-        await expect(points).to_have_count(5)
-        insides = [await p.get_attribute("data-inside") for p in await points.all()]
-        assert insides == ["1", "2", "3", "3", "2"]
+        # 5-minute buckets around the day's activity: inside at each bucket's end.
+        for end, inside in [("09:10", "1"), ("09:25", "2"), ("09:45", "3"), ("10:15", "2")]:
+            point = page.locator(f'#chart svg circle.point[data-end="2026-05-14T{end}:00Z"]')
+            await expect(point).to_have_attribute("data-inside", inside)
         await expect(page.locator("#chart svg polyline.line")).to_have_count(1)
 
         # Live: a new check-in shows up on its own within a refresh or two.
@@ -390,3 +391,127 @@ async def test_a_wrong_token_leads_back_to_the_login_form(
     await expect(page.locator("#board")).to_be_visible(timeout=WAIT_MS)
     await expect(page.locator("#registered")).to_have_text("0", timeout=WAIT_MS)
     await expect(page.locator("#login-message")).to_be_hidden()
+
+
+# A second, small day: a-4 and a-5 come on 2026-11-30, a-5 leaves; a-1 and a-3 never checked
+# out on 2026-05-14 and must not count as inside on the second day.
+SECOND_DAY = [
+    jte("AttendeeCheckedIn", "a-4", "in-4b", "2026-11-30T09:00:00Z"),
+    jte("AttendeeCheckedIn", "a-5", "in-5b", "2026-11-30T09:30:00Z"),
+    jte("AttendeeCheckedOut", "a-5", "out-5b", "2026-11-30T10:00:00Z"),
+]
+
+
+@pytest.mark.parametrize("width", [1280, 390], ids=["desktop", "phone"])
+async def test_two_event_days_at_desktop_and_phone_width(
+    browser: Browser,
+    start_service: Callable[..., RunningService],
+    database_url: str,
+    width: int,
+) -> None:
+    service = start_service(events={"spring-conf": EVENTS["spring-conf"]})
+    await seed(service, SEED + SECOND_DAY)
+    wait_until_caught_up(database_url)
+    token = api_token(database_url, "read")
+    context = await browser.new_context(
+        timezone_id=TIME_ZONE, locale="en-GB", viewport={"width": width, "height": 900}
+    )
+    context.set_default_timeout(WAIT_MS)
+    page = await context.new_page()
+    refused: list[str] = []
+    page.on(
+        "response",
+        lambda r: refused.append(f"{r.status} {r.url}") if r.status >= 400 else None,
+    )
+    errors: list[Error] = []
+    page.on("pageerror", lambda error: errors.append(error))
+    shot = ARTIFACTS / f"dashboard-two-days-{width}.png"
+    ARTIFACTS.mkdir(exist_ok=True)
+    try:
+        await sign_in(page, service.url, token)
+        # The latest day with activity by default; only its own stays count as inside.
+        await expect(page.locator("#day")).to_have_value("2026-11-30")
+        await expect(page.locator("#inside")).to_have_text("1")
+        await expect(page.locator("#inside-title")).to_have_text("Inside now")
+        earlier = page.locator("#inside-earlier")
+        await expect(earlier).to_be_visible()
+        await expect(earlier).to_contain_text("2 people still marked inside from an earlier day")
+        await expect(page.locator("#peak")).to_have_text("2")  # not May's 3
+        await expect(page.locator("#peak-at time")).to_have_text("2026-11-30 10:35")
+        point = page.locator('#chart svg circle.point[data-end="2026-11-30T09:35:00Z"]')
+        await expect(point).to_have_attribute("data-inside", "2")
+
+        # The pipeline's health: the last delivery, and a refusal counted within a refresh.
+        await expect(page.locator("#health-last time")).to_have_count(1)
+        await expect(page.locator("#health-refused")).to_have_text("0")
+        await expect(page.locator("#stale-banner")).to_be_hidden()
+        async with httpx.AsyncClient(base_url=service.url) as client:
+            forged = await client.post(
+                "/webhooks/jte/spring-conf", content=SECOND_DAY[0], headers=token_headers("no")
+            )
+            assert forged.status_code == 401
+        await expect(page.locator("#health-refused")).to_have_text("1", timeout=WAIT_MS)
+
+        # Nothing overflows sideways, and the chart's labels keep a readable size.
+        scroll = await page.evaluate("document.documentElement.scrollWidth")
+        assert scroll <= width, scroll
+        label = page.locator("#chart svg text.axis-label").first
+        box = await label.bounding_box()
+        assert box is not None and box["height"] >= 10, box
+        await page.screenshot(path=shot, full_page=True)
+
+        # Attendee search, and a CSV download.
+        await page.locator("#search").fill("Wiśniewska")
+        await page.locator("#search-form button").click()
+        await expect(page.locator("#search-results tbody tr td.name")).to_have_text(
+            ["Anna Wiśniewska"]
+        )
+        async with page.expect_download() as download_info:
+            await page.locator('[data-csv="roster"]').click()
+        download = await download_info.value
+        saved = await download.path()
+        csv_text = await asyncio.to_thread(Path(saved).read_text, encoding="utf-8")
+        assert csv_text.splitlines()[0].startswith("attendee_id")
+        assert len(csv_text.splitlines()) == 1 + len(PEOPLE)
+
+        # The first day: its own peak, and who was inside at its end.
+        await page.locator("#day").select_option("2026-05-14")
+        await expect(page.locator("#inside-title")).to_have_text("Inside at the day's end")
+        await expect(page.locator("#inside")).to_have_text("2")
+        await expect(page.locator("#peak")).to_have_text("3")
+        # The view's own peak (to the second) is the second day's: this one is the end of
+        # the 5-minute bucket it was reached in (09:40:12Z -> 09:45Z, 11:45 in Warsaw).
+        await expect(page.locator("#peak-at time")).to_have_text("2026-05-14 11:45")
+        await expect(page.locator("#inside-earlier")).to_be_hidden()
+        await page.screenshot(path=ARTIFACTS / f"dashboard-first-day-{width}.png", full_page=True)
+    except Exception:
+        await page.screenshot(path=ARTIFACTS / f"dashboard-two-days-{width}-failure.png")
+        raise
+    finally:
+        await context.close()
+    assert refused == [], "no request of the page was refused (no 400 for too many buckets)"
+    assert [str(error) for error in errors] == []
+
+
+async def test_health_says_stale_when_the_views_stop(
+    start_service: Callable[..., RunningService],
+    database_url: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    running = start_service(events={"spring-conf": EVENTS["spring-conf"]})
+    await seed(running, SEED[:2])
+    wait_until_caught_up(database_url)
+    running.stop()
+    # The same database, now with no projection runner: deliveries wait, the views stop.
+    stopped = start_service(events={"spring-conf": EVENTS["spring-conf"]}, projections=False)
+    await seed(stopped, SEED[2:4])
+    reader = bearer(api_token(database_url, "read"))
+    async with httpx.AsyncClient(base_url=stopped.url, headers=reader) as client:
+        health = (await client.get("/v1/health")).json()
+        assert health["last_delivery_at"] is not None
+        assert all(v["lag_events"] == 2 for v in health["views"])
+        assert health["stale"] is False  # behind, but for less than STALE_SECONDS yet
+        # Time passes (STALE_SECONDS is 60 s; here, none at all is allowed).
+        monkeypatch.setattr(day, "STALE_SECONDS", 0.0)
+        health = (await client.get("/v1/health")).json()
+        assert health["stale"] is True

@@ -6,6 +6,9 @@
 (() => {
   const TOKEN_KEY = "rollcall.token";
   const EVENT_KEY = "rollcall.event";
+  const DAY_KEY = "rollcall.day";
+  const ZONE = Intl.DateTimeFormat().resolvedOptions().timeZone || "UTC";
+  const PAD_BUCKETS = 6; // 30 minutes of 5-minute buckets either side of the day's activity
   const REFRESH_MS = 5000;
   const SVG_NS = "http://www.w3.org/2000/svg";
   const METHODS = {
@@ -51,17 +54,79 @@
     return body;
   }
 
-  async function timeline(base, token) {
-    // 15-minute buckets; an event whose check-ins span months would need too many of them,
-    // so fall back to hours, and to no chart at all.
-    for (const bucket of ["15m", "1h"]) {
-      try {
-        return await api(`${base}/occupancy/timeline?bucket=${bucket}`, token);
-      } catch (error) {
-        if (!(error instanceof ApiFailure) || error.status !== 400) throw error;
-      }
+  // A day's bounds in the browser's time zone (the event's, once configured, belongs here).
+  function dayBounds(day) {
+    const [y, m, d] = day.split("-").map(Number);
+    return [new Date(y, m - 1, d), new Date(y, m - 1, d + 1)];
+  }
+
+  function localDay(date) {
+    return `${date.getFullYear()}-${two(date.getMonth() + 1)}-${two(date.getDate())}`;
+  }
+
+  async function download(kind) {
+    const token = sessionStorage.getItem(TOKEN_KEY);
+    const slug = $("event").value;
+    if (!token || !slug) return;
+    const base = `v1/events/${encodeURIComponent(slug)}`;
+    let path = `${base}/roster?format=csv`;
+    if (kind === "payments") path = `${base}/payments?format=csv`;
+    if (kind === "timeline" && $("day").value) {
+      const [from, to] = dayBounds($("day").value);
+      path = `${base}/occupancy/timeline?bucket=5m&format=csv` +
+        `&from=${encodeURIComponent(from.toISOString())}&to=${encodeURIComponent(to.toISOString())}`;
     }
-    return null;
+    const note = $("download-message");
+    note.hidden = true;
+    const response = await fetch(path, {
+      headers: { Authorization: `Bearer ${token}`, Accept: "text/csv" },
+      cache: "no-store",
+      credentials: "omit",
+    });
+    if (!response.ok) {
+      note.textContent = `The ${kind} CSV could not be downloaded (${response.status}).`;
+      note.hidden = false;
+      return;
+    }
+    const link = document.createElement("a");
+    link.href = URL.createObjectURL(await response.blob());
+    const day = kind === "timeline" ? `-${$("day").value}` : "";
+    link.download = `${slug}-${kind}${day}.csv`;
+    document.body.append(link);
+    link.click();
+    link.remove();
+    setTimeout(() => URL.revokeObjectURL(link.href), 10000);
+  }
+
+  async function search(event) {
+    event.preventDefault();
+    const token = sessionStorage.getItem(TOKEN_KEY);
+    const text = $("search").value.trim();
+    const table = $("search-results");
+    if (!token || !text) {
+      table.hidden = true;
+      $("search-empty").hidden = true;
+      return;
+    }
+    const base = `v1/events/${encodeURIComponent($("event").value)}`;
+    const page = await api(`${base}/roster?q=${encodeURIComponent(text)}&limit=20`, token);
+    table.tBodies[0].replaceChildren(
+      ...page.items.map((a) => {
+        const row = element("tr");
+        const name = [a.first_name, a.last_name].filter(Boolean).join(" ");
+        const who = element("td", "name", name || a.attendee_id);
+        who.title = a.attendee_id;
+        row.append(
+          who,
+          element("td", "", a.status),
+          element("td", "", a.checked_in ? "yes" : "no"),
+          element("td", "", a.paid ? `${amount(a.amount || "0")} ${a.currency || ""}` : "no"),
+        );
+        return row;
+      }),
+    );
+    table.hidden = page.items.length === 0;
+    $("search-empty").hidden = page.items.length !== 0;
   }
 
   // ---- refresh loop --------------------------------------------------------------------
@@ -82,20 +147,32 @@
         setStatus("No JTE event is configured", true);
       } else {
         const base = `v1/events/${encodeURIComponent(summary.event)}`;
-        const [occupancy, buckets, checkIns, payments, projections] = await Promise.all([
-          api(`${base}/occupancy`, token),
-          timeline(base, token),
-          api(`${base}/check-ins?limit=10`, token),
-          api(`${base}/payments/summary`, token),
-          api("v1/projections", token),
+        const [days, health] = await Promise.all([
+          api(`${base}/days?tz=${encodeURIComponent(ZONE)}`, token),
+          api("v1/health", token),
         ]);
         if (mine !== generation) return;
-        render(summary, occupancy, buckets, checkIns, payments);
-        // A failed view is reported here, by status and by metrics; readiness ignores it.
-        const failed = projections.views.filter((v) => v.state === "failed").map((v) => v.view);
+        const day = chooseDay(days.days);
+        const [from, to] = dayBounds(day);
+        const range = `from=${encodeURIComponent(from.toISOString())}` +
+          `&to=${encodeURIComponent(to.toISOString())}`;
+        const [occupancy, buckets, inside, checkIns, payments] = await Promise.all([
+          api(`${base}/occupancy`, token),
+          api(`${base}/occupancy/timeline?bucket=5m&${range}`, token),
+          api(`${base}/inside?since=${encodeURIComponent(from.toISOString())}`, token),
+          api(`${base}/check-ins?limit=10`, token),
+          api(`${base}/payments/summary`, token),
+        ]);
+        if (mine !== generation) return;
+        const latest = days.days.length === 0 || days.days[0].day === day;
+        render(summary, occupancy, buckets, inside, latest, [from, to], checkIns, payments);
+        renderHealth(health);
         const updated = `updated ${clock(new Date())}`;
+        const failed = health.views.filter((v) => v.state === "failed").map((v) => v.view);
         if (failed.length) {
           setStatus(`View ${failed.join(", ")} failed: see rollcall status · ${updated}`, true);
+        } else if (health.stale) {
+          setStatus(`Stale: the views are not moving · ${updated}`, true);
         } else {
           setStatus(`Live · ${updated}`, false);
         }
@@ -132,6 +209,57 @@
     return events.find((e) => e.event === select.value) || events[0] || null;
   }
 
+  // The day shown: the one picked, else the latest with activity, else today.
+  function chooseDay(days) {
+    const select = $("day");
+    const wanted = sessionStorage.getItem(DAY_KEY);
+    const choices = days.map((d) => d.day);
+    const today = localDay(new Date());
+    if (!choices.includes(today) && choices.length === 0) choices.push(today);
+    const labels = choices.join("\n");
+    if (select.dataset.choices !== labels) {
+      select.dataset.choices = labels;
+      select.replaceChildren(
+        ...choices.map((day, i) => {
+          const option = document.createElement("option");
+          option.value = day;
+          option.textContent = i === 0 ? `${day} (latest)` : day;
+          return option;
+        }),
+      );
+    }
+    select.value = wanted && choices.includes(wanted) ? wanted : choices[0];
+    return select.value;
+  }
+
+  function renderHealth(health) {
+    const last = $("health-last");
+    if (health.last_delivery_at) {
+      last.replaceChildren(timeElement(health.last_delivery_at, dateTime), ` (${ago(health.last_delivery_at)})`);
+    } else {
+      last.textContent = "none yet";
+    }
+    $("health-refused").textContent = number(health.refused_last_hour);
+    $("health-quarantined").textContent = number(health.quarantined_last_hour);
+    const lag = Math.max(0, ...health.views.map((v) => v.lag_seconds));
+    const behind = health.views.reduce((n, v) => n + v.lag_events, 0);
+    $("health-lag").textContent = behind ? `${lag.toFixed(0)} s (${number(behind)} waiting)` : "none";
+    document.body.classList.toggle("stale", health.stale);
+    const banner = $("stale-banner");
+    banner.hidden = !health.stale;
+    banner.textContent = health.stale
+      ? `The views are not moving (${lag.toFixed(0)} s behind, or failed): the figures below may be out of date.`
+      : "";
+  }
+
+  function ago(iso) {
+    const seconds = Math.max(0, (Date.now() - Date.parse(iso)) / 1000);
+    if (seconds < 90) return `${seconds.toFixed(0)} s ago`;
+    if (seconds < 5400) return `${(seconds / 60).toFixed(0)} min ago`;
+    if (seconds < 172800) return `${(seconds / 3600).toFixed(0)} h ago`;
+    return `${(seconds / 86400).toFixed(0)} days ago`;
+  }
+
   // ---- views ---------------------------------------------------------------------------
 
   function showLogin(message) {
@@ -164,25 +292,74 @@
     status.classList.toggle("stale", stale);
   }
 
-  function render(summary, occupancy, buckets, checkIns, payments) {
+  // The day's figures count from zero at the day's start: attendees still marked inside from
+  // an earlier day (never checked out) are shown apart, never as inside today.
+  function render(summary, occupancy, timeline, inside, latest, bounds, checkIns, payments) {
     document.title = `${summary.event} · rollcall`;
     $("registered").textContent = number(summary.registered);
-    $("inside").textContent = number(summary.inside_now);
+    const day = dayFigures(timeline, bounds);
+    $("inside-title").textContent = latest ? "Inside now" : "Inside at the day's end";
+    $("inside").textContent = number(latest ? inside.inside : day.atEnd);
     $("inside-sub").textContent =
-      `${plural(occupancy.entries, "entry", "entries")} · ` +
-      `${plural(occupancy.exits, "exit")} · ` +
-      `${plural(occupancy.unique_attendees_inside, "person", "people")} so far`;
-    $("peak").textContent = number(occupancy.peak);
-    const peakAt = $("peak-at");
-    if (occupancy.peak_at) {
-      peakAt.replaceChildren("at ", timeElement(occupancy.peak_at, dateTime));
+      `${plural(day.entered, "entry", "entries")} · ${plural(day.exited, "exit")} this day`;
+    const earlier = $("inside-earlier");
+    earlier.hidden = !(latest && inside.earlier > 0);
+    earlier.textContent = `${plural(inside.earlier, "person", "people")} still marked inside ` +
+      "from an earlier day (never checked out), not counted";
+    // The view's own peak is to the second; it is this day's only if it happened this day and
+    // nobody was carried in from an earlier day (the view counts them). Else: the day's buckets.
+    const peakAt = occupancy.peak_at ? Date.parse(occupancy.peak_at) : NaN;
+    const inDay = peakAt >= bounds[0].getTime() && peakAt < bounds[1].getTime();
+    const exact = inDay && day.carried === 0 && occupancy.peak >= day.peak;
+    const peak = exact ? { n: occupancy.peak, at: occupancy.peak_at } : { n: day.peak, at: day.peakAt };
+    $("peak").textContent = number(peak.n);
+    const peakNode = $("peak-at");
+    if (peak.at && peak.n > 0) {
+      peakNode.replaceChildren("at ", timeElement(peak.at, dateTime));
     } else {
-      peakAt.textContent = "no check-ins yet";
+      peakNode.textContent = "no check-ins this day";
     }
     renderTotals(payments.by_currency);
-    renderChart(buckets, occupancy);
+    renderChart(day);
     renderCheckIns(checkIns.items);
     renderPayments(payments.by_method);
+  }
+
+  // The day's buckets, counted from zero at its start, trimmed to its activity (and now).
+  function dayFigures(timeline, bounds) {
+    const all = timeline.buckets;
+    const first = all[0];
+    const carried = first ? first.inside - first.entered + first.exited : 0;
+    const values = all.map((b) => ({ ...b, inside: Math.max(0, b.inside - carried) }));
+    const active = values.map((b, i) => (b.entered + b.exited > 0 ? i : -1)).filter((i) => i >= 0);
+    const nowIndex = values.findIndex((b) => Date.parse(b.end) >= Date.now());
+    let lo = active.length ? Math.max(0, active[0] - PAD_BUCKETS) : 0;
+    let hi = active.length ? Math.min(values.length - 1, active[active.length - 1] + PAD_BUCKETS) : -1;
+    if (nowIndex >= 0 && Date.now() >= bounds[0].getTime()) {
+      hi = Math.max(hi, nowIndex);
+      if (!active.length) lo = Math.max(0, nowIndex - 2 * PAD_BUCKETS);
+    }
+    const shown = hi >= lo ? values.slice(lo, hi + 1) : [];
+    let peak = 0;
+    let peakAt = null;
+    for (const b of values) {
+      if (b.inside > peak) {
+        peak = b.inside;
+        peakAt = b.end;
+      }
+    }
+    const upToNow = values.filter((b) => Date.parse(b.start) <= Date.now());
+    return {
+      buckets: shown,
+      start: shown.length ? shown[0].start : null,
+      end: shown.length ? shown[shown.length - 1].end : null,
+      entered: values.reduce((n, b) => n + b.entered, 0),
+      exited: values.reduce((n, b) => n + b.exited, 0),
+      atEnd: upToNow.length ? upToNow[upToNow.length - 1].inside : 0,
+      carried,
+      peak,
+      peakAt,
+    };
   }
 
   function renderTotals(byCurrency) {
@@ -245,25 +422,20 @@
 
   // ---- the occupancy chart (SVG) -------------------------------------------------------
 
-  function renderChart(data, occupancy) {
+  function renderChart(data) {
     const chart = $("chart");
     const note = $("chart-note");
-    const buckets = data ? data.buckets : [];
-    if (!data) {
-      note.textContent = "";
-      chart.replaceChildren(element("p", "empty muted", "Too long a span to draw."));
-      return;
-    }
+    const buckets = data.buckets;
     if (buckets.length === 0) {
       note.textContent = "";
-      chart.replaceChildren(element("p", "empty muted", "No check-ins yet."));
+      chart.replaceChildren(element("p", "empty muted", "No check-ins this day."));
       return;
     }
-    const minutes = data.bucket === "1h" ? "1-hour" : data.bucket === "15m" ? "15-minute" : "5-minute";
-    note.textContent = `inside at the end of each ${minutes} interval`;
+    note.textContent = "inside at the end of each 5-minute interval, counted from the day's start";
 
-    const width = 860;
-    const height = 260;
+    // Drawn at the width it is shown at, so its labels keep their size on a phone.
+    const width = Math.max(300, Math.round(chart.clientWidth || 860));
+    const height = width < 600 ? 220 : 260;
     const pad = { left: 44, right: 16, top: 14, bottom: 30 };
     const plotW = width - pad.left - pad.right;
     const plotH = height - pad.top - pad.bottom;
@@ -271,7 +443,7 @@
     const t1 = Date.parse(data.end);
     const first = buckets[0];
     const before = first.inside - first.entered + first.exited;
-    const top = Math.max(1, before, ...buckets.map((b) => b.inside), occupancy ? occupancy.peak : 0);
+    const top = Math.max(1, before, ...buckets.map((b) => b.inside));
     const step = niceStep(top);
     const yMax = Math.ceil(top / step) * step;
     const x = (t) => pad.left + ((t - t0) / Math.max(1, t1 - t0)) * plotW;
@@ -291,7 +463,7 @@
     }
 
     const sameDay = new Date(t0).toDateString() === new Date(t1 - 1).toDateString();
-    const every = Math.max(1, Math.ceil(buckets.length / 8));
+    const every = Math.max(1, Math.ceil(buckets.length / Math.max(2, Math.floor(width / 90))));
     const ticks = [t0, ...buckets.map((b) => Date.parse(b.end))];
     ticks.forEach((t, i) => {
       if (i % every !== 0 && i !== ticks.length - 1) return;
@@ -402,8 +574,24 @@
     $("logout").addEventListener("click", () => signOut("Signed out."));
     $("event").addEventListener("change", () => {
       sessionStorage.setItem(EVENT_KEY, $("event").value);
+      sessionStorage.removeItem(DAY_KEY); // another event: its own latest day
       refresh();
     });
+    $("day").addEventListener("change", () => {
+      const select = $("day");
+      // Picking the latest day follows the latest from then on.
+      if (select.selectedIndex === 0) sessionStorage.removeItem(DAY_KEY);
+      else sessionStorage.setItem(DAY_KEY, select.value);
+      refresh();
+    });
+    $("search-form").addEventListener("submit", (event) => {
+      search(event).catch((error) => setStatus(`Search failed: ${error.message}`, true));
+    });
+    for (const button of document.querySelectorAll("[data-csv]")) {
+      button.addEventListener("click", () => {
+        download(button.dataset.csv).catch((error) => setStatus(`Download failed: ${error.message}`, true));
+      });
+    }
     document.addEventListener("visibilitychange", () => {
       if (!document.hidden && sessionStorage.getItem(TOKEN_KEY)) refresh();
     });
