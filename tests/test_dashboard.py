@@ -412,7 +412,8 @@ async def test_two_event_days_at_desktop_and_phone_width(
     service = start_service(events={"spring-conf": EVENTS["spring-conf"]})
     await seed(service, SEED + SECOND_DAY)
     wait_until_caught_up(database_url)
-    token = api_token(database_url, "read")
+    # An admin's token: the page then also shows the doctor's advice on refusals.
+    token = api_token(database_url, "admin")
     context = await browser.new_context(
         timezone_id=TIME_ZONE, locale="en-GB", viewport={"width": width, "height": 900}
     )
@@ -451,6 +452,10 @@ async def test_two_event_days_at_desktop_and_phone_width(
             )
             assert forged.status_code == 401
         await expect(page.locator("#health-refused")).to_have_text("1", timeout=WAIT_MS)
+        doctor = page.locator("#doctor")
+        await expect(doctor).to_be_visible(timeout=WAIT_MS)
+        await expect(doctor).to_contain_text("secret_mismatch 1")
+        await expect(doctor).to_contain_text("a secret rollcall does not have")
 
         # Nothing overflows sideways, and the chart's labels keep a readable size.
         scroll = await page.evaluate("document.documentElement.scrollWidth")

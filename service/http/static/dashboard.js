@@ -23,6 +23,7 @@
   let timer = null;
   let generation = 0; // bumped on sign-in, sign-out and event change: older answers are dropped
   let eventSlugs = "";
+  let doctorAllowed = true; // false once the token proves not to be an admin's
 
   class Unauthorized extends Error {}
 
@@ -167,6 +168,7 @@
         const latest = days.days.length === 0 || days.days[0].day === day;
         render(summary, occupancy, buckets, inside, latest, [from, to], checkIns, payments);
         renderHealth(health);
+        await renderDoctor(health, token, mine);
         const updated = `updated ${clock(new Date())}`;
         const failed = health.views.filter((v) => v.state === "failed").map((v) => v.view);
         if (failed.length) {
@@ -252,6 +254,41 @@
       : "";
   }
 
+  // With an admin token and refusals in the last hour: the doctor's advice. A read token gets
+  // 403 once, and is not asked again (the advice shows header names, so it is for admins).
+  async function renderDoctor(health, token, mine) {
+    const panel = $("doctor");
+    if (!doctorAllowed || health.refused_last_hour === 0) {
+      panel.hidden = true;
+      return;
+    }
+    const response = await fetch("v1/doctor?hours=1", {
+      headers: { Authorization: `Bearer ${token}`, Accept: "application/json" },
+      cache: "no-store",
+      credentials: "omit",
+    });
+    if (mine !== generation) return;
+    if (response.status === 403) {
+      doctorAllowed = false;
+      panel.hidden = true;
+      return;
+    }
+    if (!response.ok) return;
+    const diagnosis = await response.json();
+    const parts = [];
+    for (const advice of diagnosis.advice) {
+      const named = advice.event === "other" ? "Paths naming no configured event" : advice.event;
+      const reasons = Object.entries(advice.reasons).map(([r, n]) => `${r} ${n}`).join(", ");
+      parts.push(element("p", "", `${named}: ${plural(advice.refusals, "refusal")} (${reasons})`));
+      const list = element("ul");
+      list.append(...advice.findings.map((finding) => element("li", "", finding)));
+      parts.push(list);
+      if (advice.config) parts.push(element("pre", "", advice.config));
+    }
+    $("doctor-advice").replaceChildren(...parts);
+    panel.hidden = parts.length === 0;
+  }
+
   function ago(iso) {
     const seconds = Math.max(0, (Date.now() - Date.parse(iso)) / 1000);
     if (seconds < 90) return `${seconds.toFixed(0)} s ago`;
@@ -280,6 +317,7 @@
 
   function signOut(message) {
     generation++;
+    doctorAllowed = true;
     clearTimeout(timer);
     sessionStorage.removeItem(TOKEN_KEY);
     eventSlugs = "";
