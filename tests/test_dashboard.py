@@ -504,12 +504,12 @@ async def test_health_says_stale_when_the_views_stop(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     running = start_service(events={"spring-conf": EVENTS["spring-conf"]})
-    await seed(running, SEED[:2])
+    await seed(running, SEED)
     wait_until_caught_up(database_url)
     running.stop()
     # The same database, now with no projection runner: deliveries wait, the views stop.
     stopped = start_service(events={"spring-conf": EVENTS["spring-conf"]}, projections=False)
-    await seed(stopped, SEED[2:4])
+    await seed(stopped, SECOND_DAY[:2])
     reader = bearer(api_token(database_url, "read"))
     async with httpx.AsyncClient(base_url=stopped.url, headers=reader) as client:
         health = (await client.get("/v1/health")).json()
@@ -520,3 +520,13 @@ async def test_health_says_stale_when_the_views_stop(
         monkeypatch.setattr(day, "STALE_SECONDS", 0.0)
         health = (await client.get("/v1/health")).json()
         assert health["stale"] is True
+        # Days in a time zone (the second day's deliveries are not applied yet); a zone
+        # neither Python nor PostgreSQL knows is a 400, not a 500.
+        days = (await client.get("/v1/events/spring-conf/days?tz=Europe/Warsaw")).json()
+        assert days["days"] == [{"day": "2026-05-14", "entered": 3, "exited": 1}]
+        for zone in ("a" * 300, "../etc/passwd", "Mars/Olympus", "posixrules", ""):
+            answer = await client.get("/v1/events/spring-conf/days", params={"tz": zone})
+            assert answer.status_code in (200, 400), (zone, answer.status_code)
+            assert answer.status_code == 400 or zone == "posixrules"
+        missing = await client.get("/v1/events/spring-conf/inside")
+        assert missing.status_code == 400

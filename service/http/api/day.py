@@ -14,6 +14,7 @@ from datetime import UTC, datetime
 from typing import Any, Final
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+import asyncpg
 import msgspec
 import psycopg
 from starlette.requests import Request
@@ -81,11 +82,15 @@ def routes(api: Api) -> list[Route]:
 
 async def active_days(request: Request, slug: str) -> Response:
     zone = request.query_params.get("tz", "UTC")
+    refused = ApiError(400, "bad_parameter", "`tz` must be an IANA time zone")
     try:
         ZoneInfo(zone)
-    except (ZoneInfoNotFoundError, ValueError):
-        raise ApiError(400, "bad_parameter", "`tz` must be an IANA time zone") from None
-    found = await occupancy.days(common.pool(request), slug, zone)
+    except (ZoneInfoNotFoundError, ValueError, OSError):
+        raise refused from None
+    try:
+        found = await occupancy.days(common.pool(request), slug, zone)
+    except asyncpg.InvalidParameterValueError:  # one Python knows and PostgreSQL does not
+        raise refused from None
     return json_response(Days(event=slug, tz=zone, days=found))
 
 
