@@ -8,8 +8,8 @@ them, so `rollcall doctor` can say what JTE seems to send), and the peer address
 
 Intake only appends to a bounded buffer in memory (entries beyond it are dropped and counted);
 each second the buffer is written in one statement into `rollcall.intake_log`, whose row for
-entry `id` is slot `id % LOG_ROWS`: the newest LOG_ROWS entries of every worker and replica,
-whatever an attacker sends.
+refusal `id` is slot `id % LOG_ROWS` (a duplicate's, one of DUPLICATE_ROWS more): the newest
+entries of every worker and replica, whatever an attacker sends.
 """
 
 from __future__ import annotations
@@ -35,7 +35,10 @@ log = logging.getLogger("rollcall.intake_log")
 
 LOG_TABLE: Final = "intake_log"
 LOG_SEQUENCE: Final = "intake_log_id_seq"
-LOG_ROWS: Final = 10_000  # entries kept, newest first (all workers and replicas together)
+LOG_ROWS: Final = 10_000  # refusals kept, newest first (all workers and replicas together)
+# Duplicates have slots of their own after those: a storm of JTE retries never pushes the
+# refusals (what `rollcall doctor` reads) out of the log.
+DUPLICATE_ROWS: Final = 5_000
 _BUFFER: Final = 2_000  # entries a process holds between writes (at most LOG_ROWS / 2)
 _FLUSH_SECONDS: Final = 1.0
 _MAX_NAMES: Final = 40
@@ -208,7 +211,7 @@ class IntakeLog:
         # Taken before the await: a flush running meanwhile writes none of them twice.
         entries = [self._buffer.popleft() for _ in range(len(self._buffer))]
         try:
-            await self._pool.execute(_INSERT, *_columns(entries), LOG_ROWS)
+            await self._pool.execute(_INSERT, *_columns(entries), LOG_ROWS, DUPLICATE_ROWS)
         except (OSError, asyncpg.PostgresConnectionError, asyncpg.InterfaceError) as error:
             log.warning("intake log not written now: %s", type(error).__name__)
             # Back in front of newer ones, for the next try; the bound still holds.
@@ -230,8 +233,8 @@ def current() -> IntakeLog | None:
 _INSERT: Final = f"""
 INSERT INTO {_TABLE} AS t
     (slot, id, at, outcome, status, reason, event, path, body_size, headers, peer, delivery_key)
-SELECT n % $11, n, at, outcome, status, reason, event, path, body_size, headers::jsonb, peer,
-    delivery_key::uuid
+SELECT CASE WHEN outcome = 'duplicate' THEN $11 + n % $12 ELSE n % $11 END, n, at, outcome,
+    status, reason, event, path, body_size, headers::jsonb, peer, delivery_key::uuid
 FROM (
     SELECT nextval('{INTERNAL}.{LOG_SEQUENCE}') AS n, u.*
     FROM unnest($1::timestamptz[], $2::text[], $3::smallint[], $4::text[], $5::text[],

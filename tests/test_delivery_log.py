@@ -217,14 +217,27 @@ async def test_the_log_stays_bounded_under_100k_refusals(database_url: str) -> N
                 path="/x", body_size=None, headers={}, peer=None,
             )  # fmt: skip
         assert intake_log.UNLOGGED._value.get() - dropped_before == 5
+        await log.flush()
+        # A storm of duplicates has slots of its own: the refusals stay.
+        for n in range(intake_log.DUPLICATE_ROWS + 100):
+            log.record(
+                outcome="duplicate", status=200, reason="duplicate", event="other",
+                path="/webhooks/jte", body_size=None, headers={}, peer=None,
+            )  # fmt: skip
+            if n % 1000 == 999:
+                await log.flush()
     finally:
         await log.stop()
         await pool.close()
     with psycopg.connect(database_url) as conn:
         rows, lowest, highest = conn.execute(
-            "SELECT count(*), min(id), max(id) FROM rollcall.intake_log"
+            "SELECT count(*), min(id), max(id) FROM rollcall.intake_log WHERE outcome = 'rejected'"
         ).fetchone()  # type: ignore[misc]
+        duplicates = conn.execute(
+            "SELECT count(*) FROM rollcall.intake_log WHERE outcome = 'duplicate'"
+        ).fetchone()[0]  # type: ignore[index]
         newest = intake_log.read(conn, limit=1, outcome="rejected", event="other")[0]
     assert rows == intake_log.LOG_ROWS
-    assert highest - lowest == intake_log.LOG_ROWS - 1  # the newest, none missing
+    assert duplicates == intake_log.DUPLICATE_ROWS
+    assert highest - lowest == intake_log.LOG_ROWS - 1  # the newest refusals, none missing
     assert newest.reason == "unknown_event"
