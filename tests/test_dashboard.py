@@ -25,7 +25,14 @@ from service.config import EventConfig
 from service.http.api import day
 from service.http.dashboard import STATIC
 from tests.drill.snapshot import wait_until_caught_up
-from tests.helpers import SECRET, RunningService, api_token, bearer, token_headers
+from tests.helpers import (
+    SECRET,
+    RunningService,
+    api_token,
+    bearer,
+    jte_headers,
+    token_headers,
+)
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [
@@ -530,3 +537,189 @@ async def test_health_says_stale_when_the_views_stop(
             assert answer.status_code == 400 or zone == "posixrules"
         missing = await client.get("/v1/events/spring-conf/inside")
         assert missing.status_code == 400
+
+
+HOSTILE = "<img src=x onerror=alert(1)>"
+
+
+def registration(attendee_id: str, delivery_id: str, first: str, last: str) -> bytes:
+    body = {
+        "event": "AttendeeRegistered",
+        "id": delivery_id,
+        "occurredAt": "2026-05-01T08:00:00Z",
+        "attendee": {"id": attendee_id, "email": "x@example.com", "firstName": first,
+                     "lastName": last},
+    }  # fmt: skip
+    return json.dumps(body).encode()
+
+
+@pytest.mark.parametrize("width", [1280, 390], ids=["desktop", "phone"])
+async def test_delivery_log_page_at_desktop_and_phone_width(
+    browser: Browser,
+    start_service: Callable[..., RunningService],
+    database_url: str,
+    width: int,
+) -> None:
+    service = start_service(events={"spring-conf": EVENTS["spring-conf"]})
+    # 26 stored deliveries (one page of 25 and one more), then a hostile name, a duplicate of
+    # it, a quarantined delivery and a 401 carrying a signature header rollcall does not know.
+    extra = [registration(f"x-{n}", f"reg-x-{n}", "Extra", str(n)) for n in range(15)]
+    await seed(service, SEED + extra)
+    evil = registration("a-evil", "reg-evil", HOSTILE, HOSTILE)
+    await seed(service, [evil])
+    async with httpx.AsyncClient(base_url=service.url) as client:
+        again = await client.post(
+            "/webhooks/jte/spring-conf", content=evil, headers=token_headers()
+        )
+        assert again.json()["status"] == "duplicate", again.text
+        odd = b'{"event": "SomethingNew", "id": "odd-1", "attendee": {"id": "a-9"}}'
+        held = await client.post("/webhooks/jte/spring-conf", content=odd, headers=token_headers())
+        assert held.status_code == 202, held.text
+        unknown = jte_headers({"x-jte-signature": "ab" * 32})
+        refused = await client.post("/webhooks/jte/spring-conf", content=evil, headers=unknown)
+        assert refused.status_code == 401
+    wait_until_caught_up(database_url)
+    admin = api_token(database_url, "admin")
+    # The intake log is written once a second: wait until the API lists the 401 and the repeat.
+    async with httpx.AsyncClient(base_url=service.url, headers=bearer(admin)) as client:
+        for _ in range(100):
+            log = (await client.get("/v1/deliveries", params={"limit": 5})).json()["items"]
+            if {"rejected", "duplicate"} <= {i["outcome"] for i in log}:
+                break
+            await asyncio.sleep(0.1)
+        else:
+            pytest.fail(f"the 401 and the duplicate never reached the log: {log}")
+
+    context = await browser.new_context(
+        timezone_id=TIME_ZONE, locale="en-GB", viewport={"width": width, "height": 900}
+    )
+    context.set_default_timeout(WAIT_MS)
+    page = await context.new_page()
+    errors: list[Error] = []
+    page.on("pageerror", lambda error: errors.append(error))
+    dialogs: list[str] = []
+    page.on("dialog", lambda dialog: dialogs.append(dialog.message))
+    ARTIFACTS.mkdir(exist_ok=True)
+    try:
+        await sign_in(page, service.url, admin)
+        await expect(page.locator("#board")).to_be_visible()
+        await page.locator("#show-log").click()
+        await expect(page.locator("#board")).to_be_hidden()
+        rows = page.locator("#log-table tbody tr")
+        await expect(rows).to_have_count(25)
+        outcomes = rows.locator("td:nth-child(2) .badge")
+        await expect(outcomes.first).to_have_text("401 rejected")
+        first_four = [await outcomes.nth(i).inner_text() for i in range(4)]
+        assert first_four == ["401 rejected", "202 quarantined", "200 duplicate", "200 accepted"]
+        rejected = rows.nth(0)
+        await expect(rejected.locator("td.reason")).to_have_text("no_credentials")
+        await expect(rejected.locator("td.headers")).to_contain_text("x-jte-signature")
+        await expect(rows.nth(1).locator("td.reason")).to_contain_text("SomethingNew")
+        await expect(rows.nth(3).locator("td.attendee")).to_have_text("a-evil")
+        await expect(rows.nth(3).locator("td.type")).to_have_text("AttendeeRegistered")
+        # Nothing overflows sideways: the table scrolls inside its panel.
+        assert await page.evaluate("document.documentElement.scrollWidth") <= width
+        await page.screenshot(path=ARTIFACTS / f"dashboard-log-{width}.png", full_page=True)
+
+        # "More" follows the keyset cursor to the oldest delivery, then there is no more.
+        await page.locator("#log-more").click()
+        await expect(rows).to_have_count(len(SEED) + len(extra) + 4)
+        await expect(rows.last.locator("td.type")).to_have_text("AttendeeRegistered")
+        await expect(rows.last.locator("td.attendee")).to_have_text("a-1")
+        await expect(page.locator("#log-more")).to_be_hidden()
+
+        # A refusal's detail: header names and the shape of their values, never a value.
+        await rejected.click()
+        detail = page.locator("#log-detail")
+        await expect(detail).to_be_visible()
+        await expect(detail.locator(".header-names")).to_contain_text("x-jte-signature")
+        await expect(detail.locator(".header-names")).to_contain_text("hex:64")
+        await expect(detail).not_to_contain_text("ab" * 32)
+
+        # The hostile name's delivery: its body is text, its views applied it.
+        await rows.nth(3).click()
+        body = detail.locator("pre.body-text")
+        await expect(body).to_contain_text(HOSTILE)
+        assert await body.evaluate("node => node.children.length") == 0
+        assert await page.locator("img").count() == 0
+        for view in ("roster", "occupancy", "payments"):
+            await expect(detail.locator(f'.views-applied li[data-view="{view}"]')).to_contain_text(
+                "applied"
+            )
+        await expect(detail.locator(".headers-kept")).to_contain_text("content-type")
+        await expect(detail.locator(".facts").first).to_contain_text("a-evil")
+        await page.screenshot(path=ARTIFACTS / f"dashboard-log-detail-{width}.png", full_page=True)
+        await detail.screenshot(path=ARTIFACTS / f"dashboard-log-detail-panel-{width}.png")
+        assert await page.evaluate("document.documentElement.scrollWidth") <= width
+
+        # The duplicate opens the stored delivery it repeats; quarantined shows its reason.
+        await rows.nth(2).click()
+        await expect(detail).to_contain_text("A repeat of a delivery already stored")
+        await expect(detail.locator("pre.body-text")).to_contain_text(HOSTILE)
+        await rows.nth(1).click()
+        await expect(detail.locator(".views-applied")).to_contain_text("skipped")
+        await expect(detail.locator("pre.body-text")).to_contain_text("SomethingNew")
+
+        # Filters: outcome, attendee, event.
+        await page.locator("#log-outcome").select_option("rejected")
+        await page.locator("#log-apply").click()
+        await expect(rows).to_have_count(1)
+        await expect(rows.locator(".badge")).to_have_text("401 rejected")
+        await page.locator("#log-outcome").select_option("")
+        await page.locator("#log-attendee").fill("a-evil")
+        await page.locator("#log-apply").click()
+        await expect(rows).to_have_count(1)
+        await expect(rows.locator(".badge")).to_have_text("200 accepted")
+        await page.locator("#log-attendee").fill("")
+        await page.locator("#log-event").select_option("other")
+        await page.locator("#log-apply").click()
+        await expect(page.locator("#log-empty")).to_be_visible()
+        await expect(rows).to_have_count(0)
+
+        # Back to the event: the board is as it was.
+        await page.locator("#show-board").click()
+        await expect(page.locator("#board")).to_be_visible()
+        await expect(page.locator("#registered")).to_have_text(str(len(PEOPLE) + 16))
+    except Exception:
+        await page.screenshot(path=ARTIFACTS / f"dashboard-log-{width}-failure.png", full_page=True)
+        raise
+    finally:
+        await context.close()
+    assert dialogs == [], "a hostile name never runs as script"
+    assert [str(error) for error in errors] == []
+
+
+async def test_delivery_log_page_tells_a_read_token_it_needs_an_admin(
+    browser: Browser,
+    start_service: Callable[..., RunningService],
+    database_url: str,
+) -> None:
+    service = start_service(events={"spring-conf": EVENTS["spring-conf"]})
+    await seed(service, SEED[:2])
+    wait_until_caught_up(database_url)
+    context = await browser.new_context(
+        timezone_id=TIME_ZONE, locale="en-GB", viewport={"width": 390, "height": 900}
+    )
+    context.set_default_timeout(WAIT_MS)
+    page = await context.new_page()
+    errors: list[Error] = []
+    page.on("pageerror", lambda error: errors.append(error))
+    try:
+        await sign_in(page, service.url, api_token(database_url, "read"))
+        await expect(page.locator("#registered")).to_have_text("2")
+        await page.locator("#show-log").click()
+        notice = page.locator("#log-admin")
+        await expect(notice).to_be_visible()
+        await expect(notice).to_contain_text("needs an admin token")
+        await expect(page.locator("#log-filters")).to_be_hidden()
+        await expect(page.locator("#log-list")).to_be_hidden()
+        await page.screenshot(path=ARTIFACTS / "dashboard-log-read-token.png", full_page=True)
+        # Still signed in; the rest of the dashboard works with the read token.
+        await page.locator("#show-board").click()
+        await expect(page.locator("#board")).to_be_visible()
+        await expect(page.locator("#login")).to_be_hidden()
+        await expect(page.locator("#registered")).to_have_text("2")
+        await expect(page.locator("#status")).to_contain_text("Live")
+    finally:
+        await context.close()
+    assert [str(error) for error in errors] == []

@@ -7,6 +7,8 @@
   const TOKEN_KEY = "rollcall.token";
   const EVENT_KEY = "rollcall.event";
   const DAY_KEY = "rollcall.day";
+  const VIEW_KEY = "rollcall.view"; // "board" (the event) or "log" (the delivery log)
+  const LOG_PAGE = 25; // rows per page of the delivery log; "More" follows the keyset cursor
   const ZONE = Intl.DateTimeFormat().resolvedOptions().timeZone || "UTC";
   const PAD_BUCKETS = 6; // 30 minutes of 5-minute buckets either side of the day's activity
   const REFRESH_MS = 5000;
@@ -24,6 +26,10 @@
   let generation = 0; // bumped on sign-in, sign-out and event change: older answers are dropped
   let eventSlugs = "";
   let doctorAllowed = true; // false once the token proves not to be an admin's
+  let logGeneration = 0; // bumped per delivery-log request: older answers are dropped
+  let detailGeneration = 0;
+  let logLoaded = false;
+  let logCursor = null;
 
   class Unauthorized extends Error {}
 
@@ -297,10 +303,293 @@
     return `${(seconds / 86400).toFixed(0)} days ago`;
   }
 
+
+  // ---- the delivery log (admin scope) --------------------------------------------------
+  // Every value here comes from whoever sent a request (header names, reasons, bodies): it
+  // is shown through textContent only. A read token gets 403: the log says it needs an
+  // admin token, and the rest of the dashboard carries on with the read token.
+
+  async function adminJson(path, token) {
+    const response = await fetch(path, {
+      headers: { Authorization: `Bearer ${token}`, Accept: "application/json" },
+      cache: "no-store",
+      credentials: "omit",
+    });
+    let body = null;
+    try {
+      body = await response.json();
+    } catch (_) {
+      body = null;
+    }
+    if (response.status === 401) {
+      throw new Unauthorized(body && body.message ? body.message : "the token was refused");
+    }
+    return { status: response.status, body };
+  }
+
+  function needsAdmin() {
+    $("log-admin").hidden = false;
+    $("log-filters").hidden = true;
+    $("log-list").hidden = true;
+    $("log-detail").hidden = true;
+  }
+
+  function logEvents() {
+    const select = $("log-event");
+    const slugs = ["", ...eventSlugs.split("\n").filter(Boolean), "other"];
+    if (select.dataset.choices === slugs.join("\n")) return;
+    const kept = select.value;
+    select.dataset.choices = slugs.join("\n");
+    select.replaceChildren(
+      ...slugs.map((slug) => {
+        const option = document.createElement("option");
+        option.value = slug;
+        option.textContent = slug === "" ? "all" : slug === "other" ? "other (no such event)" : slug;
+        return option;
+      }),
+    );
+    select.value = slugs.includes(kept) ? kept : "";
+  }
+
+  async function loadLog(more) {
+    const token = sessionStorage.getItem(TOKEN_KEY);
+    if (!token) return;
+    const mine = ++logGeneration;
+    logEvents();
+    const params = new URLSearchParams();
+    for (const [name, id] of [["outcome", "log-outcome"], ["event", "log-event"], ["attendee", "log-attendee"]]) {
+      const value = $(id).value.trim();
+      if (value) params.set(name, value);
+    }
+    params.set("limit", String(LOG_PAGE));
+    if (more && logCursor) params.set("cursor", logCursor);
+    const note = $("log-message");
+    try {
+      const { status, body } = await adminJson(`v1/deliveries?${params}`, token);
+      if (mine !== logGeneration) return;
+      if (status === 403) {
+        needsAdmin();
+        return;
+      }
+      if (status !== 200) {
+        note.textContent = `The log could not be read: ${body && body.message ? body.message : status}`;
+        note.hidden = false;
+        return;
+      }
+      note.hidden = true;
+      $("log-admin").hidden = true;
+      $("log-filters").hidden = false;
+      $("log-list").hidden = false;
+      const table = $("log-table");
+      const rows = body.items.map(logRow);
+      if (more) table.tBodies[0].append(...rows);
+      else table.tBodies[0].replaceChildren(...rows);
+      logCursor = body.next_cursor;
+      $("log-more").hidden = !logCursor;
+      const count = table.tBodies[0].rows.length;
+      table.hidden = count === 0;
+      $("log-empty").hidden = count !== 0 || Boolean(logCursor);
+    } catch (error) {
+      if (mine !== logGeneration) return;
+      if (error instanceof Unauthorized) {
+        signOut(`The token was not accepted (${error.message}). Sign in again.`);
+        return;
+      }
+      note.textContent = `The log could not be read: ${error.message || "no answer"}`;
+      note.hidden = false;
+    }
+  }
+
+  function logRow(item) {
+    const row = element("tr", "log-row");
+    row.dataset.outcome = item.outcome;
+    row.tabIndex = 0;
+    const when = element("td", "when");
+    when.append(timeElement(item.received_at, stamp));
+    const outcome = element("td");
+    outcome.append(element("span", `badge ${item.outcome}`, `${item.status} ${item.outcome}`));
+    const who = element("td", "attendee", item.attendee_id || "");
+    const size = element("td", "num", item.body_size === null || item.body_size === undefined ? "–" : bytes(item.body_size));
+    row.append(
+      when,
+      outcome,
+      element("td", "event", item.event),
+      element("td", "type", item.event_type || (item.path && item.outcome === "rejected" ? item.path : "")),
+      who,
+      element("td", "reason", item.reason || ""),
+      size,
+      element("td", "headers", item.headers.join(", ")),
+    );
+    row.addEventListener("click", () => openDetail(item, row));
+    row.addEventListener("keydown", (event) => {
+      if (event.key === "Enter" || event.key === " ") {
+        event.preventDefault();
+        openDetail(item, row);
+      }
+    });
+    return row;
+  }
+
+  // A <dl> of the pairs whose value is set.
+  function facts(pairs) {
+    const list = element("dl", "facts");
+    for (const [name, value] of pairs) {
+      if (value === null || value === undefined || value === "") continue;
+      list.append(element("dt", "", name));
+      const dd = element("dd");
+      if (value instanceof Node) dd.append(value);
+      else dd.textContent = String(value);
+      list.append(dd);
+    }
+    return list;
+  }
+
+  async function openDetail(item, row) {
+    const token = sessionStorage.getItem(TOKEN_KEY);
+    if (!token) return;
+    const mine = ++detailGeneration;
+    for (const other of $("log-table").querySelectorAll("tr.selected")) other.classList.remove("selected");
+    row.classList.add("selected");
+    const panel = $("log-detail");
+    const title = $("detail-title");
+    title.textContent = `${item.status} ${item.outcome} · ${stamp(new Date(item.received_at))}`;
+    const parts = [];
+    if (item.outcome === "rejected") {
+      parts.push(
+        facts([
+          ["Received", timeElement(item.received_at, stamp)],
+          ["Answer", `${item.status} (${item.reason || "refused"})`],
+          ["Event", item.event],
+          ["Path", item.path],
+          ["Peer", item.peer],
+          ["Body size", item.body_size === null ? null : bytes(item.body_size)],
+        ]),
+        element("h4", "", "Headers that came (names only: no value is kept)"),
+      );
+      const names = element("ul", "header-names");
+      names.append(
+        ...item.headers.map((name) => {
+          const shape = item.shapes[name];
+          const line = element("li");
+          line.append(element("code", "", name));
+          if (shape) line.append(` · value shaped ${shape}`);
+          return line;
+        }),
+      );
+      parts.push(names);
+      $("detail-body").replaceChildren(...parts);
+      panel.hidden = false;
+      panel.scrollIntoView({ block: "nearest" });
+      return;
+    }
+    if (item.outcome === "duplicate") {
+      parts.push(
+        element("p", "muted", "A repeat of a delivery already stored (answered 200, nothing stored); " +
+          "the stored delivery it repeats follows."),
+        facts([
+          ["Repeat received", timeElement(item.received_at, stamp)],
+          ["Path", item.path],
+          ["Peer", item.peer],
+        ]),
+      );
+    }
+    $("detail-body").replaceChildren(...parts, element("p", "muted", "Loading…"));
+    panel.hidden = false;
+    panel.scrollIntoView({ block: "nearest" });
+    if (!item.key) {
+      $("detail-body").replaceChildren(...parts, element("p", "muted", "No stored delivery to show."));
+      return;
+    }
+    try {
+      const { status, body } = await adminJson(`v1/deliveries/${encodeURIComponent(item.key)}`, token);
+      if (mine !== detailGeneration) return;
+      if (status === 403) {
+        needsAdmin();
+        return;
+      }
+      if (status !== 200) {
+        const why = body && body.message ? body.message : `the API answered ${status}`;
+        $("detail-body").replaceChildren(...parts, element("p", "message", `Not shown: ${why}`));
+        return;
+      }
+      $("detail-body").replaceChildren(...parts, ...storedDetail(body));
+    } catch (error) {
+      if (mine !== detailGeneration) return;
+      if (error instanceof Unauthorized) {
+        signOut(`The token was not accepted (${error.message}). Sign in again.`);
+        return;
+      }
+      $("detail-body").replaceChildren(...parts, element("p", "message", `Not shown: ${error.message}`));
+    }
+  }
+
+  function storedDetail(d) {
+    const when = (iso) => (iso ? timeElement(iso, stamp) : null);
+    const parts = [
+      facts([
+        ["Received", when(d.received_at)],
+        ["Outcome", d.outcome],
+        ["Event", d.event],
+        ["Delivery id", d.delivery_id],
+        ["Event type", d.event_type],
+        ["Attendee", d.attendee_id],
+        ["Occurred at", when(d.occurred_at)],
+        ["Quarantined because", d.quarantine_reason],
+        ["Verified by", d.verified_by],
+        ["Parser at intake", `version ${d.parser_version}`],
+        ["Replay of", d.replay_of],
+        ["Key", d.key],
+        ["Position", number(d.position)],
+      ]),
+      element("h4", "", "Read by today's parser"),
+    ];
+    const now = d.reading_now;
+    parts.push(
+      facts([
+        ["Event type", now.event_type],
+        ["Attendee", now.attendee_id],
+        ["Occurred at", when(now.occurred_at)],
+        ["Unreadable", now.unreadable],
+      ]),
+      element("h4", "", "Views"),
+    );
+    const views = element("ul", "views-applied");
+    views.append(
+      ...d.views.map((v) => {
+        const line = element("li", `view-${v.state}`);
+        line.dataset.view = v.view;
+        line.append(element("code", "", v.view), ` ${v.state.replace(/_/g, " ")}`);
+        if (v.error) line.append(`: ${v.error}`);
+        return line;
+      }),
+    );
+    parts.push(views, element("h4", "", "Headers kept"));
+    const headers = element("table", "table headers-kept");
+    const rows = Object.entries(d.headers).map(([name, value]) => {
+      const row = element("tr");
+      row.append(element("th", "", name), element("td", "", value));
+      return row;
+    });
+    headers.append(element("tbody"));
+    headers.tBodies[0].append(...rows);
+    const scroller = element("div", "scroll");
+    scroller.append(headers);
+    parts.push(scroller, element("h4", "", "Body"));
+    if (d.body !== null) {
+      parts.push(element("pre", "body-text", d.body));
+    } else {
+      parts.push(element("p", "muted", "Not UTF-8 text: the exact bytes, in base64:"), element("pre", "body-text", d.body_base64));
+    }
+    return parts;
+  }
+
+  const bytes = (n) => (n < 10240 ? `${number(n)} B` : `${number(Math.round(n / 1024))} KiB`);
+
   // ---- views ---------------------------------------------------------------------------
 
   function showLogin(message) {
     $("board").hidden = true;
+    $("log").hidden = true;
     $("controls").hidden = true;
     $("login").hidden = false;
     const note = $("login-message");
@@ -309,15 +598,43 @@
     $("token").focus();
   }
 
+  function currentView() {
+    return sessionStorage.getItem(VIEW_KEY) === "log" ? "log" : "board";
+  }
+
+  // Shows the event board or the delivery log, whichever was picked; the log loads once on
+  // first showing, and again on "Show" (it never redraws on its own: "More" keeps its rows).
   function showBoard() {
+    const view = currentView();
     $("login").hidden = true;
-    $("board").hidden = false;
     $("controls").hidden = false;
+    $("board").hidden = view !== "board";
+    $("log").hidden = view !== "log";
+    document.body.dataset.view = view;
+    $("show-board").setAttribute("aria-pressed", String(view === "board"));
+    $("show-log").setAttribute("aria-pressed", String(view === "log"));
+    if (view === "log" && !logLoaded) {
+      logLoaded = true;
+      loadLog(false);
+    }
+  }
+
+  function setView(view) {
+    sessionStorage.setItem(VIEW_KEY, view);
+    if (view === "log") logLoaded = false; // opening the log reads its newest page
+    showBoard();
   }
 
   function signOut(message) {
     generation++;
     doctorAllowed = true;
+    logGeneration++;
+    detailGeneration++;
+    logLoaded = false;
+    logCursor = null;
+    $("log-table").tBodies[0].replaceChildren();
+    $("detail-body").replaceChildren();
+    $("log-detail").hidden = true;
     clearTimeout(timer);
     sessionStorage.removeItem(TOKEN_KEY);
     eventSlugs = "";
@@ -581,6 +898,7 @@
   const dayMonth = (d) => `${two(d.getDate())}.${two(d.getMonth() + 1)}`;
   const dateTime = (d) =>
     `${d.getFullYear()}-${two(d.getMonth() + 1)}-${two(d.getDate())} ${clockShort(d)}`;
+  const stamp = (d) => `${d.getFullYear()}-${two(d.getMonth() + 1)}-${two(d.getDate())} ${clock(d)}`;
 
   const number = (n) => String(n).replace(/\B(?=(\d{3})+(?!\d))/g, "\u202f");
 
@@ -610,6 +928,18 @@
       refresh();
     });
     $("logout").addEventListener("click", () => signOut("Signed out."));
+    $("show-board").addEventListener("click", () => setView("board"));
+    $("show-log").addEventListener("click", () => setView("log"));
+    $("log-filters").addEventListener("submit", (event) => {
+      event.preventDefault();
+      $("log-detail").hidden = true;
+      loadLog(false);
+    });
+    $("log-more").addEventListener("click", () => loadLog(true));
+    $("detail-close").addEventListener("click", () => {
+      $("log-detail").hidden = true;
+      for (const row of $("log-table").querySelectorAll("tr.selected")) row.classList.remove("selected");
+    });
     $("event").addEventListener("change", () => {
       sessionStorage.setItem(EVENT_KEY, $("event").value);
       sessionStorage.removeItem(DAY_KEY); // another event: its own latest day
