@@ -388,7 +388,13 @@
       $("log-more").hidden = !logCursor;
       const count = table.tBodies[0].rows.length;
       table.hidden = count === 0;
-      $("log-empty").hidden = count !== 0 || Boolean(logCursor);
+      // A page can end with nothing found yet when the scan stopped (the API reads at most
+      // so many stored deliveries per page): say so, and "More" reads further back.
+      const empty = $("log-empty");
+      empty.textContent = logCursor
+        ? `Nothing matches in the ${number(body.scanned)} deliveries read so far: More reads further back.`
+        : "Nothing matches.";
+      empty.hidden = body.items.length !== 0 || (more && count !== 0);
     } catch (error) {
       if (mine !== logGeneration) return;
       if (error instanceof Unauthorized) {
@@ -409,7 +415,7 @@
     const outcome = element("td");
     outcome.append(element("span", `badge ${item.outcome}`, `${item.status} ${item.outcome}`));
     const who = element("td", "attendee", item.attendee_id || "");
-    const size = element("td", "num", item.body_size === null || item.body_size === undefined ? "–" : bytes(item.body_size));
+    const size = element("td", "num", item.body_size == null ? "–" : bytes(item.body_size));
     row.append(
       when,
       outcome,
@@ -418,7 +424,7 @@
       who,
       element("td", "reason", item.reason || ""),
       size,
-      element("td", "headers", item.headers.join(", ")),
+      element("td", "headers", (item.headers || []).join(", ")),
     );
     row.addEventListener("click", () => openDetail(item, row));
     row.addEventListener("keydown", (event) => {
@@ -462,14 +468,14 @@
           ["Event", item.event],
           ["Path", item.path],
           ["Peer", item.peer],
-          ["Body size", item.body_size === null ? null : bytes(item.body_size)],
+          ["Body size", item.body_size == null ? null : bytes(item.body_size)],
         ]),
         element("h4", "", "Headers that came (names only: no value is kept)"),
       );
       const names = element("ul", "header-names");
       names.append(
-        ...item.headers.map((name) => {
-          const shape = item.shapes[name];
+        ...(item.headers || []).map((name) => {
+          const shape = (item.shapes || {})[name];
           const line = element("li");
           line.append(element("code", "", name));
           if (shape) line.append(` · value shaped ${shape}`);
