@@ -1,4 +1,5 @@
-// rollcall dashboard: reads the /v1 analyst API with a read token and redraws every 5 s.
+// rollcall dashboard: reads the /v1 analyst API with a read token and redraws every 5 s; with an
+// admin token it also shows the delivery log (/v1/deliveries), which never redraws on its own.
 // Plain browser JavaScript, no dependencies. Everything the API sends is shown through
 // textContent and SVG attributes, never as HTML: names come from webhooks.
 "use strict";
@@ -302,7 +303,6 @@
     if (seconds < 172800) return `${(seconds / 3600).toFixed(0)} h ago`;
     return `${(seconds / 86400).toFixed(0)} days ago`;
   }
-
 
   // ---- the delivery log (admin scope) --------------------------------------------------
   // Every value here comes from whoever sent a request (header names, reasons, bodies): it
