@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from collections import Counter, defaultdict
 from collections.abc import Sequence
-from datetime import datetime, timedelta
+from datetime import date, datetime, timedelta
 from typing import Any, Final
 
 import asyncpg
@@ -629,3 +629,36 @@ def _nobody(slug: str) -> Occupancy:
         unique_attendees_inside=0, check_ins=0, check_outs=0, repeated_check_ins=0,
         stray_check_outs=0,
     )  # fmt: skip
+
+
+class Day(msgspec.Struct, frozen=True, kw_only=True):
+    """A day (in the time zone asked for) on which anyone came or went."""
+
+    day: date
+    entered: int
+    exited: int
+
+
+async def days(pool: asyncpg.Pool, slug: str, zone: str) -> list[Day]:
+    """The days with arrivals or departures in time zone `zone` (an IANA name), newest first."""
+    rows = await pool.fetch(
+        "SELECT (minute AT TIME ZONE $2)::date AS day, sum(entered) AS entered, "
+        f"sum(exited) AS exited FROM {_TIMELINE} WHERE event = $1 "
+        "GROUP BY 1 HAVING sum(entered) + sum(exited) > 0 ORDER BY 1 DESC",
+        slug,
+        zone,
+    )
+    return [Day(day=r["day"], entered=r["entered"], exited=r["exited"]) for r in rows]
+
+
+async def inside_since(pool: asyncpg.Pool, slug: str, since: datetime) -> tuple[int, int]:
+    """Inside now by when their stay began: since `since`, and before it (still marked inside,
+    never checked out: from an earlier day)."""
+    row = await pool.fetchrow(
+        "SELECT count(*) FILTER (WHERE inside AND entered_at >= $2) AS recent, "
+        "count(*) FILTER (WHERE inside AND (entered_at < $2 OR entered_at IS NULL)) AS earlier "
+        f"FROM {_PRESENCE} WHERE event = $1",
+        slug,
+        since,
+    )
+    return (row["recent"], row["earlier"]) if row else (0, 0)

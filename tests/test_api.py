@@ -589,9 +589,9 @@ async def test_metrics_count_what_happened(seeded: tuple[httpx.AsyncClient, str]
     def delta(name: str) -> float:
         return after.get(name, 0.0) - before.get(name, 0.0)
 
-    assert delta('rollcall_deliveries_total{outcome="accepted"}') == 1
-    assert delta('rollcall_deliveries_total{outcome="duplicate"}') == 1
-    assert delta('rollcall_verification_failures_total{reason="secret does not match"}') == 1
+    assert delta('rollcall_deliveries_total{event="default",outcome="accepted"}') == 1
+    assert delta('rollcall_deliveries_total{event="default",outcome="duplicate"}') == 1
+    assert delta('rollcall_rejections_total{reason="secret_mismatch"}') == 1
     assert delta("rollcall_append_seconds_count") == 2  # one batch each: accepted, duplicate
     with psycopg.connect(database_url) as conn:
         head = conn.execute("SELECT max(notification_id) FROM rollcall.deliveries_events")

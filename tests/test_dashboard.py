@@ -8,6 +8,7 @@ it they are skipped, unless ROLLCALL_REQUIRE_BROWSER=1 (as CI sets), when they f
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import re
@@ -21,9 +22,17 @@ import pytest
 from playwright.async_api import Browser, ConsoleMessage, Error, Page, async_playwright, expect
 
 from service.config import EventConfig
+from service.http.api import day
 from service.http.dashboard import STATIC
 from tests.drill.snapshot import wait_until_caught_up
-from tests.helpers import SECRET, RunningService, api_token, bearer, token_headers
+from tests.helpers import (
+    SECRET,
+    RunningService,
+    api_token,
+    bearer,
+    jte_headers,
+    token_headers,
+)
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [
@@ -310,11 +319,10 @@ async def test_dashboard_shows_a_seeded_event_live(
         await expect(first_time).to_have_text("2026-05-14 11:40")
         await expect(first_time).to_have_attribute("title", "2026-05-14T09:40:12Z")
 
-        # 15-minute buckets 09:00 to 10:15 UTC: inside at each bucket's end.
-        points = page.locator("#chart svg circle.point")
-        await expect(points).to_have_count(5)
-        insides = [await p.get_attribute("data-inside") for p in await points.all()]
-        assert insides == ["1", "2", "3", "3", "2"]
+        # 5-minute buckets around the day's activity: inside at each bucket's end.
+        for end, inside in [("09:10", "1"), ("09:25", "2"), ("09:45", "3"), ("10:15", "2")]:
+            point = page.locator(f'#chart svg circle.point[data-end="2026-05-14T{end}:00Z"]')
+            await expect(point).to_have_attribute("data-inside", inside)
         await expect(page.locator("#chart svg polyline.line")).to_have_count(1)
 
         # Live: a new check-in shows up on its own within a refresh or two.
@@ -390,3 +398,331 @@ async def test_a_wrong_token_leads_back_to_the_login_form(
     await expect(page.locator("#board")).to_be_visible(timeout=WAIT_MS)
     await expect(page.locator("#registered")).to_have_text("0", timeout=WAIT_MS)
     await expect(page.locator("#login-message")).to_be_hidden()
+
+
+# A second, small day: a-4 and a-5 come on 2026-11-30, a-5 leaves; a-1 and a-3 never checked
+# out on 2026-05-14 and must not count as inside on the second day.
+SECOND_DAY = [
+    jte("AttendeeCheckedIn", "a-4", "in-4b", "2026-11-30T09:00:00Z"),
+    jte("AttendeeCheckedIn", "a-5", "in-5b", "2026-11-30T09:30:00Z"),
+    jte("AttendeeCheckedOut", "a-5", "out-5b", "2026-11-30T10:00:00Z"),
+]
+
+
+@pytest.mark.parametrize("width", [1280, 390], ids=["desktop", "phone"])
+async def test_two_event_days_at_desktop_and_phone_width(
+    browser: Browser,
+    start_service: Callable[..., RunningService],
+    database_url: str,
+    width: int,
+) -> None:
+    service = start_service(events={"spring-conf": EVENTS["spring-conf"]})
+    await seed(service, SEED + SECOND_DAY)
+    wait_until_caught_up(database_url)
+    # An admin's token: the page then also shows the doctor's advice on refusals.
+    token = api_token(database_url, "admin")
+    context = await browser.new_context(
+        timezone_id=TIME_ZONE, locale="en-GB", viewport={"width": width, "height": 900}
+    )
+    context.set_default_timeout(WAIT_MS)
+    page = await context.new_page()
+    refused: list[str] = []
+    page.on(
+        "response",
+        lambda r: refused.append(f"{r.status} {r.url}") if r.status >= 400 else None,
+    )
+    errors: list[Error] = []
+    page.on("pageerror", lambda error: errors.append(error))
+    shot = ARTIFACTS / f"dashboard-two-days-{width}.png"
+    ARTIFACTS.mkdir(exist_ok=True)
+    try:
+        await sign_in(page, service.url, token)
+        # The latest day with activity by default; only its own stays count as inside.
+        await expect(page.locator("#day")).to_have_value("2026-11-30")
+        await expect(page.locator("#inside")).to_have_text("1")
+        await expect(page.locator("#inside-title")).to_have_text("Inside now")
+        earlier = page.locator("#inside-earlier")
+        await expect(earlier).to_be_visible()
+        await expect(earlier).to_contain_text("2 people still marked inside from an earlier day")
+        await expect(page.locator("#peak")).to_have_text("2")  # not May's 3
+        await expect(page.locator("#peak-at time")).to_have_text("2026-11-30 10:35")
+        point = page.locator('#chart svg circle.point[data-end="2026-11-30T09:35:00Z"]')
+        await expect(point).to_have_attribute("data-inside", "2")
+
+        # The pipeline's health: the last delivery, and a refusal counted within a refresh.
+        await expect(page.locator("#health-last time")).to_have_count(1)
+        await expect(page.locator("#health-refused")).to_have_text("0")
+        await expect(page.locator("#stale-banner")).to_be_hidden()
+        async with httpx.AsyncClient(base_url=service.url) as client:
+            forged = await client.post(
+                "/webhooks/jte/spring-conf", content=SECOND_DAY[0], headers=token_headers("no")
+            )
+            assert forged.status_code == 401
+        await expect(page.locator("#health-refused")).to_have_text("1", timeout=WAIT_MS)
+        doctor = page.locator("#doctor")
+        await expect(doctor).to_be_visible(timeout=WAIT_MS)
+        await expect(doctor).to_contain_text("secret_mismatch 1")
+        await expect(doctor).to_contain_text("a secret rollcall does not have")
+
+        # Nothing overflows sideways, and the chart's labels keep a readable size.
+        scroll = await page.evaluate("document.documentElement.scrollWidth")
+        assert scroll <= width, scroll
+        label = page.locator("#chart svg text.axis-label").first
+        box = await label.bounding_box()
+        assert box is not None and box["height"] >= 10, box
+        await page.screenshot(path=shot, full_page=True)
+
+        # Attendee search, and a CSV download.
+        await page.locator("#search").fill("Wiśniewska")
+        await page.locator("#search-form button").click()
+        await expect(page.locator("#search-results tbody tr td.name")).to_have_text(
+            ["Anna Wiśniewska"]
+        )
+        async with page.expect_download() as download_info:
+            await page.locator('[data-csv="roster"]').click()
+        download = await download_info.value
+        saved = await download.path()
+        csv_text = await asyncio.to_thread(Path(saved).read_text, encoding="utf-8")
+        assert csv_text.splitlines()[0].startswith("attendee_id")
+        assert len(csv_text.splitlines()) == 1 + len(PEOPLE)
+
+        # The first day: its own peak, and who was inside at its end.
+        await page.locator("#day").select_option("2026-05-14")
+        await expect(page.locator("#inside-title")).to_have_text("Inside at the day's end")
+        await expect(page.locator("#inside")).to_have_text("2")
+        await expect(page.locator("#peak")).to_have_text("3")
+        # The view's own peak (to the second) is the second day's: this one is the end of
+        # the 5-minute bucket it was reached in (09:40:12Z -> 09:45Z, 11:45 in Warsaw).
+        await expect(page.locator("#peak-at time")).to_have_text("2026-05-14 11:45")
+        await expect(page.locator("#inside-earlier")).to_be_hidden()
+        await page.screenshot(path=ARTIFACTS / f"dashboard-first-day-{width}.png", full_page=True)
+    except Exception:
+        await page.screenshot(path=ARTIFACTS / f"dashboard-two-days-{width}-failure.png")
+        raise
+    finally:
+        await context.close()
+    assert refused == [], "no request of the page was refused (no 400 for too many buckets)"
+    assert [str(error) for error in errors] == []
+
+
+async def test_health_says_stale_when_the_views_stop(
+    start_service: Callable[..., RunningService],
+    database_url: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    running = start_service(events={"spring-conf": EVENTS["spring-conf"]})
+    await seed(running, SEED)
+    wait_until_caught_up(database_url)
+    running.stop()
+    # The same database, now with no projection runner: deliveries wait, the views stop.
+    stopped = start_service(events={"spring-conf": EVENTS["spring-conf"]}, projections=False)
+    await seed(stopped, SECOND_DAY[:2])
+    reader = bearer(api_token(database_url, "read"))
+    async with httpx.AsyncClient(base_url=stopped.url, headers=reader) as client:
+        health = (await client.get("/v1/health")).json()
+        assert health["last_delivery_at"] is not None
+        assert all(v["lag_events"] == 2 for v in health["views"])
+        assert health["stale"] is False  # behind, but for less than STALE_SECONDS yet
+        # Time passes (STALE_SECONDS is 60 s; here, none at all is allowed).
+        monkeypatch.setattr(day, "STALE_SECONDS", 0.0)
+        health = (await client.get("/v1/health")).json()
+        assert health["stale"] is True
+        # Days in a time zone (the second day's deliveries are not applied yet); a zone
+        # neither Python nor PostgreSQL knows is a 400, not a 500.
+        days = (await client.get("/v1/events/spring-conf/days?tz=Europe/Warsaw")).json()
+        assert days["days"] == [{"day": "2026-05-14", "entered": 3, "exited": 1}]
+        for zone in ("a" * 300, "../etc/passwd", "Mars/Olympus", "posixrules", ""):
+            answer = await client.get("/v1/events/spring-conf/days", params={"tz": zone})
+            assert answer.status_code in (200, 400), (zone, answer.status_code)
+            assert answer.status_code == 400 or zone == "posixrules"
+        missing = await client.get("/v1/events/spring-conf/inside")
+        assert missing.status_code == 400
+
+
+HOSTILE = "<img src=x onerror=alert(1)>"
+
+
+def registration(attendee_id: str, delivery_id: str, first: str, last: str) -> bytes:
+    body = {
+        "event": "AttendeeRegistered",
+        "id": delivery_id,
+        "occurredAt": "2026-05-01T08:00:00Z",
+        "attendee": {"id": attendee_id, "email": "x@example.com", "firstName": first,
+                     "lastName": last},
+    }  # fmt: skip
+    return json.dumps(body).encode()
+
+
+@pytest.mark.parametrize("width", [1280, 390], ids=["desktop", "phone"])
+async def test_delivery_log_page_at_desktop_and_phone_width(
+    browser: Browser,
+    start_service: Callable[..., RunningService],
+    database_url: str,
+    width: int,
+) -> None:
+    service = start_service(events={"spring-conf": EVENTS["spring-conf"]})
+    # 26 stored deliveries (one page of 25 and one more), then a hostile name, a duplicate of
+    # it, a quarantined delivery and a 401 carrying a signature header rollcall does not know.
+    extra = [registration(f"x-{n}", f"reg-x-{n}", "Extra", str(n)) for n in range(15)]
+    await seed(service, SEED + extra)
+    evil = registration("a-evil", "reg-evil", HOSTILE, HOSTILE)
+    await seed(service, [evil])
+    async with httpx.AsyncClient(base_url=service.url) as client:
+        again = await client.post(
+            "/webhooks/jte/spring-conf", content=evil, headers=token_headers()
+        )
+        assert again.json()["status"] == "duplicate", again.text
+        odd = b'{"event": "SomethingNew", "id": "odd-1", "attendee": {"id": "a-9"}}'
+        held = await client.post("/webhooks/jte/spring-conf", content=odd, headers=token_headers())
+        assert held.status_code == 202, held.text
+        unknown = jte_headers({"x-jte-signature": "ab" * 32})
+        refused = await client.post("/webhooks/jte/spring-conf", content=evil, headers=unknown)
+        assert refused.status_code == 401
+    wait_until_caught_up(database_url)
+    admin = api_token(database_url, "admin")
+    # The intake log is written once a second: wait until the API lists the 401 and the repeat.
+    async with httpx.AsyncClient(base_url=service.url, headers=bearer(admin)) as client:
+        for _ in range(100):
+            log = (await client.get("/v1/deliveries", params={"limit": 5})).json()["items"]
+            if {"rejected", "duplicate"} <= {i["outcome"] for i in log}:
+                break
+            await asyncio.sleep(0.1)
+        else:
+            pytest.fail(f"the 401 and the duplicate never reached the log: {log}")
+
+    context = await browser.new_context(
+        timezone_id=TIME_ZONE, locale="en-GB", viewport={"width": width, "height": 900}
+    )
+    context.set_default_timeout(WAIT_MS)
+    page = await context.new_page()
+    errors: list[Error] = []
+    page.on("pageerror", lambda error: errors.append(error))
+    dialogs: list[str] = []
+    page.on("dialog", lambda dialog: dialogs.append(dialog.message))
+    ARTIFACTS.mkdir(exist_ok=True)
+    try:
+        await sign_in(page, service.url, admin)
+        await expect(page.locator("#board")).to_be_visible()
+        await page.locator("#show-log").click()
+        await expect(page.locator("#board")).to_be_hidden()
+        rows = page.locator("#log-table tbody tr")
+        await expect(rows).to_have_count(25)
+        outcomes = rows.locator("td:nth-child(2) .badge")
+        await expect(outcomes.first).to_have_text("401 rejected")
+        first_four = [await outcomes.nth(i).inner_text() for i in range(4)]
+        assert first_four == ["401 rejected", "202 quarantined", "200 duplicate", "200 accepted"]
+        rejected = rows.nth(0)
+        await expect(rejected.locator("td.reason")).to_have_text("no_credentials")
+        await expect(rejected.locator("td.headers")).to_contain_text("x-jte-signature")
+        await expect(rows.nth(1).locator("td.reason")).to_contain_text("SomethingNew")
+        await expect(rows.nth(3).locator("td.attendee")).to_have_text("a-evil")
+        await expect(rows.nth(3).locator("td.type")).to_have_text("AttendeeRegistered")
+        # Nothing overflows sideways, and at phone width too a refusal's header names are on
+        # screen without scrolling the table (rows stack as blocks there).
+        assert await page.evaluate("document.documentElement.scrollWidth") <= width
+        box = await rejected.locator("td.headers").bounding_box()
+        assert box is not None and box["x"] >= 0 and box["x"] + box["width"] <= width, box
+        await page.screenshot(path=ARTIFACTS / f"dashboard-log-{width}.png", full_page=True)
+
+        # "More" follows the keyset cursor to the oldest delivery, then there is no more.
+        await page.locator("#log-more").click()
+        await expect(rows).to_have_count(len(SEED) + len(extra) + 4)
+        await expect(rows.last.locator("td.type")).to_have_text("AttendeeRegistered")
+        await expect(rows.last.locator("td.attendee")).to_have_text("a-1")
+        await expect(page.locator("#log-more")).to_be_hidden()
+
+        # A refusal's detail: header names and the shape of their values, never a value.
+        await rejected.click()
+        detail = page.locator("#log-detail")
+        await expect(detail).to_be_visible()
+        await expect(detail.locator(".header-names")).to_contain_text("x-jte-signature")
+        await expect(detail.locator(".header-names")).to_contain_text("hex:64")
+        await expect(detail).not_to_contain_text("ab" * 32)
+
+        # The hostile name's delivery: its body is text, its views applied it.
+        await rows.nth(3).click()
+        body = detail.locator("pre.body-text")
+        await expect(body).to_contain_text(HOSTILE)
+        assert await body.evaluate("node => node.children.length") == 0
+        assert await page.locator("img").count() == 0
+        for view in ("roster", "occupancy", "payments"):
+            await expect(detail.locator(f'.views-applied li[data-view="{view}"]')).to_contain_text(
+                "applied"
+            )
+        await expect(detail.locator(".headers-kept")).to_contain_text("content-type")
+        await expect(detail.locator(".facts").first).to_contain_text("a-evil")
+        await page.screenshot(path=ARTIFACTS / f"dashboard-log-detail-{width}.png", full_page=True)
+        await detail.screenshot(path=ARTIFACTS / f"dashboard-log-detail-panel-{width}.png")
+        assert await page.evaluate("document.documentElement.scrollWidth") <= width
+
+        # The duplicate opens the stored delivery it repeats; quarantined shows its reason.
+        await rows.nth(2).click()
+        await expect(detail).to_contain_text("A repeat of a delivery already stored")
+        await expect(detail.locator("pre.body-text")).to_contain_text(HOSTILE)
+        await rows.nth(1).click()
+        await expect(detail.locator(".views-applied")).to_contain_text("skipped")
+        await expect(detail.locator("pre.body-text")).to_contain_text("SomethingNew")
+
+        # Filters: outcome, attendee, event.
+        await page.locator("#log-outcome").select_option("rejected")
+        await page.locator("#log-apply").click()
+        await expect(rows).to_have_count(1)
+        await expect(rows.locator(".badge")).to_have_text("401 rejected")
+        await page.locator("#log-outcome").select_option("")
+        await page.locator("#log-attendee").fill("a-evil")
+        await page.locator("#log-apply").click()
+        await expect(rows).to_have_count(1)
+        await expect(rows.locator(".badge")).to_have_text("200 accepted")
+        await page.locator("#log-attendee").fill("")
+        await page.locator("#log-event").select_option("other")
+        await page.locator("#log-apply").click()
+        await expect(page.locator("#log-empty")).to_be_visible()
+        await expect(rows).to_have_count(0)
+
+        # Back to the event: the board is as it was.
+        await page.locator("#show-board").click()
+        await expect(page.locator("#board")).to_be_visible()
+        await expect(page.locator("#registered")).to_have_text(str(len(PEOPLE) + 16))
+    except Exception:
+        await page.screenshot(path=ARTIFACTS / f"dashboard-log-{width}-failure.png", full_page=True)
+        raise
+    finally:
+        await context.close()
+    assert dialogs == [], "a hostile name never runs as script"
+    assert [str(error) for error in errors] == []
+
+
+async def test_delivery_log_page_tells_a_read_token_it_needs_an_admin(
+    browser: Browser,
+    start_service: Callable[..., RunningService],
+    database_url: str,
+) -> None:
+    service = start_service(events={"spring-conf": EVENTS["spring-conf"]})
+    await seed(service, SEED[:2])
+    wait_until_caught_up(database_url)
+    context = await browser.new_context(
+        timezone_id=TIME_ZONE, locale="en-GB", viewport={"width": 390, "height": 900}
+    )
+    context.set_default_timeout(WAIT_MS)
+    page = await context.new_page()
+    errors: list[Error] = []
+    page.on("pageerror", lambda error: errors.append(error))
+    try:
+        await sign_in(page, service.url, api_token(database_url, "read"))
+        await expect(page.locator("#registered")).to_have_text("2")
+        await page.locator("#show-log").click()
+        notice = page.locator("#log-admin")
+        await expect(notice).to_be_visible()
+        await expect(notice).to_contain_text("needs an admin token")
+        await expect(page.locator("#log-filters")).to_be_hidden()
+        await expect(page.locator("#log-list")).to_be_hidden()
+        await page.screenshot(path=ARTIFACTS / "dashboard-log-read-token.png", full_page=True)
+        # Still signed in; the rest of the dashboard works with the read token.
+        await page.locator("#show-board").click()
+        await expect(page.locator("#board")).to_be_visible()
+        await expect(page.locator("#login")).to_be_hidden()
+        await expect(page.locator("#registered")).to_have_text("2")
+        await expect(page.locator("#status")).to_contain_text("Live")
+    finally:
+        await context.close()
+    assert [str(error) for error in errors] == []

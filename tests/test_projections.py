@@ -626,7 +626,8 @@ async def test_status_endpoint_and_readiness(
         ).json()["views"]
         roster = next(v for v in views if v["view"] == "roster")
         assert roster["state"] == "failed" and roster["last_error"] == "boom"
-        assert 'rollcall_projection_failed{view="roster"} 1' in (await client.get("/metrics")).text
+        metrics = (await client.get("/metrics")).text
+        assert 'rollcall_projection_failed{view="roster"} 1.0' in metrics
 
 
 def test_fields_keep_their_exact_numbers_when_a_row_is_rewritten(database_url: str) -> None:

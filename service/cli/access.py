@@ -20,7 +20,12 @@ from service.tokens import SCOPES
 def add_commands(commands: Commands) -> None:
     """Register token and grant-analyst."""
     token = commands.add_parser("token", help="issue an API token (shown once, stored hashed)")
-    token.add_argument("--scope", choices=SCOPES, default="read")
+    token.add_argument(
+        "--scope",
+        choices=SCOPES,
+        default="read",
+        help="read: the analyst API; admin: also rebuilds and the delivery log",
+    )
     token.add_argument("--name", default="token", help="a label, to revoke it by later")
     token.add_argument("--revoke", action="store_true", help="revoke every token of --name")
     token.add_argument(
@@ -54,7 +59,11 @@ def run_token(settings: Settings, args: argparse.Namespace) -> int:
         return 2
     with database(settings, "token") as url, psycopg.connect(url, autocommit=True) as conn:
         if args.revoke:
-            print(f"revoked {tokens.revoke(conn, args.name)} token(s) named {args.name!r}")
+            revoked = tokens.revoke(conn, args.name)
+            if not revoked:
+                print(f"rollcall: no live token is named {args.name!r}", file=sys.stderr)
+                return 1
+            print(f"revoked {revoked} token(s) named {args.name!r}")
         else:
             print(tokens.issue(conn, args.scope, args.name, args.event))
     return 0

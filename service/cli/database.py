@@ -10,10 +10,12 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any, Final
 
+import msgspec
 import psycopg
 
 from projections.schema import INTERNAL
 from service.cli import Commands
+from service.cli.progress import ProgressBar
 from service.config import Settings
 from service.eventstore.database import Unusable, connect, server
 from service.eventstore.replay import replay_quarantined
@@ -82,6 +84,7 @@ def add_replay(commands: Commands) -> None:
     replay = commands.add_parser(
         "replay", help="append the quarantined deliveries the current parser can now read"
     )
+    replay.add_argument("--json", action="store_true", help="print the report as JSON")
     replay.set_defaults(run=run_replay)
 
 
@@ -104,9 +107,16 @@ def run_replay(settings: Settings, args: argparse.Namespace) -> int:
     with database(settings, "replay") as url:
         store = DeliveryStore(url)
         try:
-            report = replay_quarantined(store)
+            progress = ProgressBar("deliveries scanned")
+            try:
+                report = replay_quarantined(store, on_progress=progress)
+            finally:
+                progress.finish()
         finally:
             store.close()
+    if args.json:
+        print(msgspec.json.encode(report).decode())
+        return 0
     print(
         f"scanned {report.scanned} deliveries: {report.quarantined} quarantined, "
         f"{report.readable_now} readable now, {report.appended} appended, "

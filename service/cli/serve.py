@@ -6,9 +6,11 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import shutil
 import signal
 import sys
 import time
+from pathlib import Path
 from types import FrameType
 
 import uvicorn
@@ -19,6 +21,7 @@ from service.config import DEFAULT_SLUG, Settings, ensure_secrets, env_name
 from service.eventstore.database import EmbeddedPostgres, Unusable, connect, redacted
 from service.eventstore.roles import check_runtime, owns_event_store, set_up
 from service.http.logs import logging_config
+from service.metrics import MULTIPROC_ENV
 
 log = logging.getLogger("rollcall")
 
@@ -59,6 +62,8 @@ def run_serve(settings: Settings, args: argparse.Namespace) -> int:
     # uvicorn re-raises the signal that stopped it; make SIGTERM an exception (as SIGINT is)
     # so that the embedded server below is stopped cleanly either way.
     signal.signal(signal.SIGTERM, _raise_system_exit)
+    if args.workers > 1:
+        _metrics_directory(settings.data_dir)
     embedded = None
     if settings.database_url is None:
         embedded = EmbeddedPostgres(settings.data_dir)
@@ -92,6 +97,32 @@ def run_serve(settings: Settings, args: argparse.Namespace) -> int:
         if embedded is not None:
             embedded.stop()
     return 0
+
+
+def _metrics_directory(data_dir: Path) -> None:
+    """Give this run's workers a fresh directory to share their metrics in (service/metrics.py):
+    `<data dir>/metrics/<this process's id>`. Directories of runs no longer alive go first, so
+    counts never carry over from one run to the next; a replica running beside (same data
+    directory, another process) keeps its own."""
+    root = data_dir / "metrics"
+    root.mkdir(parents=True, exist_ok=True)
+    for old in root.iterdir():
+        if old.name.isdigit() and (int(old.name) == os.getpid() or not _alive(int(old.name))):
+            shutil.rmtree(old, ignore_errors=True)
+    run = root / str(os.getpid())
+    run.mkdir()
+    # Read by prometheus_client in each worker, which imports it after this is set.
+    os.environ[MULTIPROC_ENV] = str(run)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _check_serving_role(database_url: str | None) -> None:

@@ -9,7 +9,10 @@ import sys
 import time
 from datetime import date
 
+import msgspec
+
 from service.cli import Commands
+from service.cli.progress import ProgressBar
 from service.config import DEFAULT_SLUG, Settings, ensure_secrets
 from service.jte.sender import post_all, summary
 from service.jte.simulator import SimulationOptions, sign_all, simulate, write_jsonl
@@ -25,8 +28,12 @@ def add_command(commands: Commands) -> None:
         "signed for a configured JTE event. Against a store that already holds a run, use "
         "another --seed: the same seed gives the same delivery ids, so they are duplicates.",
     )
-    command.add_argument("--seed", type=int, default=defaults.seed)
-    command.add_argument("--attendees", type=_positive, default=defaults.attendees)
+    command.add_argument(
+        "--seed", type=int, default=defaults.seed, help="the same seed gives the same deliveries"
+    )
+    command.add_argument(
+        "--attendees", type=_positive, default=defaults.attendees, help="attendees in the day"
+    )
     command.add_argument(
         "--day", type=date.fromisoformat, default=defaults.day, help="YYYY-MM-DD (UTC)"
     )
@@ -43,6 +50,7 @@ def add_command(commands: Commands) -> None:
     target.add_argument("--output", metavar="FILE.jsonl", help="write JSON lines ('-': stdout)")
     command.add_argument("--concurrency", type=_positive, default=8, help="parallel senders")
     command.add_argument("--no-retry", action="store_true", help="do not retry like JTE does")
+    command.add_argument("--json", action="store_true", help="print the report as JSON")
     command.set_defaults(run=run_simulate)
 
 
@@ -67,6 +75,7 @@ def run_simulate(settings: Settings, args: argparse.Namespace) -> int:
         out = sys.stderr if args.output == "-" else sys.stdout
         print(f"wrote {len(signed)} deliveries for JTE event {event.slug!r}", file=out)
         return 0
+    progress = ProgressBar("deliveries")
     try:
         report = asyncio.run(
             post_all(
@@ -76,12 +85,15 @@ def run_simulate(settings: Settings, args: argparse.Namespace) -> int:
                 retry=not args.no_retry,
                 # Retry like JTE, but do not wait forever on a URL where nothing answers.
                 give_up_after=60,
+                on_progress=progress,
             )
         )
     except ValueError as error:  # a URL that is not http(s)
         print(f"rollcall: {error}", file=sys.stderr)
         return 2
-    print(summary(report))
+    finally:
+        progress.finish()
+    print(msgspec.json.encode(report).decode() if args.json else summary(report))
     return 1 if report.unexpected else 0
 
 

@@ -35,14 +35,17 @@ def add_commands(commands: Commands) -> None:
     build = commands.add_parser(
         "rebuild", help="rebuild views from the first event, then swap them in (blue/green)"
     )
-    build.add_argument("view", choices=[*VIEW_NAMES, "all"])
+    build.add_argument("view", choices=[*VIEW_NAMES, "all"], help="the view to rebuild, or all")
     build.add_argument(
         "--skip-poison", action="store_true", help="dead-letter events a view cannot apply"
     )
     build.add_argument(
         "--as-of", metavar="TIME", help="build the views as they stood then, into their own schema"
     )
-    build.add_argument("--batch-size", type=int, default=BATCH)
+    build.add_argument(
+        "--batch-size", type=int, default=BATCH, help="deliveries applied per transaction"
+    )
+    build.add_argument("--json", action="store_true", help="print the result as JSON")
     build.set_defaults(run=run_rebuild)
 
     status = commands.add_parser("status", help="where each view stands")
@@ -73,8 +76,11 @@ def run_rebuild(settings: Settings, args: argparse.Namespace) -> int:
                 schema = build_as_of(
                     url, views, SOURCE, as_of, skip_poison=args.skip_poison, on_progress=show
                 )
-                show.finish(
-                    f"built {', '.join(views)} as of {as_of.isoformat()} into schema {schema}"
+                show.finish()
+                _result(
+                    args,
+                    f"built {', '.join(views)} as of {as_of.isoformat()} into schema {schema}",
+                    {"views": views, "as_of": as_of.isoformat(), "schema": schema},
                 )
             else:
                 built = rebuild(
@@ -86,7 +92,12 @@ def run_rebuild(settings: Settings, args: argparse.Namespace) -> int:
                     batch_size=args.batch_size,
                 )
                 names = ", ".join(f"{v.view} v{v.version}" for v in built)
-                show.finish(f"rebuilt and swapped in: {names}")
+                show.finish()
+                _result(
+                    args,
+                    f"rebuilt and swapped in: {names}",
+                    {"rebuilt": [{"view": v.view, "version": v.version} for v in built]},
+                )
     except KeyboardInterrupt:
         show.finish("interrupted: the live views are untouched; run the same command to resume")
         return 130
@@ -113,6 +124,11 @@ def run_status(settings: Settings, args: argparse.Namespace) -> int:
                 f"erased after {when} ({r.attendees_with_data} attendees hold some)"
             )
     return 1 if any(s.state == "failed" for s in statuses) else 0
+
+
+def _result(args: argparse.Namespace, line: str, data: dict[str, object]) -> None:
+    """A command's result: on stdout, as a line or (--json) JSON."""
+    print(msgspec.json.encode(data).decode() if args.json else line)
 
 
 def _as_of(text: str) -> datetime:
@@ -166,7 +182,9 @@ class _ProgressBar:
             flush=True,
         )
 
-    def finish(self, message: str) -> None:
+    def finish(self, message: str | None = None) -> None:
+        """End the bar's line; `message` (prose, an error) goes to stderr after it."""
         if self._tty:
             print(file=sys.stderr)
-        print(message, file=sys.stderr)
+        if message is not None:
+            print(message, file=sys.stderr)

@@ -7,6 +7,7 @@ twice. A JTE retry of the original still meets the original's key and stays a du
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Final
 from uuid import UUID, uuid5
 
@@ -36,12 +37,18 @@ def replay_key(original: UUID) -> UUID:
     return uuid5(_REPLAY_NAMESPACE, str(original))
 
 
-def replay_quarantined(store: DeliveryStore) -> ReplayReport:
-    """Re-read every quarantined delivery and append those that now parse."""
+def replay_quarantined(
+    store: DeliveryStore, on_progress: Callable[[int, int], None] | None = None
+) -> ReplayReport:
+    """Re-read every quarantined delivery and append those that now parse; `on_progress` is
+    told the position reached and the head after each batch read."""
     report = ReplayReport()
     position = 0
+    head = store.head()
     while batch := store.read(position, _SCAN):
         position = batch[-1].position
+        if on_progress is not None:
+            on_progress(min(position, head), head)
         report.scanned += len(batch)
         replays = []
         for stored in batch:

@@ -53,10 +53,11 @@ from projections.schema import (
     recorded_role,
 )
 from projections.tracking import view_tracking
-from service import tokens
+from service import intake_log, tokens
 from service.eventstore import keys
 from service.eventstore.database import Unusable, connect, with_user
 from service.eventstore.store import EVENTS_TABLE, LOCK_FUNCTION, ensure_store
+from service.intake_log import LOG_SEQUENCE, LOG_TABLE
 from service.tokens import TOKENS_TABLE
 
 Purpose = Literal["owner", "runtime", "analysts"]
@@ -75,6 +76,7 @@ _RUNTIME_TABLES: Final = {
     keys.KEYS_TABLE: "SELECT",
     keys.EMAILS_TABLE: "SELECT",
     keys.STATE_TABLE: "SELECT",
+    LOG_TABLE: "SELECT, INSERT, UPDATE",
 }
 
 
@@ -198,6 +200,7 @@ def _create_schema(conn: psycopg.Connection[Any], admin_url: str) -> None:
     ensure_internal(conn)
     view_tracking(admin_url).ensure_table(conn)
     tokens.ensure_table(conn)
+    intake_log.ensure_table(conn)
 
 
 def _hand_over(conn: psycopg.Connection[Any], owner: str, runtime: str) -> None:
@@ -258,6 +261,9 @@ def _grant(conn: psycopg.Connection[Any], database: str, runtime: str) -> None:
         ),
         sql.SQL("GRANT USAGE ON SEQUENCE {} TO {}").format(
             sql.Identifier(INTERNAL, f"{EVENTS_TABLE}_notification_id_seq"), role
+        ),
+        sql.SQL("GRANT USAGE ON SEQUENCE {} TO {}").format(
+            sql.Identifier(INTERNAL, LOG_SEQUENCE), role
         ),
         sql.SQL("REVOKE ALL ON FUNCTION {}() FROM PUBLIC").format(lock),
         sql.SQL("GRANT EXECUTE ON FUNCTION {}() TO {}").format(lock, role),

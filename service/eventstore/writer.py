@@ -70,6 +70,11 @@ class DirectWriter:
         self._queue_max = queue_max
         self._timeout = timeout
 
+    @property
+    def depth(self) -> int:
+        """Deliveries waiting for or in a transaction."""
+        return self._waiting
+
     async def submit(self, delivery: DeliveryRecorded) -> int | None:
         """Store one delivery; its position, or None if it was a duplicate."""
         if self._waiting >= self._queue_max:
@@ -128,6 +133,11 @@ class GroupCommitWriter:
         self._pool = ThreadPoolExecutor(max_workers=writers, thread_name_prefix="group-commit")
         self._tasks: set[asyncio.Task[None]] = set()
         self._flusher: asyncio.Task[None] | None = None
+
+    @property
+    def depth(self) -> int:
+        """Deliveries queued, not yet in a batch being written."""
+        return self._queue.qsize()
 
     def start(self) -> None:
         self._flusher = asyncio.get_running_loop().create_task(self._flush_forever())

@@ -13,16 +13,17 @@ from typing import Final
 
 import asyncpg
 import msgspec
+import psycopg
 from starlette.applications import Starlette
 from starlette.datastructures import State
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
-from starlette.types import Receive, Scope, Send
+from starlette.types import Message, Receive, Scope, Send
 
 from projections.runner import Runner
-from service import privacy
+from service import intake_log, privacy
 from service.config import ConfigError, EventsWatcher, Settings, ensure_secrets, load_settings
 from service.eventstore import keys
 from service.eventstore.database import redacted
@@ -35,6 +36,7 @@ from service.http.intake import Intake, is_webhook_path
 from service.http.logs import RequestIdMiddleware
 from service.http.responses import Error, json_response
 from service.runner_process import RunnerProcess
+from service.metrics import HTTP_SECONDS, METRICS, worker_exited
 
 log = logging.getLogger("rollcall.app")
 
@@ -60,10 +62,33 @@ class Rollcall:
         await self._with_request_id(scope, receive, send)
 
     async def _dispatch(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and is_webhook_path(scope["path"]):
+        if scope["type"] != "http":
+            await self.routes(scope, receive, send)
+        elif is_webhook_path(scope["path"]):
             await self.intake(scope, receive, send)
         else:
-            await self.routes(scope, receive, send)
+            await _timed(self.routes, scope, receive, send)
+
+
+async def _timed(app: Starlette, scope: Scope, receive: Receive, send: Send) -> None:
+    """Answer, and observe how long it took by route template (never the raw path: bounded)."""
+    status = 500
+
+    async def sending(message: Message) -> None:
+        nonlocal status
+        if message["type"] == "http.response.start":
+            status = message["status"]
+        await send(message)
+
+    started = time.perf_counter()
+    try:
+        await app(scope, receive, sending)
+    finally:
+        route = scope.get("route")
+        template = route.path if isinstance(route, Route) else "unmatched"
+        HTTP_SECONDS.labels(template, scope["method"], str(status)).observe(
+            time.perf_counter() - started
+        )
 
 
 def create_app(settings: Settings | None = None) -> Rollcall:
@@ -102,6 +127,7 @@ def create_app(settings: Settings | None = None) -> Rollcall:
             stall=settings.export_stall,
         )
         app.state.database_url = database_url
+        app.state.events = events
         intake.writer = writer
         runner = _start_runner(database_url, settings)
         app.state.runner = runner
@@ -109,15 +135,24 @@ def create_app(settings: Settings | None = None) -> Rollcall:
         sweeper = (
             asyncio.create_task(_sweep_forever(store, database_url, retain)) if retain else None
         )
+        await asyncio.to_thread(_ensure_intake_log, database_url)
+        intake.log.start(pool)
+        METRICS.watch_queue(lambda: writer.depth)
+        sampler = asyncio.get_running_loop().create_task(_sample_metrics())
         log.info(
             "rollcall ready on %s (events: %s)", redacted(database_url), ", ".join(settings.events)
         )
         try:
             yield
         finally:
+            sampler.cancel()
+            METRICS.watch_queue(None)
+            METRICS.flush()
+            worker_exited()
             intake.writer = None
             if sweeper is not None:
                 sweeper.cancel()
+            await intake.log.stop()
             if runner is not None:
                 await asyncio.to_thread(runner.stop)
             await writer.close()
@@ -156,6 +191,16 @@ async def _sweep_forever(store: DeliveryStore, database_url: str, retain: dict[s
             if erased:
                 log.info("retention: erased %d attendees' personal data", erased)
         await asyncio.sleep(RETENTION_INTERVAL)
+def _ensure_intake_log(database_url: str) -> None:
+    with psycopg.connect(database_url, autocommit=True, connect_timeout=5) as conn:
+        intake_log.ensure_table(conn)
+
+
+async def _sample_metrics() -> None:
+    """Write the sampled gauges each second (every worker: a scrape reads them all)."""
+    while True:
+        await asyncio.sleep(1.0)
+        METRICS.flush()
 
 
 async def _open_store(database_url: str, settings: Settings) -> DeliveryStore:

@@ -1,11 +1,12 @@
 """The live dashboard: one HTML page and its script, style sheet and icon, served by rollcall.
 
-The page holds no data, so it is served without a token: it asks for an API token (read scope),
-keeps it in the tab's sessionStorage and reads everything from the /v1 JSON API with it. The
-files live in service/static/ and are read once, when the routes are made; only the names in
-`ASSETS` are served, so no request can name any other file. Every answer says `no-cache` (the
-browser revalidates with the ETag) and the page is locked down by its Content-Security-Policy:
-scripts, styles and everything else only from rollcall itself, no inline script.
+The page holds no data, so it is served without a token: it asks for an API token (read scope;
+admin for its delivery log), keeps it in the tab's sessionStorage and reads everything from the
+/v1 JSON API with it. The files live in service/static/ and are read once, when the routes are
+made; only the names in `ASSETS` are served, so no request can name any other file. Every answer
+says `no-cache` (the browser revalidates with the ETag) and the page is locked down by its
+Content-Security-Policy: scripts, styles and everything else only from rollcall itself, no
+inline script.
 """
 
 from __future__ import annotations

@@ -26,8 +26,16 @@ from service.eventstore.store import DeliveryRecorded, StoreUnavailable, with_re
 from service.http.admission import Admission, Drop, Ticket, unverified_slots
 from service.http.responses import Error
 from service.http.server import DROP_EXTENSION
-from service.http.verification import Pending, Rejected, Verified, check_body, screen
-from service.metrics import METRICS
+from service.http.verification import (
+    Pending,
+    Rejected,
+    Verified,
+    check_body,
+    reason_code,
+    screen,
+)
+from service.intake_log import IntakeLog
+from service.metrics import METRICS, OTHER_EVENT
 
 log = logging.getLogger("rollcall.intake")
 _encoder: Final = msgspec.json.Encoder()
@@ -89,6 +97,8 @@ class Answer(msgspec.Struct, frozen=True):
     status: int
     body: IntakeAccepted | IntakeDuplicate | IntakeQuarantined | Error
     headers: tuple[tuple[bytes, bytes], ...] = ()
+    reason: str | None = None  # a refusal's snake_case reason, where the error code is not it
+    key: str | None = None  # a duplicate's stored delivery
 
     @property
     def outcome(self) -> str:
@@ -130,6 +140,7 @@ class Intake:
             unverified_slots(settings.max_connections), settings.unverified_body_memory
         )
         self.writer: Writer | None = None  # set by the lifespan once the store is open
+        self.log = IntakeLog()  # started by the lifespan
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         try:
@@ -140,8 +151,35 @@ class Intake:
             # A bug of ours, not the sender's: nothing was stored, so ask JTE to retry.
             log.exception("intake failed unexpectedly")
             answer = self._unavailable("intake failed unexpectedly; retry later")
-        METRICS.delivery(answer.outcome)
+        slug = _slug(scope["path"])
+        event = slug if slug is not None and slug in self._events.events else OTHER_EVENT
+        METRICS.delivery(event, answer.outcome)
+        if 400 <= answer.status < 500:
+            reason = answer.reason or answer.outcome
+            METRICS.rejected(reason)
+            self._log(scope, event, "rejected", answer.status, reason, None)
+        elif answer.key is not None:
+            self._log(scope, event, "duplicate", answer.status, "duplicate", answer.key)
         await _send_json(send, answer)
+
+    def _log(
+        self, scope: Scope, event: str, outcome: str, status: int, reason: str, key: str | None
+    ) -> None:
+        """Keep an answer that stored nothing in the intake log (metadata only)."""
+        headers = _header_map(scope)
+        declared = headers.get("content-length", b"").strip()
+        client = scope.get("client")
+        self.log.record(
+            outcome=outcome,
+            status=status,
+            reason=reason,
+            event=event,
+            path=scope["path"],
+            body_size=int(declared) if declared.isdigit() and len(declared) < 19 else None,
+            headers=headers,
+            peer=client[0] if client else None,
+            delivery_key=key,
+        )
 
     async def _answer(self, scope: Scope, receive: Receive) -> Answer:
         screened = self._screen(scope)
@@ -233,7 +271,7 @@ class Intake:
             log.warning("store unavailable, answered 503: %s", error)
             return self._unavailable("the event store is unavailable; retry later")
         if position is None:
-            return Answer(200, IntakeDuplicate("duplicate"))
+            return Answer(200, IntakeDuplicate("duplicate"), key=str(delivery.originator_id))
         if delivery.quarantine_reason is not None:
             return Answer(202, IntakeQuarantined("quarantined"))
         return Answer(200, IntakeAccepted("accepted", position))
@@ -375,8 +413,8 @@ def _is_json(content_type: bytes) -> bool:
 
 def _unauthorized(event: EventConfig, verdict: Rejected, *headers: tuple[bytes, bytes]) -> Answer:
     log.info("rejected delivery for %s: %s", event.slug, verdict.reason)
-    METRICS.verification_failed(verdict.reason)
-    return _error(401, "unauthorized", verdict.reason, *headers)
+    answer = _error(401, "unauthorized", verdict.reason, *headers)
+    return msgspec.structs.replace(answer, reason=reason_code(verdict.reason))
 
 
 def _drop_hook(scope: Scope) -> Drop | None:

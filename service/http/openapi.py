@@ -14,8 +14,11 @@ import msgspec
 from projections.occupancy import Occupancy
 from projections.payments import PaymentSummary
 from projections.roster import STATUSES
+from service.deliveries import OUTCOMES, DeliveryDetail, LogPage
+from service.doctor import Diagnosis
 from service.http.api import models as m
 from service.http.api.common import MAX_LIMIT
+from service.http.api.day import Days, Inside, PipelineHealth
 from service.http.api.occupancy import BUCKETS
 from service.http.intake import IntakeAccepted, IntakeDuplicate, IntakeQuarantined
 from service.http.probes import Health, Readiness
@@ -31,7 +34,8 @@ _MODELS: Final = (
     SubjectExport,
     Error, m.Events, m.RosterPage, m.AttendeeDetail, Occupancy, m.Timeline, m.CheckIns,
     m.PaymentsPage, PaymentSummary, m.Projections, m.RebuildStarted, IntakeAccepted,
-    IntakeDuplicate, IntakeQuarantined, Health, Readiness,
+    IntakeDuplicate, IntakeQuarantined, Health, Readiness, LogPage, DeliveryDetail, Diagnosis,
+    Days, Inside, PipelineHealth,
 )  # fmt: skip
 
 
@@ -266,6 +270,52 @@ def _paths() -> dict[str, Any]:
             "Totals by currency, method and day", [_EVENT], PaymentSummary
         ),
         "/v1/projections": _get("Where each view stands", [], m.Projections),
+        "/v1/deliveries": _get(
+            "The delivery log: stored deliveries, duplicates and refused requests, newest first "
+            "(admin). Refusals keep metadata only: header names, never values",
+            [
+                _query("event", {"type": "string"}, "a JTE event's slug (`other`: none)"),
+                _query("outcome", {"type": "string", "enum": list(OUTCOMES)}, "one outcome"),
+                _query("from", _TIME, "received at or after"),
+                _query("to", _TIME, "received before"),
+                _query("attendee", {"type": "string"}, "an attendee's id in JTE"),
+                _LIMIT,
+                _CURSOR,
+            ],
+            LogPage,
+        ),
+        "/v1/deliveries/{key}": _get(
+            "One stored delivery: kept headers, body, interpretation, which views applied it",
+            [_path("key", "the delivery's key (`key` in the log)")],
+            DeliveryDetail,
+        ),
+        "/v1/events/{event}/days": _get(
+            "Days with arrivals or departures, newest first, in a time zone",
+            [_EVENT, _query("tz", {"type": "string"}, "an IANA time zone (default UTC)")],
+            Days,
+        ),
+        "/v1/events/{event}/inside": _get(
+            "Inside now by when the stay began: since `since`, or earlier (never checked out)",
+            [_EVENT, {**_query("since", _TIME, "the day's start"), "required": True}],
+            Inside,
+        ),
+        "/v1/health": _get(
+            "The pipeline at a glance: last delivery, refusals and quarantines in the last "
+            "hour, views' lag, stale",
+            [],
+            PipelineHealth,
+        ),
+        "/v1/doctor": _get(
+            "What recent refusals say JTE sends, and a configuration that would accept it (admin)",
+            [
+                _query(
+                    "hours",
+                    {"type": "number", "exclusiveMinimum": 0, "maximum": 168},
+                    "how far back to look (default 24)",
+                )
+            ],
+            Diagnosis,
+        ),
         "/v1/projections/{name}/rebuild": {
             "post": {
                 "summary": "Rebuild a view (or all) in the background, then swap it in (admin)",

@@ -38,7 +38,8 @@ from uvicorn.server import ServerState
 
 from service.config import ConfigError, Tuning, load_settings
 from service.http.responses import Error
-from service.metrics import METRICS
+from service.intake_log import current as current_log
+from service.metrics import METRICS, OTHER_EVENT
 
 log = logging.getLogger("rollcall.server")
 
@@ -162,6 +163,20 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
 
     def _refuse_head(self) -> None:
         self.logger.warning("Request headers over %d bytes: answered 431.", self.header_limit)
+        METRICS.rejected("headers_too_large")
+        intake_log = current_log()
+        if intake_log is not None:
+            url = bytes(getattr(self, "url", b"") or b"")
+            intake_log.record(
+                outcome="rejected",
+                status=431,
+                reason="headers_too_large",
+                event=OTHER_EVENT,
+                path=url.split(b"?", 1)[0].decode("latin-1") or "?",
+                body_size=None,
+                headers={},
+                peer=self.client[0] if self.client else None,
+            )
         if self.cycle is None or self.cycle.response_complete:  # no answer is being sent
             body = _too_large(self.header_limit)
             self.transport.write(

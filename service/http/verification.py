@@ -179,6 +179,26 @@ def _fresh_timestamp(value: bytes | None, event: EventConfig, now: float) -> byt
     return text
 
 
+# Each refusal's message (above), as metrics and the rejection log name it.
+REASON_CODES: Final = {
+    "no secret or signature header": "no_credentials",
+    "no secret header": "no_secret_header",
+    "secret does not match": "secret_mismatch",
+    "no signature header": "no_signature_header",
+    _TOO_MANY.reason: "too_many_signatures",
+    "signature does not match": "signature_mismatch",
+    "missing webhook-id or webhook-signature": "missing_webhook_headers",
+    "missing timestamp header": "no_timestamp_header",
+    "timestamp is not a Unix time in seconds": "bad_timestamp",
+    "timestamp outside tolerance": "stale_timestamp",
+}
+
+
+def reason_code(message: str) -> str:
+    """A refusal's short snake_case name (`unauthorized` for a message not listed)."""
+    return REASON_CODES.get(message, "unauthorized")
+
+
 def _any_equal(presented: Sequence[bytes], expected: Sequence[bytes]) -> bool:
     # Compare every pair, without stopping at the first match, so timing says nothing about
     # which secret (or how many) matched.

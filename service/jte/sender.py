@@ -11,7 +11,7 @@ import asyncio
 import ssl
 import time
 from collections import Counter, defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Final
 from urllib.parse import urlsplit, urlunsplit
 
@@ -109,6 +109,7 @@ async def post_all(
     retry: bool = True,
     timeout: float = 30,  # noqa: ASYNC109 - passed to httpx: per step of an attempt
     give_up_after: float | None = None,
+    on_progress: Callable[[int, int], None] | None = None,
 ) -> Report:
     """POST each delivery to `url` (base URL; path /webhooks/jte for slug "default", else
     /webhooks/jte/<slug>) with `concurrency` parallel senders, like JTE: when retry is True,
@@ -124,6 +125,7 @@ async def post_all(
     pending = iter(enumerate(deliveries))
     outcomes: list[Outcome | None] = [None] * len(deliveries)
     acknowledged: list[Acknowledged] = []
+    answered = [0]  # deliveries with a final outcome, for on_progress
 
     async def sender() -> None:
         # A client (one keep-alive connection) per sender: httpx's shared pool costs several
@@ -135,6 +137,9 @@ async def post_all(
     async def send_one(client: httpx.AsyncClient, index: int, delivery: SignedDelivery) -> None:
         outcome = await _deliver(client, delivery, policy)
         outcomes[index] = outcome
+        if on_progress is not None:
+            answered[0] += 1
+            on_progress(answered[0], len(deliveries))
         if outcome.http_status is not None and 200 <= outcome.http_status < 300:
             acknowledged.append(
                 Acknowledged(

@@ -14,7 +14,16 @@ from typing import Final
 from starlette.routing import Route
 
 from service.config import EventsWatcher
-from service.http.api import events, occupancy, payments, privacy, roster, views
+from service.http.api import (
+    day,
+    deliveries,
+    events,
+    occupancy,
+    payments,
+    privacy,
+    roster,
+    views,
+)
 from service.http.api.common import Api
 
 # The query parameters each route knows (OpenAPI documents exactly these); any other, or one
@@ -30,6 +39,9 @@ PARAMETERS: Final[dict[str, tuple[str, ...]]] = {
     "/v1/projections/{name}/rebuild": ("skip_poison",),
     "/v1/subjects": ("email",),
     "/v1/subjects/export": ("email",),
+    "/v1/deliveries": deliveries.PARAMETERS,
+    "/v1/doctor": deliveries.DOCTOR_PARAMETERS,
+    **day.PARAMETERS,
 }  # fmt: skip
 
 
@@ -43,4 +55,6 @@ def routes(configured: EventsWatcher) -> list[Route]:
         *payments.routes(api),
         *views.routes(api),
         *privacy.routes(api),
+        *deliveries.routes(api),
+        *day.routes(api),
     ]
