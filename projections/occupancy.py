@@ -14,9 +14,10 @@ rows the folds wrote.
 
 from __future__ import annotations
 
+import itertools
 from collections import Counter, defaultdict
 from collections.abc import Sequence
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any, Final
 
 import asyncpg
@@ -510,13 +511,13 @@ async def span(pool: asyncpg.Pool, slug: str) -> tuple[datetime | None, datetime
     return (row[0], row[1]) if row else (None, None)
 
 
-async def buckets(
-    pool: asyncpg.Pool, slug: str, start: datetime, end: datetime, width: timedelta
-) -> list[Bucket]:
-    """Per bucket from `start` until `end`: arrivals, departures, and how many were inside at
-    its end. Whole minutes come from the per-minute table (a day is at most 1,440 rows); other
-    bounds from the exact changes."""
-    whole_minutes = all(t.second == 0 and t.microsecond == 0 for t in (start, end))
+async def buckets(pool: asyncpg.Pool, slug: str, bounds: list[datetime]) -> list[Bucket]:
+    """Per bucket [bounds[i], bounds[i+1]): arrivals, departures, and how many were inside at
+    its end. Bounds on whole minutes are answered from the per-minute table (a day is at most
+    1,440 rows); others from the exact changes. Buckets may differ in length (a local day
+    across a DST change is 23 or 25 hours)."""
+    start, end = bounds[0], bounds[-1]
+    whole_minutes = all(t.second == 0 and t.microsecond == 0 for t in bounds)
     source = _TIMELINE if whole_minutes else _CHANGES
     time, entered, exited = (
         ("minute", "entered", "exited")
@@ -530,24 +531,20 @@ async def buckets(
         start,
     )
     rows = await pool.fetch(
-        f"SELECT floor(extract(epoch FROM {time} - $2) / $4)::bigint AS n, "
+        f"SELECT width_bucket({time}, $2::timestamptz[]) AS n, "
         f"sum({entered})::bigint AS entered, sum({exited})::bigint AS exited FROM {source} "
-        f"WHERE event = $1 AND {time} >= $2 AND {time} < $3 GROUP BY n",
+        f"WHERE event = $1 AND {time} >= $3 AND {time} < $4 GROUP BY n",
         slug,
+        bounds,
         start,
         end,
-        width.total_seconds(),
     )
     per_bucket = {row["n"]: (row["entered"], row["exited"]) for row in rows}
     result = []
-    cursor, n = start, 0
-    while cursor < end:
+    for n, (begin, finish) in enumerate(itertools.pairwise(bounds), start=1):
         came, went = per_bucket.get(n, (0, 0))
         inside += came - went
-        result.append(
-            Bucket(start=cursor, end=cursor + width, entered=came, exited=went, inside=inside)
-        )
-        cursor, n = cursor + width, n + 1
+        result.append(Bucket(start=begin, end=finish, entered=came, exited=went, inside=inside))
     return result
 
 

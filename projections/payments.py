@@ -201,8 +201,9 @@ def export(slug: str, currency: str | None, method: str | None) -> tuple[str, li
     return f"SELECT {_COLUMNS} FROM {_PAYMENTS} WHERE {where} ORDER BY {_ORDER}", args
 
 
-async def summary(pool: asyncpg.Pool, slug: str) -> PaymentSummary:
-    """Totals by currency, by currency and method, and by UTC day and currency."""
+async def summary(pool: asyncpg.Pool, slug: str, tz: str = "UTC") -> PaymentSummary:
+    """Totals by currency, by currency and method, and by local day (in the IANA time zone
+    `tz`, so a day may hold 23 or 25 hours) and currency."""
     by_currency = await pool.fetch(
         "SELECT currency, sum(payments)::bigint AS payments, sum(amount) AS amount "
         f"FROM {_TOTALS} WHERE event = $1 GROUP BY currency ORDER BY currency",
@@ -215,10 +216,11 @@ async def summary(pool: asyncpg.Pool, slug: str) -> PaymentSummary:
         slug,
     )
     by_day = await pool.fetch(
-        "SELECT day, currency, sum(payments)::bigint AS payments, sum(amount) AS amount "
-        f"FROM {_TOTALS} WHERE event = $1 GROUP BY day, currency "
+        "SELECT (paid_at AT TIME ZONE $2)::date AS day, currency, count(*) AS payments, "
+        f"sum(amount) AS amount FROM {_PAYMENTS} WHERE event = $1 GROUP BY day, currency "
         "ORDER BY day, currency",
         slug,
+        tz,
     )
     return PaymentSummary(
         event=slug,

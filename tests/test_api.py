@@ -293,9 +293,9 @@ async def test_bad_parameters_are_400_json(
         ("/v1/events/default/payments?currency=PLN&to=2026", "currency"),
         ("/v1/events/default/occupancy?format=csv", "at"),  # no CSV here: not a silent JSON
         ("/v1/events/default/occupancy?bucket=5m", "at"),
-        ("/v1/events/default/occupancy/timeline?at=x", "bucket, from, to, format"),
+        ("/v1/events/default/occupancy/timeline?at=x", "bucket, from, to, tz, format"),
         ("/v1/events/default/check-ins?format=csv", "limit"),
-        ("/v1/events/default/payments/summary?format=csv", "no parameters"),
+        ("/v1/events/default/payments/summary?bucket=1h", "tz"),
         ("/v1/events/default/attendees/a-1?history=false", "no parameters"),
         ("/v1/events?event=default", "no parameters"),
         ("/v1/projections?view=roster", "no parameters"),

@@ -115,6 +115,11 @@ _LIMIT = _query(
 )
 _CURSOR = _query("cursor", {"type": "string"}, "next_cursor from the previous page")
 _TIME = {"type": "string", "format": "date-time"}
+_TZ = _query(
+    "tz",
+    {"type": "string"},
+    "IANA time zone days and hours are cut in (default: the event's configured one, else UTC)",
+)
 _API_ERRORS = (400, 401, 403, 404, 503)
 _CSV = {"text/csv": {"schema": {"type": "string"}}}
 
@@ -230,8 +235,14 @@ def _paths() -> dict[str, Any]:
             [
                 _EVENT,
                 _query("bucket", {"type": "string", "enum": list(BUCKETS)}, "default 5m"),
-                _query("from", _TIME, "start (default: the first change)"),
+                _query(
+                    "from",
+                    _TIME,
+                    "start (default: the first change); a date or a time without offset is "
+                    "local time in `tz`",
+                ),
                 _query("to", _TIME, "end (default: after the last change)"),
+                _TZ,
                 _FORMAT,
             ],
             m.Timeline,
@@ -259,7 +270,7 @@ def _paths() -> dict[str, Any]:
             csv=True,
         ),
         "/v1/events/{event}/payments/summary": _get(
-            "Totals by currency, method and day", [_EVENT], PaymentSummary
+            "Totals by currency, method and local day", [_EVENT, _TZ], PaymentSummary
         ),
         "/v1/projections": _get("Where each view stands", [], m.Projections),
         "/v1/projections/{name}/rebuild": {

@@ -24,9 +24,10 @@ PARAMETERS: Final[dict[str, tuple[str, ...]]] = {
         "status", "role", "checked_in", "paid", "q", "limit", "cursor", "format",
     ),
     "/v1/events/{event}/occupancy": ("at",),
-    "/v1/events/{event}/occupancy/timeline": ("bucket", "from", "to", "format"),
+    "/v1/events/{event}/occupancy/timeline": ("bucket", "from", "to", "tz", "format"),
     "/v1/events/{event}/check-ins": ("limit",),
     "/v1/events/{event}/payments": ("currency", "method", "limit", "cursor", "format"),
+    "/v1/events/{event}/payments/summary": ("tz",),
     "/v1/projections/{name}/rebuild": ("skip_poison",),
 }  # fmt: skip
 

@@ -9,6 +9,7 @@ import logging
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any, Final
+from zoneinfo import ZoneInfo
 
 import asyncpg
 import msgspec
@@ -17,7 +18,8 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from domain.interpret import parse_time
-from service.config import EventsWatcher
+from service.config import EventConfig, EventsWatcher
+from service.config import zone as config_zone
 from service.http.exports import Exports, ExportsBusy
 from service.http.responses import Error, json_response
 from service.tokens import Scope, TokenCache, allows
@@ -63,8 +65,10 @@ class Api:
 
         async def with_event(request: Request) -> Response:
             slug: str = request.path_params["event"]
-            if self.events.event(slug) is None:
+            configured = self.events.event(slug)
+            if configured is None:
                 raise ApiError(404, "unknown_event", f"no JTE event {slug[:64]!r} is configured")
+            request.state.event = configured  # its time zone, for `zone()`
             return await endpoint(request, slug)
 
         return self.route(path, with_event)
@@ -215,6 +219,43 @@ def time(params: Any, name: str) -> datetime | None:
     if when is None or not datetime(1970, 1, 1, tzinfo=UTC) <= when <= LATEST:
         raise ApiError(400, "bad_parameter", f"`{name}` must be an ISO 8601 time")
     return when
+
+
+def zone(request: Request) -> ZoneInfo:
+    """The time zone days and hours are cut in: `tz=`, else the event's configured one."""
+    name = request.query_params.get("tz")
+    if name is None:
+        configured: EventConfig = request.state.event
+        name = configured.timezone
+    found = config_zone(name)
+    if found is None:
+        raise ApiError(
+            400, "bad_parameter", "`tz` must be an IANA time zone such as Europe/Warsaw or UTC"
+        )
+    return found
+
+
+def local_time(params: Any, name: str, tz: ZoneInfo) -> datetime | None:
+    """A time parameter where a date (`2026-03-29`) means that day's local midnight in `tz`,
+    and a time without an offset is local time in `tz`."""
+    value = params.get(name)
+    if value is None:
+        return None
+    text = value.strip()
+    try:
+        parsed = datetime.fromisoformat(text)
+    except ValueError:
+        return time(params, name)  # a Unix time, or a 400
+    if parsed.tzinfo is None:
+        try:
+            # A wall time in a DST gap or fold resolves as zoneinfo does (fold=0: the earlier).
+            parsed = parsed.replace(tzinfo=tz).astimezone(UTC)
+        except (OverflowError, ValueError):
+            raise ApiError(400, "bad_parameter", f"`{name}` must be an ISO 8601 time") from None
+        if not datetime(1970, 1, 1, tzinfo=UTC) <= parsed <= LATEST:
+            raise ApiError(400, "bad_parameter", f"`{name}` must be an ISO 8601 time")
+        return parsed
+    return time(params, name)
 
 
 def encode_cursor(values: list[Any]) -> str:

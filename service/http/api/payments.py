@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncpg
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
@@ -9,7 +10,7 @@ from starlette.routing import Route
 from domain.interpret import parse_time
 from projections import payments
 from service.http.api import common
-from service.http.api.common import Api
+from service.http.api.common import Api, ApiError
 from service.http.api.models import PaymentsPage
 from service.http.responses import json_response
 
@@ -41,4 +42,9 @@ async def page(request: Request, slug: str) -> Response:
 
 
 async def summary(request: Request, slug: str) -> Response:
-    return json_response(await payments.summary(common.pool(request), slug))
+    tz = common.zone(request)
+    try:
+        return json_response(await payments.summary(common.pool(request), slug, tz.key))
+    except asyncpg.InvalidParameterValueError:
+        # A zone Python's tz database has and PostgreSQL's does not.
+        raise ApiError(400, "bad_parameter", f"the database does not know {tz.key!r}") from None
