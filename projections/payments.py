@@ -164,6 +164,7 @@ class PaymentSummary(msgspec.Struct, frozen=True, kw_only=True):
 
 
 _COLUMNS: Final = "entry_key, attendee_id, amount, currency, method, reference, paid_at"
+EXPORT_COLUMNS: Final = _COLUMNS.split(", ")
 # The ledger's reading order (its paid_at index follows it).
 _ORDER: Final = "paid_at, entry_key"
 

@@ -29,6 +29,7 @@ _decode_stored: Final = msgspec.json.Decoder(_Stored, float_hook=Decimal).decode
 # The analytics views this one publishes.
 ROSTER: Final = "roster"
 ATTENDEE_DELIVERIES: Final = "attendee_deliveries"
+ROSTER_FIELDS: Final = "roster_fields"
 _ROSTER: Final = f"{ANALYTICS}.{ROSTER}"
 
 # What `q=` searches: names and email in one text, so "Anna Nowak" finds her too. The index
@@ -127,7 +128,13 @@ class RosterView:
         deliveries = sql.SQL("SELECT slug AS event, attendee_id, position FROM {}").format(
             version.table("roster_deliveries")
         )
-        return [(ROSTER, select), (ATTENDEE_DELIVERIES, deliveries)]
+        # One row per attendee and form field, for BI tools that filter or pivot on a field
+        # (a column per field cannot be a fixed SQL view: the fields differ by event).
+        fields = sql.SQL(
+            "SELECT r.slug AS event, r.attendee_id, f.key AS field, f.value AS value "
+            "FROM {} r, json_each_text(r.fields) f"
+        ).format(version.table("roster"))
+        return [(ROSTER, select), (ATTENDEE_DELIVERIES, deliveries), (ROSTER_FIELDS, fields)]
 
     def keys(self, events: Sequence[AttendeeEvent]) -> set[Key]:
         return {(e.slug, e.attendee_id) for e in events}
@@ -301,11 +308,19 @@ class Filter(msgspec.Struct, frozen=True, kw_only=True):
     q: str | None = None  # part of a name or email
 
 
+# The attendee keys the roster already has columns for: no `field:` column repeats them.
+COLUMN_FIELDS: Final = (
+    "id", "attendeeId", "email", "firstName", "lastName", "role", "company", "ticket",
+    "addedByAdmin",
+)  # fmt: skip
+FIELD_PREFIX: Final = "field:"
+MAX_FIELD_COLUMNS: Final = 500
 _ATTENDEE_COLUMNS: Final = (
     "attendee_id, status, email, first_name, last_name, role, company, ticket, added_by_admin, "
     "checked_in, paid, amount, currency, payment_method, paid_at, registered_at, first_seen_at, "
     "deleted_at, last_check_in_at, last_check_out_at, fields::text AS fields"
 )
+EXPORT_COLUMNS: Final = [c.split()[-1] for c in _ATTENDEE_COLUMNS.split(", ")]
 
 
 async def page(
@@ -331,11 +346,35 @@ async def page(
     return items, [last["k1"], last["k2"], last["attendee_id"]]
 
 
-def export(slug: str, only: Filter) -> tuple[str, list[Any]]:
-    """Every attendee of a page's filter, in name order: the query and its arguments."""
+def export(
+    slug: str, only: Filter, field_names: Sequence[str] = ()
+) -> tuple[str, list[Any], list[str]]:
+    """Every attendee of a page's filter, in name order: the query, its arguments, and the
+    header, which ends with one `field:<name>` column per form field in `field_names`."""
     conditions, args = _where(slug, only)
     where = " AND ".join(conditions)
-    return f"SELECT {_ATTENDEE_COLUMNS} FROM {_ROSTER} WHERE {where} ORDER BY {ORDER_KEY}", args
+    columns = [_ATTENDEE_COLUMNS]
+    for n, name in enumerate(field_names):
+        args.append(name)
+        # Aliased by number: PostgreSQL would cut a long field name at 63 bytes.
+        columns.append(f"fields ->> ${len(args)} AS f{n}")
+    query = f"SELECT {', '.join(columns)} FROM {_ROSTER} WHERE {where} ORDER BY {ORDER_KEY}"
+    return query, args, [*EXPORT_COLUMNS, *(FIELD_PREFIX + name for name in field_names)]
+
+
+async def field_names(pool: asyncpg.Pool, slug: str) -> list[str]:
+    """The form fields JTE sent for any attendee of the event (deleted ones too), but those the
+    roster has columns for, in byte order of their names: the same fields give the same
+    columns in every export of the event. At most MAX_FIELD_COLUMNS."""
+    rows = await pool.fetch(
+        "SELECT k FROM (SELECT DISTINCT jsonb_object_keys(fields) AS k FROM "
+        f"{_ROSTER} WHERE event = $1) s WHERE NOT (k = ANY($2::text[])) "
+        'ORDER BY k COLLATE "C" LIMIT $3',
+        slug,
+        list(COLUMN_FIELDS),
+        MAX_FIELD_COLUMNS,
+    )
+    return [row[0] for row in rows]
 
 
 async def attendee(pool: asyncpg.Pool, slug: str, attendee_id: str) -> Attendee | None:

@@ -108,7 +108,18 @@ _EVENT = _path("event", "the JTE event's slug from configuration")
 _FORMAT = _query(
     "format",
     {"type": "string", "enum": ["json", "csv"]},
-    "csv streams every row as CSV; a text cell beginning with = + - @ tab or CR gets a ' first",
+    "csv answers every row as CSV; a text cell beginning with = + - @ tab or CR gets a ' first",
+)
+_FORMAT_XLSX = _query(
+    "format",
+    {"type": "string", "enum": ["json", "csv", "xlsx"]},
+    "csv or xlsx answer every row (the roster with a `field:<name>` column per form field); a "
+    "text cell beginning with = + - @ tab or CR gets a ' first",
+)
+_DIALECT = _query(
+    "dialect",
+    {"type": "string", "enum": ["csv", "excel"]},
+    "with format=csv: excel gives a UTF-8 BOM, `;` separators and CRLF line ends",
 )
 _LIMIT = _query(
     "limit", {"type": "integer", "minimum": 1, "maximum": MAX_LIMIT}, "page size (default 50)"
@@ -122,14 +133,26 @@ _TZ = _query(
 )
 _API_ERRORS = (400, 401, 403, 404, 503)
 _CSV = {"text/csv": {"schema": {"type": "string"}}}
+_XLSX = {
+    "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet": {
+        "schema": {"type": "string", "format": "binary"}
+    }
+}
 
 
 def _get(
-    summary: str, parameters: list[dict[str, Any]], model: type, csv: bool = False
+    summary: str,
+    parameters: list[dict[str, Any]],
+    model: type,
+    csv: bool = False,
+    xlsx: bool = False,
 ) -> dict[str, Any]:
     ok = _json(model, "OK")
     if csv:
         ok["content"].update(_CSV)
+        parameters = [*parameters, _FORMAT_XLSX if xlsx else _FORMAT, _DIALECT]
+    if xlsx:
+        ok["content"].update(_XLSX)
     return {
         "get": {
             "summary": summary,
@@ -170,7 +193,6 @@ def _paths() -> dict[str, Any]:
         _query("q", {"type": "string"}, 'part of the name or email ("Anna Nowak" works too)'),
         _LIMIT,
         _CURSOR,
-        _FORMAT,
     ]
     return {
         "/webhooks/jte": _webhook("A delivery for the default JTE event", []),
@@ -218,8 +240,10 @@ def _paths() -> dict[str, Any]:
                 "responses": {"200": _json({"type": "object"}, "OpenAPI 3.1")},
             }
         },
-        "/v1/events": _get("Configured JTE events with headline numbers", [], m.Events),
-        "/v1/events/{event}/roster": _get("Current attendees", roster, m.RosterPage, csv=True),
+        "/v1/events": _get("Configured JTE events with headline numbers", [], m.Events, csv=True),
+        "/v1/events/{event}/roster": _get(
+            "Current attendees", roster, m.RosterPage, csv=True, xlsx=True
+        ),
         "/v1/events/{event}/attendees/{attendee_id}": _get(
             "One attendee, now and the deliveries about them",
             [_EVENT, _path("attendee_id", "the attendee's id in JTE")],
@@ -229,6 +253,7 @@ def _paths() -> dict[str, Any]:
             "Inside now (or at a past instant), peak and when, stays and check-ins",
             [_EVENT, _query("at", _TIME, "a past instant")],
             Occupancy,
+            csv=True,
         ),
         "/v1/events/{event}/occupancy/timeline": _get(
             "Arrivals, departures and inside per bucket",
@@ -243,7 +268,6 @@ def _paths() -> dict[str, Any]:
                 ),
                 _query("to", _TIME, "end (default: after the last change)"),
                 _TZ,
-                _FORMAT,
             ],
             m.Timeline,
             csv=True,
@@ -255,6 +279,7 @@ def _paths() -> dict[str, Any]:
                 _query("limit", {"type": "integer", "minimum": 1, "maximum": 200}, "default 20"),
             ],
             m.CheckIns,
+            csv=True,
         ),
         "/v1/events/{event}/payments": _get(
             "Ledger entries, one per payment reference",
@@ -264,13 +289,13 @@ def _paths() -> dict[str, Any]:
                 _query("method", {"type": "string"}, "payu, przelewy24, tpay, bank_transfer"),
                 _LIMIT,
                 _CURSOR,
-                _FORMAT,
             ],
             m.PaymentsPage,
             csv=True,
+            xlsx=True,
         ),
         "/v1/events/{event}/payments/summary": _get(
-            "Totals by currency, method and local day", [_EVENT, _TZ], PaymentSummary
+            "Totals by currency, method and local day", [_EVENT, _TZ], PaymentSummary, csv=True
         ),
         "/v1/projections": _get("Where each view stands", [], m.Projections),
         "/v1/projections/{name}/rebuild": {

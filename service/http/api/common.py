@@ -20,7 +20,7 @@ from starlette.routing import Route
 from domain.interpret import parse_time
 from service.config import EventConfig, EventsWatcher
 from service.config import zone as config_zone
-from service.http.exports import Exports, ExportsBusy
+from service.http.exports import Exports, ExportsBusy, Table
 from service.http.responses import Error, json_response
 from service.tokens import Scope, TokenCache, allows
 
@@ -161,13 +161,23 @@ def known_only(request: Request, known: tuple[str, ...]) -> None:
             raise ApiError(400, "bad_parameter", f"`{name}` given {count} times: give it once")
 
 
-def wants_csv(request: Request) -> bool:
-    fmt = request.query_params.get("format")
-    if fmt is not None and fmt not in ("json", "csv"):
-        raise ApiError(400, "bad_parameter", "`format` must be json or csv")
-    if fmt is not None:
-        return fmt == "csv"
-    return "text/csv" in request.headers.get("accept", "")
+def table(request: Request, xlsx: bool = False) -> Table:
+    """How to answer a list or summary: `format=json|csv` (and `xlsx` where `xlsx`), else CSV
+    when the Accept header asks for text/csv; `dialect=csv|excel` for CSV only."""
+    params = request.query_params
+    kinds = ("json", "csv", "xlsx") if xlsx else ("json", "csv")
+    fmt = params.get("format")
+    if fmt is not None and fmt not in kinds:
+        raise ApiError(400, "bad_parameter", f"`format` must be {' or '.join(kinds)}")
+    if fmt is None:
+        fmt = "csv" if "text/csv" in request.headers.get("accept", "") else "json"
+    dialect = params.get("dialect")
+    if dialect is not None:
+        if dialect not in ("csv", "excel"):
+            raise ApiError(400, "bad_parameter", "`dialect` must be csv or excel")
+        if fmt != "csv":
+            raise ApiError(400, "bad_parameter", "`dialect` applies to format=csv only")
+    return Table(fmt, dialect or "csv")  # type: ignore[arg-type]
 
 
 def limit(params: Any, default: int = 50, maximum: int = MAX_LIMIT) -> int:

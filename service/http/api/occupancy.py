@@ -16,7 +16,7 @@ from projections import occupancy
 from service.http.api import common
 from service.http.api.common import LATEST, Api, ApiError
 from service.http.api.models import CheckIns, Timeline
-from service.http.exports import csv_rows
+from service.http.exports import csv_rows, struct_rows
 from service.http.responses import json_response
 
 # Bucket widths; "1d" is a local calendar day (23, 24 or 25 hours), the others are fixed
@@ -43,9 +43,11 @@ def routes(api: Api) -> list[Route]:
 async def now_or_then(request: Request, slug: str) -> Response:
     when = common.time(request.query_params, "at")
     pool = common.pool(request)
-    if when is not None:
-        return json_response(await occupancy.at(pool, slug, when))
-    return json_response(await occupancy.now(pool, slug))
+    table = common.table(request)
+    answer = await (occupancy.at(pool, slug, when) if when else occupancy.now(pool, slug))
+    if table.kind == "json":
+        return json_response(answer)
+    return csv_rows(*struct_rows(occupancy.Occupancy, [answer]), f"occupancy-{slug}", table)
 
 
 async def timeline(request: Request, slug: str) -> Response:
@@ -106,8 +108,11 @@ def bounds(start: datetime, end: datetime, name: str, tz: ZoneInfo) -> list[date
 
 async def check_ins(request: Request, slug: str) -> Response:
     limit = common.limit(request.query_params, default=20, maximum=200)
+    table = common.table(request)
     items = await occupancy.check_ins(common.pool(request), slug, limit)
-    return json_response(CheckIns(slug, items))
+    if table.kind == "json":
+        return json_response(CheckIns(slug, items))
+    return csv_rows(*struct_rows(occupancy.CheckIn, items), f"check-ins-{slug}", table)
 
 
 def _timeline_answer(
@@ -119,10 +124,9 @@ def _timeline_answer(
     end: datetime | None,
     buckets: list[occupancy.Bucket],
 ) -> Response:
-    if common.wants_csv(request):
-        rows = ([b.start, b.end, b.entered, b.exited, b.inside] for b in buckets)
-        header = ["start", "end", "entered", "exited", "inside"]
-        return csv_rows(header, rows, f"occupancy-{slug}.csv")
+    table = common.table(request)
+    if table.kind != "json":
+        return csv_rows(*struct_rows(occupancy.Bucket, buckets), f"timeline-{slug}", table)
     answer = Timeline(
         event=slug,
         bucket=name,  # type: ignore[arg-type]

@@ -12,6 +12,7 @@ from projections import payments
 from service.http.api import common
 from service.http.api.common import Api, ApiError
 from service.http.api.models import PaymentsPage
+from service.http.exports import csv_rows
 from service.http.responses import json_response
 
 
@@ -25,9 +26,14 @@ def routes(api: Api) -> list[Route]:
 async def page(request: Request, slug: str) -> Response:
     params = request.query_params
     currency, method = common.text(params, "currency"), common.text(params, "method")
-    if common.wants_csv(request):
+    table = common.table(request, xlsx=True)
+    if table.kind != "json":
         query, args = payments.export(slug, currency, method)
-        return await common.exports(request).stream(query, args, f"payments-{slug}.csv")
+        exports = common.exports(request)
+        if table.kind == "csv" and table.dialect == "csv":
+            return await exports.stream(query, args, f"payments-{slug}.csv")
+        rows = await exports.fetch(query, args)
+        return csv_rows(payments.EXPORT_COLUMNS, rows, f"payments-{slug}", table)
     limit = common.limit(params)
     after = None
     cursor = common.decode_cursor(params, 2)
@@ -43,8 +49,19 @@ async def page(request: Request, slug: str) -> Response:
 
 async def summary(request: Request, slug: str) -> Response:
     tz = common.zone(request)
+    table = common.table(request)
     try:
-        return json_response(await payments.summary(common.pool(request), slug, tz.key))
+        totals = await payments.summary(common.pool(request), slug, tz.key)
     except asyncpg.InvalidParameterValueError:
         # A zone Python's tz database has and PostgreSQL's does not.
         raise ApiError(400, "bad_parameter", f"the database does not know {tz.key!r}") from None
+    if table.kind == "json":
+        return json_response(totals)
+    # One table of three parts: the `totals` column says which (currency, method or day).
+    header = ["totals", "day", "currency", "method", "payments", "amount"]
+    rows = [
+        *(["currency", None, t.currency, None, t.payments, t.amount] for t in totals.by_currency),
+        *(["method", None, t.currency, t.method, t.payments, t.amount] for t in totals.by_method),
+        *(["day", str(t.day), t.currency, None, t.payments, t.amount] for t in totals.by_day),
+    ]
+    return csv_rows(header, rows, f"payment-totals-{slug}", table)

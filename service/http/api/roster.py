@@ -11,6 +11,7 @@ from service.eventstore.history import attendee_history
 from service.http.api import common
 from service.http.api.common import Api, ApiError
 from service.http.api.models import AttendeeDetail, RosterPage
+from service.http.exports import csv_rows
 from service.http.responses import json_response
 
 
@@ -27,9 +28,14 @@ async def page(request: Request, slug: str) -> Response:
     checked_in, paid = common.flag(params, "checked_in"), common.flag(params, "paid")
     role, q = common.text(params, "role"), common.text(params, "q")
     only = roster.Filter(status=status, role=role, checked_in=checked_in, paid=paid, q=q)
-    if common.wants_csv(request):
-        query, args = roster.export(slug, only)
-        return await common.exports(request).stream(query, args, f"roster-{slug}.csv")
+    table = common.table(request, xlsx=True)
+    if table.kind != "json":
+        names = await roster.field_names(common.pool(request), slug)
+        query, args, header = roster.export(slug, only, names)
+        exports = common.exports(request)
+        if table.kind == "csv" and table.dialect == "csv":
+            return await exports.stream(query, args, f"roster-{slug}.csv", header)
+        return csv_rows(header, await exports.fetch(query, args), f"roster-{slug}", table)
     limit = common.limit(params)
     after = common.decode_cursor(params, 3)
     items, more = await roster.page(common.pool(request), slug, only, limit, after)
