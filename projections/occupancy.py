@@ -30,7 +30,7 @@ from domain.presence import Change, Moves, add, changes, is_move, presence
 from domain.presence import Presence as PresenceState
 from projections.columns import text
 from projections.roster import ROSTER
-from projections.schema import ANALYTICS, Version
+from projections.schema import ANALYTICS, INTERNAL, VIEW_VERSIONS, VIEWS_SCHEMA, Version
 from projections.view import Key, Poison
 
 _encode: Final = msgspec.json.Encoder().encode
@@ -439,6 +439,39 @@ async def presence_of(pool: asyncpg.Pool, slug: str, attendee_id: str) -> Presen
     return Presence(**dict(row)) if row else None
 
 
+async def presence_as_of(
+    pool: asyncpg.Pool, slug: str, attendee_id: str, when: datetime
+) -> Presence | None:
+    """One attendee's presence from their moves that had occurred by `when` (None before the
+    first)."""
+    version = await _live(pool)
+    if version is None:
+        return None
+    moves_blob = await pool.fetchval(
+        f"SELECT moves FROM {VIEWS_SCHEMA}.presence_v{version} WHERE slug = $1 "
+        "AND attendee_id = $2",
+        slug,
+        attendee_id,
+    )
+    if moves_blob is None:
+        return None
+    moves = _decode(moves_blob)
+    moves.moves = [m for m in moves.moves if m.at <= when]
+    if not moves.moves:
+        return None
+    state = presence(moves)
+    return Presence(**{f: getattr(state, f) for f in Presence.__struct_fields__})
+
+
+async def _live(pool: asyncpg.Pool) -> int | None:
+    """The occupancy view's live version."""
+    version = await pool.fetchval(
+        f"SELECT version FROM {INTERNAL}.{VIEW_VERSIONS} WHERE view = $1 AND state = 'live'",
+        OccupancyView.name,
+    )
+    return None if version is None else int(version)
+
+
 async def now(pool: asyncpg.Pool, slug: str) -> Occupancy:
     """Inside now, the peak and when, stays started and ended, and the delivery counts."""
     row = await pool.fetchrow(
@@ -501,6 +534,26 @@ async def at(pool: asyncpg.Pool, slug: str, when: datetime) -> Occupancy:
         repeated_check_ins=None,
         stray_check_outs=None,
     )
+
+
+async def as_of(pool: asyncpg.Pool, slug: str, when: datetime) -> Occupancy:
+    """The occupancy built from the deliveries that had occurred by `when`: `at` (the prefix
+    of every attendee's moves up to `when` makes exactly the changes up to `when`), and the
+    delivery counts, from each attendee's moves up to `when` replayed by domain.presence."""
+    then = await at(pool, slug, when)
+    version = await _live(pool)
+    counts = dict.fromkeys(_COUNTERS, 0)
+    if version is not None:
+        table = f"{VIEWS_SCHEMA}.presence_v{version}"
+        rows = await pool.fetch(f"SELECT moves FROM {table} WHERE slug = $1", slug)
+        for row in rows:
+            moves = _decode(row[0])
+            # Moves are in event order, which begins with the time: those by `when` lead.
+            moves.moves = [m for m in moves.moves if m.at <= when]
+            state = presence(moves)
+            for name in _COUNTERS:
+                counts[name] += getattr(state, name)
+    return msgspec.structs.replace(then, **counts)
 
 
 async def span(pool: asyncpg.Pool, slug: str) -> tuple[datetime | None, datetime | None]:

@@ -246,6 +246,18 @@ def _row(entry: RosterEntry) -> tuple[Any, ...]:
     )
 
 
+# analytics.roster's columns, in order: what `as_of_row` gives for a folded entry.
+ANALYTICS_COLUMNS: Final = (
+    "event", *_NAMES[1:21], "fields"
+)  # fmt: skip
+
+
+def as_of_row(entry: RosterEntry) -> tuple[Any, ...]:
+    """An entry folded for a past moment as a row of analytics.roster (ANALYTICS_COLUMNS):
+    the very cells the live view stores for it."""
+    return _row(entry)[:22]
+
+
 def _ticket(value: object) -> str | None:
     # A ticket may arrive as its name or as an object with one.
     if isinstance(value, dict):
@@ -324,10 +336,15 @@ EXPORT_COLUMNS: Final = [c.split()[-1] for c in _ATTENDEE_COLUMNS.split(", ")]
 
 
 async def page(
-    pool: asyncpg.Pool, slug: str, only: Filter, limit: int, after: list[str] | None
+    pool: asyncpg.Pool,
+    slug: str,
+    only: Filter,
+    limit: int,
+    after: list[str] | None,
+    source: str = _ROSTER,
 ) -> tuple[list[Attendee], list[str] | None]:
     """Up to `limit` attendees in name order after the key `after`; and the key to continue
-    from, if there are more."""
+    from, if there are more. `source`: a relation of analytics.roster's shape (as_of's)."""
     conditions, args = _where(slug, only)
     if after is not None:
         args += after
@@ -338,7 +355,7 @@ async def page(
     # A search of 3+ characters can use the trigram index; fewer, and walking the name
     # order until the page is full is the cheaper plan.
     query = _searched_page if only.q is not None and len(only.q) >= 3 else _ordered_page
-    rows = await pool.fetch(query(where, len(args)), *args)
+    rows = await pool.fetch(query(where, len(args), source), *args)
     items = [_attendee(row) for row in rows[:limit]]
     if len(rows) <= limit:
         return items, None
@@ -347,7 +364,7 @@ async def page(
 
 
 def export(
-    slug: str, only: Filter, field_names: Sequence[str] = ()
+    slug: str, only: Filter, field_names: Sequence[str] = (), source: str = _ROSTER
 ) -> tuple[str, list[Any], list[str]]:
     """Every attendee of a page's filter, in name order: the query, its arguments, and the
     header, which ends with one `field:<name>` column per form field in `field_names`."""
@@ -358,17 +375,17 @@ def export(
         args.append(name)
         # Aliased by number: PostgreSQL would cut a long field name at 63 bytes.
         columns.append(f"fields ->> ${len(args)} AS f{n}")
-    query = f"SELECT {', '.join(columns)} FROM {_ROSTER} WHERE {where} ORDER BY {ORDER_KEY}"
+    query = f"SELECT {', '.join(columns)} FROM {source} WHERE {where} ORDER BY {ORDER_KEY}"
     return query, args, [*EXPORT_COLUMNS, *(FIELD_PREFIX + name for name in field_names)]
 
 
-async def field_names(pool: asyncpg.Pool, slug: str) -> list[str]:
+async def field_names(pool: asyncpg.Pool, slug: str, source: str = _ROSTER) -> list[str]:
     """The form fields JTE sent for any attendee of the event (deleted ones too), but those the
     roster has columns for, in byte order of their names: the same fields give the same
     columns in every export of the event. At most MAX_FIELD_COLUMNS."""
     rows = await pool.fetch(
         "SELECT k FROM (SELECT DISTINCT jsonb_object_keys(fields) AS k FROM "
-        f"{_ROSTER} WHERE event = $1) s WHERE NOT (k = ANY($2::text[])) "
+        f"{source} WHERE event = $1) s WHERE NOT (k = ANY($2::text[])) "
         'ORDER BY k COLLATE "C" LIMIT $3',
         slug,
         list(COLUMN_FIELDS),
@@ -377,10 +394,12 @@ async def field_names(pool: asyncpg.Pool, slug: str) -> list[str]:
     return [row[0] for row in rows]
 
 
-async def attendee(pool: asyncpg.Pool, slug: str, attendee_id: str) -> Attendee | None:
+async def attendee(
+    pool: asyncpg.Pool, slug: str, attendee_id: str, source: str = _ROSTER
+) -> Attendee | None:
     """One attendee, deleted or not."""
     row = await pool.fetchrow(
-        f"SELECT {_ATTENDEE_COLUMNS} FROM {_ROSTER} WHERE event = $1 AND attendee_id = $2",
+        f"SELECT {_ATTENDEE_COLUMNS} FROM {source} WHERE event = $1 AND attendee_id = $2",
         slug,
         attendee_id,
     )
@@ -424,24 +443,24 @@ def _like(text: str) -> str:
     return f"%{escaped}%"
 
 
-def _ordered_page(where: str, limit_arg: int) -> str:
+def _ordered_page(where: str, limit_arg: int, source: str) -> str:
     """One roster page read in the name index's order."""
     return (
         f"SELECT {_ATTENDEE_COLUMNS}, {_NAME_KEY[0]} AS k1, {_NAME_KEY[1]} AS k2 "
-        f"FROM {_ROSTER} WHERE {where} ORDER BY {ORDER_KEY} LIMIT ${limit_arg}"
+        f"FROM {source} WHERE {where} ORDER BY {ORDER_KEY} LIMIT ${limit_arg}"
     )
 
 
-def _searched_page(where: str, limit_arg: int) -> str:
+def _searched_page(where: str, limit_arg: int, source: str) -> str:
     """One page of a search: collect the matching keys first, then read only the page's rows.
 
     Left alone, the planner walks the name index and filters row by row, because with a LIMIT
     it assumes matches are spread evenly; for a surname that is ~60k heap reads (140 ms)."""
     return (
         f"WITH hits AS MATERIALIZED (SELECT attendee_id AS hit_id, {_NAME_KEY[0]} AS k1, "
-        f"{_NAME_KEY[1]} AS k2 FROM {_ROSTER} WHERE {where}), "
+        f"{_NAME_KEY[1]} AS k2 FROM {source} WHERE {where}), "
         f"page AS (SELECT * FROM hits ORDER BY k1, k2, hit_id LIMIT ${limit_arg}) "
-        f"SELECT {_ATTENDEE_COLUMNS}, page.k1, page.k2 FROM page JOIN {_ROSTER} r "
+        f"SELECT {_ATTENDEE_COLUMNS}, page.k1, page.k2 FROM page JOIN {source} r "
         "ON r.event = $1 AND r.attendee_id = page.hit_id ORDER BY page.k1, page.k2, page.hit_id"
     )
 

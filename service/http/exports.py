@@ -177,6 +177,16 @@ def _csv_value(value: object) -> object:
     return value
 
 
+async def fetch_on(
+    conn: asyncpg.Connection, query: str, args: list[Any], deadline: float | None = None
+) -> list[list[object]]:
+    """Every row of `query` on `conn`, cells as the CSV has them (csv_select)."""
+    statement = await conn.prepare(query)
+    select = csv_select(query, statement.get_attributes())
+    rows = await conn.fetch(select, *args, timeout=deadline)
+    return [list(row) for row in rows]
+
+
 class Exports:
     """COPY exports on their own pool, at most `slots` at once, each within `deadline` seconds
     and never `stall` seconds without the client taking data."""
@@ -196,12 +206,9 @@ class Exports:
         self.running += 1
         try:
             async with self._pool.acquire(timeout=_CONNECT_TIMEOUT) as conn:
-                statement = await conn.prepare(query)
-                select = csv_select(query, statement.get_attributes())
-                rows = await conn.fetch(select, *args, timeout=self._deadline)
+                return await fetch_on(conn, query, args, self._deadline)
         finally:
             self.running -= 1
-        return [list(row) for row in rows]
 
     async def stream(
         self, query: str, args: list[Any], filename: str, header: list[str] | None = None

@@ -131,6 +131,12 @@ _TZ = _query(
     {"type": "string"},
     "IANA time zone days and hours are cut in (default: the event's configured one, else UTC)",
 )
+_AS_OF = _query(
+    "as_of",
+    _TIME,
+    "the answer as the deliveries that had occurred by then made it (occurrence time, else "
+    "receipt time)",
+)
 _API_ERRORS = (400, 401, 403, 404, 503)
 _CSV = {"text/csv": {"schema": {"type": "string"}}}
 _XLSX = {
@@ -193,6 +199,7 @@ def _paths() -> dict[str, Any]:
         _query("q", {"type": "string"}, 'part of the name or email ("Anna Nowak" works too)'),
         _LIMIT,
         _CURSOR,
+        _AS_OF,
     ]
     return {
         "/webhooks/jte": _webhook("A delivery for the default JTE event", []),
@@ -246,12 +253,12 @@ def _paths() -> dict[str, Any]:
         ),
         "/v1/events/{event}/attendees/{attendee_id}": _get(
             "One attendee, now and the deliveries about them",
-            [_EVENT, _path("attendee_id", "the attendee's id in JTE")],
+            [_EVENT, _path("attendee_id", "the attendee's id in JTE"), _AS_OF],
             m.AttendeeDetail,
         ),
         "/v1/events/{event}/occupancy": _get(
             "Inside now (or at a past instant), peak and when, stays and check-ins",
-            [_EVENT, _query("at", _TIME, "a past instant")],
+            [_EVENT, _query("at", _TIME, "a past instant"), _AS_OF],
             Occupancy,
             csv=True,
         ),
@@ -289,13 +296,17 @@ def _paths() -> dict[str, Any]:
                 _query("method", {"type": "string"}, "payu, przelewy24, tpay, bank_transfer"),
                 _LIMIT,
                 _CURSOR,
+                _AS_OF,
             ],
             m.PaymentsPage,
             csv=True,
             xlsx=True,
         ),
         "/v1/events/{event}/payments/summary": _get(
-            "Totals by currency, method and local day", [_EVENT, _TZ], PaymentSummary, csv=True
+            "Totals by currency, method and local day",
+            [_EVENT, _TZ, _AS_OF],
+            PaymentSummary,
+            csv=True,
         ),
         "/v1/projections": _get("Where each view stands", [], m.Projections),
         "/v1/projections/{name}/rebuild": {
@@ -303,7 +314,7 @@ def _paths() -> dict[str, Any]:
                 "summary": "Rebuild a view (or all) in the background, then swap it in (admin)",
                 "security": [{"bearer": []}],
                 "parameters": [
-                    _path("name", "roster, occupancy, payments or all"),
+                    _path("name", "roster, occupancy, payments, occurrences or all"),
                     _query(
                         "skip_poison",
                         {"type": "boolean", "default": False},

@@ -24,14 +24,16 @@ PARAMETERS: Final[dict[str, tuple[str, ...]]] = {
     "/v1/events": ("format", "dialect"),
     "/v1/events/{event}/roster": (
         "status", "role", "checked_in", "paid", "q", "limit", "cursor", "format", "dialect",
+        "as_of",
     ),
-    "/v1/events/{event}/occupancy": ("at", "format", "dialect"),
+    "/v1/events/{event}/attendees/{attendee_id}": ("as_of",),
+    "/v1/events/{event}/occupancy": ("at", "as_of", "format", "dialect"),
     "/v1/events/{event}/occupancy/timeline": ("bucket", "from", "to", "tz", "format", "dialect"),
     "/v1/events/{event}/check-ins": ("limit", "format", "dialect"),
     "/v1/events/{event}/payments": (
-        "currency", "method", "limit", "cursor", "format", "dialect",
+        "currency", "method", "limit", "cursor", "format", "dialect", "as_of",
     ),
-    "/v1/events/{event}/payments/summary": ("tz", "format", "dialect"),
+    "/v1/events/{event}/payments/summary": ("tz", "as_of", "format", "dialect"),
     "/v1/projections/{name}/rebuild": ("skip_poison",),
 }  # fmt: skip
 

@@ -42,9 +42,15 @@ def routes(api: Api) -> list[Route]:
 
 async def now_or_then(request: Request, slug: str) -> Response:
     when = common.time(request.query_params, "at")
+    as_of = common.time(request.query_params, "as_of")
     pool = common.pool(request)
     table = common.table(request)
-    answer = await (occupancy.at(pool, slug, when) if when else occupancy.now(pool, slug))
+    if when is not None and as_of is not None:
+        raise ApiError(400, "bad_parameter", "give `at` or `as_of`, not both")
+    if as_of is not None:
+        answer = await occupancy.as_of(pool, slug, as_of)
+    else:
+        answer = await (occupancy.at(pool, slug, when) if when else occupancy.now(pool, slug))
     if table.kind == "json":
         return json_response(answer)
     return csv_rows(*struct_rows(occupancy.Occupancy, [answer]), f"occupancy-{slug}", table)
