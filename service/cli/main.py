@@ -10,7 +10,7 @@ from collections.abc import Sequence
 
 import psycopg
 
-from service.cli import access, database, serve, simulate, views
+from service.cli import access, database, export, importing, serve, simulate, views
 from service.config import ConfigError, env_name, load_settings
 from service.eventstore.database import Unusable, reason
 from service.eventstore.store import StoreUnavailable
@@ -61,6 +61,8 @@ def _parser() -> argparse.ArgumentParser:
     database.add_replay(commands)
     access.add_commands(commands)  # token, grant-analyst
     database.add_setup(commands)  # db setup
+    importing.add_command(commands)  # import
+    export.add_command(commands)  # export --sqlite
     return parser
 
 
