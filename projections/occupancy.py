@@ -14,6 +14,7 @@ rows the folds wrote.
 
 from __future__ import annotations
 
+import itertools
 from collections import Counter, defaultdict
 from collections.abc import Sequence
 from datetime import date, datetime, timedelta
@@ -29,7 +30,7 @@ from domain.presence import MOVE_TYPES, Change, Moves, add, changes, is_move, pr
 from domain.presence import Presence as PresenceState
 from projections.columns import text
 from projections.roster import ROSTER
-from projections.schema import ANALYTICS, Version
+from projections.schema import ANALYTICS, INTERNAL, VIEW_VERSIONS, VIEWS_SCHEMA, Version
 from projections.view import Key, Poison
 
 _encode: Final = msgspec.json.Encoder().encode
@@ -485,6 +486,39 @@ async def presence_of(pool: asyncpg.Pool, slug: str, attendee_id: str) -> Presen
     return Presence(**dict(row)) if row else None
 
 
+async def presence_as_of(
+    pool: asyncpg.Pool, slug: str, attendee_id: str, when: datetime
+) -> Presence | None:
+    """One attendee's presence from their moves that had occurred by `when` (None before the
+    first)."""
+    version = await _live(pool)
+    if version is None:
+        return None
+    moves_blob = await pool.fetchval(
+        f"SELECT moves FROM {VIEWS_SCHEMA}.presence_v{version} WHERE slug = $1 "
+        "AND attendee_id = $2",
+        slug,
+        attendee_id,
+    )
+    if moves_blob is None:
+        return None
+    moves = _decode(moves_blob)
+    moves.moves = [m for m in moves.moves if m.at <= when]
+    if not moves.moves:
+        return None
+    state = presence(moves)
+    return Presence(**{f: getattr(state, f) for f in Presence.__struct_fields__})
+
+
+async def _live(pool: asyncpg.Pool) -> int | None:
+    """The occupancy view's live version."""
+    version = await pool.fetchval(
+        f"SELECT version FROM {INTERNAL}.{VIEW_VERSIONS} WHERE view = $1 AND state = 'live'",
+        OccupancyView.name,
+    )
+    return None if version is None else int(version)
+
+
 async def now(pool: asyncpg.Pool, slug: str) -> Occupancy:
     """Inside now, the peak and when, stays started and ended, and the delivery counts."""
     row = await pool.fetchrow(
@@ -549,6 +583,26 @@ async def at(pool: asyncpg.Pool, slug: str, when: datetime) -> Occupancy:
     )
 
 
+async def as_of(pool: asyncpg.Pool, slug: str, when: datetime) -> Occupancy:
+    """The occupancy built from the deliveries that had occurred by `when`: `at` (the prefix
+    of every attendee's moves up to `when` makes exactly the changes up to `when`), and the
+    delivery counts, from each attendee's moves up to `when` replayed by domain.presence."""
+    then = await at(pool, slug, when)
+    version = await _live(pool)
+    counts = dict.fromkeys(_COUNTERS, 0)
+    if version is not None:
+        table = f"{VIEWS_SCHEMA}.presence_v{version}"
+        rows = await pool.fetch(f"SELECT moves FROM {table} WHERE slug = $1", slug)
+        for row in rows:
+            moves = _decode(row[0])
+            # Moves are in event order, which begins with the time: those by `when` lead.
+            moves.moves = [m for m in moves.moves if m.at <= when]
+            state = presence(moves)
+            for name in _COUNTERS:
+                counts[name] += getattr(state, name)
+    return msgspec.structs.replace(then, **counts)
+
+
 async def span(pool: asyncpg.Pool, slug: str) -> tuple[datetime | None, datetime | None]:
     """The first and the last minute in which anyone came or went."""
     row = await pool.fetchrow(
@@ -557,13 +611,13 @@ async def span(pool: asyncpg.Pool, slug: str) -> tuple[datetime | None, datetime
     return (row[0], row[1]) if row else (None, None)
 
 
-async def buckets(
-    pool: asyncpg.Pool, slug: str, start: datetime, end: datetime, width: timedelta
-) -> list[Bucket]:
-    """Per bucket from `start` until `end`: arrivals, departures, and how many were inside at
-    its end. Whole minutes come from the per-minute table (a day is at most 1,440 rows); other
-    bounds from the exact changes."""
-    whole_minutes = all(t.second == 0 and t.microsecond == 0 for t in (start, end))
+async def buckets(pool: asyncpg.Pool, slug: str, bounds: list[datetime]) -> list[Bucket]:
+    """Per bucket [bounds[i], bounds[i+1]): arrivals, departures, and how many were inside at
+    its end. Bounds on whole minutes are answered from the per-minute table (a day is at most
+    1,440 rows); others from the exact changes. Buckets may differ in length (a local day
+    across a DST change is 23 or 25 hours)."""
+    start, end = bounds[0], bounds[-1]
+    whole_minutes = all(t.second == 0 and t.microsecond == 0 for t in bounds)
     source = _TIMELINE if whole_minutes else _CHANGES
     time, entered, exited = (
         ("minute", "entered", "exited")
@@ -577,24 +631,20 @@ async def buckets(
         start,
     )
     rows = await pool.fetch(
-        f"SELECT floor(extract(epoch FROM {time} - $2) / $4)::bigint AS n, "
+        f"SELECT width_bucket({time}, $2::timestamptz[]) AS n, "
         f"sum({entered})::bigint AS entered, sum({exited})::bigint AS exited FROM {source} "
-        f"WHERE event = $1 AND {time} >= $2 AND {time} < $3 GROUP BY n",
+        f"WHERE event = $1 AND {time} >= $3 AND {time} < $4 GROUP BY n",
         slug,
+        bounds,
         start,
         end,
-        width.total_seconds(),
     )
     per_bucket = {row["n"]: (row["entered"], row["exited"]) for row in rows}
     result = []
-    cursor, n = start, 0
-    while cursor < end:
+    for n, (begin, finish) in enumerate(itertools.pairwise(bounds), start=1):
         came, went = per_bucket.get(n, (0, 0))
         inside += came - went
-        result.append(
-            Bucket(start=cursor, end=cursor + width, entered=came, exited=went, inside=inside)
-        )
-        cursor, n = cursor + width, n + 1
+        result.append(Bucket(start=begin, end=finish, entered=came, exited=went, inside=inside))
     return result
 
 

@@ -23,7 +23,6 @@ from projections.view import Key, Poison
 PAYMENTS: Final = "payments"
 PAYMENT_TOTALS: Final = "payment_totals"
 _PAYMENTS: Final = f"{ANALYTICS}.{PAYMENTS}"
-_TOTALS: Final = f"{ANALYTICS}.{PAYMENT_TOTALS}"
 
 
 class PaymentsView:
@@ -183,6 +182,7 @@ class PaymentSummary(msgspec.Struct, frozen=True, kw_only=True):
 
 
 _COLUMNS: Final = "entry_key, attendee_id, amount, currency, method, reference, paid_at"
+EXPORT_COLUMNS: Final = _COLUMNS.split(", ")
 # The ledger's reading order (its paid_at index follows it).
 _ORDER: Final = "paid_at, entry_key"
 
@@ -194,6 +194,7 @@ async def page(
     method: str | None,
     limit: int,
     after: tuple[datetime, str] | None,
+    source: str = _PAYMENTS,
 ) -> tuple[list[Payment], tuple[datetime, str] | None]:
     """Up to `limit` entries in payment order after `after` (paid at, entry key); and where to
     continue from, if there are more."""
@@ -204,7 +205,7 @@ async def page(
     args.append(limit + 1)
     where = " AND ".join(conditions)
     rows = await pool.fetch(
-        f"SELECT {_COLUMNS} FROM {_PAYMENTS} WHERE {where} ORDER BY {_ORDER} LIMIT ${len(args)}",
+        f"SELECT {_COLUMNS} FROM {source} WHERE {where} ORDER BY {_ORDER} LIMIT ${len(args)}",
         *args,
     )
     items = [Payment(**dict(row)) for row in rows[:limit]]
@@ -213,31 +214,37 @@ async def page(
     return items, (items[-1].paid_at, items[-1].entry_key)
 
 
-def export(slug: str, currency: str | None, method: str | None) -> tuple[str, list[Any]]:
+def export(
+    slug: str, currency: str | None, method: str | None, source: str = _PAYMENTS
+) -> tuple[str, list[Any]]:
     """Every entry a page's filter holds, in payment order: the query and its arguments."""
     conditions, args = _where(slug, currency, method)
     where = " AND ".join(conditions)
-    return f"SELECT {_COLUMNS} FROM {_PAYMENTS} WHERE {where} ORDER BY {_ORDER}", args
+    return f"SELECT {_COLUMNS} FROM {source} WHERE {where} ORDER BY {_ORDER}", args
 
 
-async def summary(pool: asyncpg.Pool, slug: str) -> PaymentSummary:
-    """Totals by currency, by currency and method, and by UTC day and currency."""
+async def summary(
+    pool: asyncpg.Pool, slug: str, tz: str = "UTC", source: str = _PAYMENTS
+) -> PaymentSummary:
+    """Totals by currency, by currency and method, and by local day (in the IANA time zone
+    `tz`, so a day may hold 23 or 25 hours) and currency."""
     by_currency = await pool.fetch(
-        "SELECT currency, sum(payments)::bigint AS payments, sum(amount) AS amount "
-        f"FROM {_TOTALS} WHERE event = $1 GROUP BY currency ORDER BY currency",
+        "SELECT currency, count(*) AS payments, sum(amount) AS amount "
+        f"FROM {source} WHERE event = $1 GROUP BY currency ORDER BY currency",
         slug,
     )
     by_method = await pool.fetch(
-        "SELECT currency, method, sum(payments)::bigint AS payments, sum(amount) AS amount "
-        f"FROM {_TOTALS} WHERE event = $1 GROUP BY currency, method "
+        "SELECT currency, method, count(*) AS payments, sum(amount) AS amount "
+        f"FROM {source} WHERE event = $1 GROUP BY currency, method "
         "ORDER BY currency, method",
         slug,
     )
     by_day = await pool.fetch(
-        "SELECT day, currency, sum(payments)::bigint AS payments, sum(amount) AS amount "
-        f"FROM {_TOTALS} WHERE event = $1 GROUP BY day, currency "
+        "SELECT (paid_at AT TIME ZONE $2)::date AS day, currency, count(*) AS payments, "
+        f"sum(amount) AS amount FROM {source} WHERE event = $1 GROUP BY day, currency "
         "ORDER BY day, currency",
         slug,
+        tz,
     )
     return PaymentSummary(
         event=slug,
@@ -245,6 +252,20 @@ async def summary(pool: asyncpg.Pool, slug: str) -> PaymentSummary:
         by_method=[MethodTotal(**dict(row)) for row in by_method],
         by_day=[DayTotal(**dict(row)) for row in by_day],
     )
+
+
+# analytics.payments' columns, in order: what `as_of_row` gives for a folded entry.
+ANALYTICS_COLUMNS: Final = (
+    "event", "entry_key", "attendee_id", "amount", "currency", "method", "reference", "paid_at"
+)  # fmt: skip
+
+
+def as_of_row(entry: LedgerEntry) -> tuple[Any, ...]:
+    """A ledger entry folded for a past moment as a row of analytics.payments."""
+    return (
+        text(entry.slug), text(entry.entry_key), text(entry.attendee_id), entry.amount,
+        entry.currency, text(entry.method), text(entry.reference), entry.paid_at,
+    )  # fmt: skip
 
 
 def _where(slug: str, currency: str | None, method: str | None) -> tuple[list[str], list[Any]]:

@@ -5,11 +5,12 @@ from __future__ import annotations
 from typing import Final
 
 from projections.occupancy import OccupancyView
+from projections.occurrences import OccurrencesView
 from projections.payments import PaymentsView
 from projections.roster import RosterView
 from projections.view import BulkView
 
 VIEWS: Final[dict[str, BulkView]] = {
-    view.name: view for view in (RosterView(), OccupancyView(), PaymentsView())
+    view.name: view for view in (RosterView(), OccupancyView(), PaymentsView(), OccurrencesView())
 }
 VIEW_NAMES: Final = tuple(VIEWS)

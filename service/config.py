@@ -25,6 +25,7 @@ import typing
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Final, Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import msgspec
 
@@ -62,6 +63,10 @@ class EventConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fiel
     # Personal data of this JTE event is erased automatically this many days after its last
     # delivery (service/privacy.py); None keeps it until erased by hand.
     retain_personal_data_days: int | None = None
+    # The IANA time zone of the event's venue: day and hour answers (payments by day, the
+    # timeline's buckets) are cut at its local midnights and hours. API requests may override it
+    # with `tz=`.
+    timezone: str = "UTC"
 
 
 class Tuning(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -256,6 +261,11 @@ def _event(slug: str, given: EventConfig) -> EventConfig:
             f"JTE event slug {slug!r} must be lowercase letters, digits, '-' or '_' (max 64)"
         )
     configured = (*given.secrets, *([given.secret] if given.secret else []))
+    if zone(given.timezone) is None:
+        raise ConfigError(
+            f"JTE event {slug!r}: timezone {given.timezone[:64]!r} is not an IANA time zone "
+            "(for example Europe/Warsaw or UTC)"
+        )
     for secret in configured:
         _check_secret(slug, given.mode, secret)
     return msgspec.structs.replace(
@@ -268,6 +278,16 @@ def _event(slug: str, given: EventConfig) -> EventConfig:
         timestamp_header=_optional_header(given.timestamp_header),
         delivery_id_header=_optional_header(given.delivery_id_header),
     )
+
+
+def zone(name: str) -> ZoneInfo | None:
+    """The IANA time zone `name` (as `Europe/Warsaw`), or None if there is no such zone."""
+    if not name or len(name) > 64 or name != name.strip() or "\x00" in name:
+        return None
+    try:
+        return ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError, OSError):
+        return None
 
 
 def _header_name(name: str) -> str:

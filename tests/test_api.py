@@ -291,13 +291,13 @@ async def test_bad_parameters_are_400_json(
         ("/v1/events/default/roster?bogus=1", "status, role, checked_in, paid, q, limit"),
         ("/v1/events/default/payments?from=", "currency, method, limit, cursor, format"),
         ("/v1/events/default/payments?currency=PLN&to=2026", "currency"),
-        ("/v1/events/default/occupancy?format=csv", "at"),  # no CSV here: not a silent JSON
+        ("/v1/events/default/occupancy?tz=UTC", "at, as_of, format, dialect"),  # no tz here
         ("/v1/events/default/occupancy?bucket=5m", "at"),
-        ("/v1/events/default/occupancy/timeline?at=x", "bucket, from, to, format"),
-        ("/v1/events/default/check-ins?format=csv", "limit"),
-        ("/v1/events/default/payments/summary?format=csv", "no parameters"),
-        ("/v1/events/default/attendees/a-1?history=false", "no parameters"),
-        ("/v1/events?event=default", "no parameters"),
+        ("/v1/events/default/occupancy/timeline?at=x", "bucket, from, to, tz, format"),
+        ("/v1/events/default/check-ins?q=x", "limit, format, dialect"),
+        ("/v1/events/default/payments/summary?bucket=1h", "tz"),
+        ("/v1/events/default/attendees/a-1?history=false", "it takes as_of"),
+        ("/v1/events?event=default", "format, dialect"),
         ("/v1/projections?view=roster", "no parameters"),
         ("/v1/events/default/roster?limit=1&limit=2", "`limit` given 2 times"),
         ("/v1/events/default/roster?LIMIT=5", "status, role"),  # names are case-sensitive

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from projections.registry import VIEW_NAMES
 from tests.drill import QUICK, Finding, run
 from tests.drill.faults import (
     BOUND,
@@ -56,7 +57,8 @@ def test_projection_crash_holds(root: Path) -> None:
 
 def test_replicas_hold(root: Path) -> None:
     [finding] = run(["replicas"], QUICK, root=root)
-    assert figure(held(finding), r"held (\d) of 3 views and was killed") >= 1
+    views = len(VIEW_NAMES)
+    assert figure(held(finding), rf"held (\d) of {views} views and was killed") >= 1
     assert figure(finding, r"took over every view ([\d.]+) s later") <= BOUND
     samples = re.search(r"(\d+) of (\d+) lock samples", finding.figures)
     assert samples, finding.figures
@@ -95,15 +97,19 @@ def test_the_outage_check_catches_slow_wrong_and_impossible_answers() -> None:
 
 def test_the_lock_check_catches_a_view_without_exactly_one_live_runner() -> None:
     watch = LockWatch("postgresql://127.0.0.1:1/none", [])
-    both = {"roster": [7], "occupancy": [7], "payments": [7]}
+    both = {"roster": [7], "occupancy": [7], "payments": [7], "occurrences": [7]}
     watch.samples = [
         LockSample(1.0, both, frozenset({7, 8})),
         LockSample(2.0, {**both, "payments": []}, frozenset({7, 8})),  # nobody runs payments
         LockSample(3.0, both, frozenset({8})),  # held by a dead process's session
         LockSample(4.5, {}, frozenset({8})),  # during the takeover: not counted
-        LockSample(11.0, {"roster": [8], "occupancy": [8], "payments": [-1]}, frozenset({8})),
+        LockSample(
+            11.0,
+            {"roster": [8], "occupancy": [8], "payments": [-1], "occurrences": [8]},
+            frozenset({8}),
+        ),
     ]
-    takeover = Takeover(victim="a", survivor="b", views=3, killed=4.0, seconds=6.0)
+    takeover = Takeover(victim="a", survivor="b", views=4, killed=4.0, seconds=6.0)
     finding = Finding(scenario="replicas", load="-", faults="-")
     assert check_locks(finding, watch, takeover) == (4, 1)
     assert finding.broken == [

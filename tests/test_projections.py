@@ -29,6 +29,7 @@ from domain.interpret import Interpreted, interpret
 from projections import fold
 from projections.fold import PoisonError, apply_records
 from projections.rebuild import build_as_of, rebuild
+from projections.registry import VIEW_NAMES
 from projections.runner import Runner, ensure_views
 from projections.schema import LOCK_NAMESPACE, live_version, runner_lock, versions
 from projections.source import read
@@ -178,7 +179,7 @@ async def test_a_live_built_view_equals_a_rebuilt_one(
     await send(service, simulated_day(duplicates=0.05, out_of_order=0.3))
     wait_until_caught_up(database_url)
     live = snapshot(database_url)
-    built = rebuild(database_url, ["roster", "occupancy", "payments"], SOURCE, batch_size=97)
+    built = rebuild(database_url, VIEW_NAMES, SOURCE, batch_size=97)
     assert {v.version for v in built} == {2}
     assert snapshot(database_url) == live
     with psycopg.connect(database_url) as conn:
@@ -603,7 +604,12 @@ async def test_status_endpoint_and_readiness(
         assert (await client.get("/v1/projections")).status_code == 401
         answer = await client.get("/v1/projections", headers=bearer(api_token(database_url)))
         body = answer.json()
-        assert {v["view"] for v in body["views"]} == {"roster", "occupancy", "payments"}
+        assert {v["view"] for v in body["views"]} == {
+            "roster",
+            "occupancy",
+            "payments",
+            "occurrences",
+        }
         for view in body["views"]:
             assert view["state"] == "live" and view["lag_events"] == 0 and view["position"] >= 1
         assert (await client.get("/readyz")).status_code == 200

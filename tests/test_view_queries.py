@@ -114,7 +114,10 @@ async def test_occupancy_buckets_are_the_models_timeline(
     steps = all_changes(day())
     # Whole minutes read the per-minute table; a start within a minute, the exact changes.
     for start, end in [(at(8), at(11)), (at(9, 15), at(10, 45)), (at(9, 2, 30), at(10, 2, 30))]:
-        answer = await occupancy.buckets(pool, SLUG, start, end, width)
+        edges = [start]
+        while edges[-1] < end:
+            edges.append(edges[-1] + width)
+        answer = await occupancy.buckets(pool, SLUG, edges)
         model = timeline(steps, start, end, width)
         assert [(b.start, b.entered, b.exited, b.inside) for b in answer] == [
             (b.start, b.entered, b.exited, b.inside) for b in model

@@ -12,7 +12,17 @@ from typing import Any
 
 import psycopg
 
-from service.cli import access, database, operator, privacy, serve, simulate, views
+from service.cli import (
+    access,
+    database,
+    export,
+    importing,
+    operator,
+    privacy,
+    serve,
+    simulate,
+    views,
+)
 from service.config import ConfigError, env_name, load_settings
 from service.eventstore.database import Unusable, reason
 from service.eventstore.store import StoreUnavailable
@@ -101,6 +111,8 @@ def _parser() -> argparse.ArgumentParser:
     operator.add_commands(commands)  # deliveries, doctor
     operator.add_config(commands)  # config check
     operator.add_grafana(commands)  # grafana
+    importing.add_command(commands)  # import
+    export.add_command(commands)  # export --sqlite
     return parser
 
 

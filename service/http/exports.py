@@ -1,4 +1,9 @@
-"""CSV exports: what a cell may hold, and the budget exports run on.
+"""CSV and XLSX exports: what a cell may hold, the dialects, and the budget exports run on.
+
+Dialects (`dialect=` with `format=csv`): `csv` (the default) is RFC 4180 with a comma, UTF-8
+without BOM; `excel` is what Excel in a Polish (or any `;`-list) locale opens right on a
+double-click: a UTF-8 byte order mark, `;` between cells and CRLF line ends. `format=xlsx`
+(roster and payments) is an Excel workbook of one sheet with the same cells.
 
 Attendees type their own names into JTE's registration form, so a cell can be a spreadsheet
 formula (`=HYPERLINK(...)`). Every cell of every export that begins with `=`, `+`, `-`, `@`, a
@@ -22,9 +27,12 @@ import io
 import logging
 from collections.abc import AsyncIterator, Iterable
 from datetime import UTC, datetime
-from typing import Any, Final
+from typing import Any, Final, Literal
 
 import asyncpg
+import msgspec
+from openpyxl import Workbook
+from openpyxl.cell.cell import ILLEGAL_CHARACTERS_RE
 from starlette.responses import Response, StreamingResponse
 from starlette.types import Send
 
@@ -36,6 +44,21 @@ _FORMULA_CODES: Final = ", ".join(str(ord(c)) for c in FORMULA_START)
 _NUMERIC_TYPES: Final = frozenset({"int2", "int4", "int8", "numeric", "float4", "float8"})
 _QUEUE: Final = 8  # chunks of COPY output held while the client catches up
 _CONNECT_TIMEOUT: Final = 5.0  # seconds to get an export connection before answering 503
+BOM: Final = "\ufeff"
+XLSX_TYPE: Final = "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet"
+
+Kind = Literal["json", "csv", "xlsx"]
+Dialect = Literal["csv", "excel"]
+
+
+class Table(msgspec.Struct, frozen=True):
+    """How a list or summary is answered: JSON, CSV in a dialect, or an XLSX workbook."""
+
+    kind: Kind
+    dialect: Dialect = "csv"
+
+
+PLAIN_CSV: Final = Table("csv")
 
 
 class ExportsBusy(Exception):
@@ -80,17 +103,66 @@ def _csv_column(name: str, type_name: str) -> str:
     )
 
 
-def csv_rows(header: list[str], rows: Iterable[Iterable[object]], filename: str) -> Response:
-    """A small CSV answer built in memory, cells as the COPY exports write them."""
-    buffer = io.StringIO()
-    writer = csv.writer(buffer)
-    writer.writerow(header)
-    writer.writerows([_csv_value(v) for v in row] for row in rows)
+def csv_rows(
+    header: list[str],
+    rows: Iterable[Iterable[object]],
+    filename: str,
+    table: Table = PLAIN_CSV,
+) -> Response:
+    """A small CSV (or, with `table.kind` xlsx, XLSX) answer built in memory, cells as the COPY
+    exports write them. `filename` is given without its extension."""
+    cells = ([_csv_value(v) for v in row] for row in rows)
+    if table.kind == "xlsx":
+        return Response(
+            xlsx_bytes(header, cells),
+            media_type=XLSX_TYPE,
+            headers={"Content-Disposition": f'attachment; filename="{filename}.xlsx"'},
+        )
     return Response(
-        buffer.getvalue(),
+        csv_text(header, cells, table.dialect),
         media_type="text/csv; charset=utf-8",
-        headers={"Content-Disposition": f'attachment; filename="{filename}"'},
+        headers={"Content-Disposition": f'attachment; filename="{filename}.csv"'},
     )
+
+
+def struct_rows(
+    kind: type[msgspec.Struct], items: Iterable[msgspec.Struct]
+) -> tuple[list[str], list[tuple[Any, ...]]]:
+    """A list of Structs as a header (the field names) and rows."""
+    header = [field.name for field in msgspec.structs.fields(kind)]
+    return header, [msgspec.structs.astuple(item) for item in items]
+
+
+def csv_text(header: list[str], rows: Iterable[Iterable[object]], dialect: Dialect) -> str:
+    """The rows as CSV text in `dialect` (the `excel` one begins with a BOM)."""
+    buffer = io.StringIO()
+    if dialect == "excel":
+        buffer.write(BOM)
+        writer = csv.writer(buffer, delimiter=";", lineterminator="\r\n")
+    else:
+        writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow([neutral(name) for name in header])
+    writer.writerows(rows)
+    return buffer.getvalue()
+
+
+def xlsx_bytes(header: list[str], rows: Iterable[Iterable[object]]) -> bytes:
+    """An XLSX workbook of one sheet: the header, then the rows. Text cells keep their `'`
+    (neutral()), so no cell is a formula; characters XML cannot hold become U+FFFD."""
+    book = Workbook(write_only=True)
+    sheet = book.create_sheet("export")
+    sheet.append([_xlsx_value(neutral(name)) for name in header])
+    for row in rows:
+        sheet.append([_xlsx_value(value) for value in row])
+    buffer = io.BytesIO()
+    book.save(buffer)
+    return buffer.getvalue()
+
+
+def _xlsx_value(value: object) -> object:
+    if isinstance(value, str):
+        return ILLEGAL_CHARACTERS_RE.sub("\ufffd", value)
+    return value
 
 
 def _csv_value(value: object) -> object:
@@ -105,6 +177,16 @@ def _csv_value(value: object) -> object:
     return value
 
 
+async def fetch_on(
+    conn: asyncpg.Connection, query: str, args: list[Any], deadline: float | None = None
+) -> list[list[object]]:
+    """Every row of `query` on `conn`, cells as the CSV has them (csv_select)."""
+    statement = await conn.prepare(query)
+    select = csv_select(query, statement.get_attributes())
+    rows = await conn.fetch(select, *args, timeout=deadline)
+    return [list(row) for row in rows]
+
+
 class Exports:
     """COPY exports on their own pool, at most `slots` at once, each within `deadline` seconds
     and never `stall` seconds without the client taking data."""
@@ -116,8 +198,23 @@ class Exports:
         self._stall = stall
         self.running = 0
 
-    async def stream(self, query: str, args: list[Any], filename: str) -> Response:
-        """Every row of `query` as CSV, in constant memory.
+    async def fetch(self, query: str, args: list[Any]) -> list[list[object]]:
+        """Every row of `query`, cells as the CSV has them (csv_select), in memory: for the
+        `excel` dialect and XLSX, which are written here rather than by COPY."""
+        if self.running >= self._slots:
+            raise ExportsBusy(f"{self._slots} exports are running; retry in a few seconds")
+        self.running += 1
+        try:
+            async with self._pool.acquire(timeout=_CONNECT_TIMEOUT) as conn:
+                return await fetch_on(conn, query, args, self._deadline)
+        finally:
+            self.running -= 1
+
+    async def stream(
+        self, query: str, args: list[Any], filename: str, header: list[str] | None = None
+    ) -> Response:
+        """Every row of `query` as CSV, in constant memory; under `header` if given (else the
+        query's column names).
 
         The bounded queue is the back-pressure: when the client reads slowly, the copy waits.
         The first chunk is awaited here, so a database that cannot answer is still a 503
@@ -132,13 +229,15 @@ class Exports:
             chunks.put_nowait(bytes(chunk))  # asyncpg may hand over a bytearray
 
         async def copy() -> None:
+            if header is not None:
+                await hand_over(csv_text(header, [], "csv").encode())
             async with self._pool.acquire(timeout=_CONNECT_TIMEOUT) as conn:
                 statement = await conn.prepare(query)
                 select = csv_select(query, statement.get_attributes())
                 # asyncpg's own budget for the whole COPY, the client's waits included; at its
                 # end asyncpg cancels the query on the server.
                 await conn.copy_from_query(
-                    select, *args, output=hand_over, format="csv", header=True,
+                    select, *args, output=hand_over, format="csv", header=header is None,
                     timeout=self._deadline,
                 )  # fmt: skip
 

@@ -116,23 +116,57 @@ _EVENT = _path("event", "the JTE event's slug from configuration")
 _FORMAT = _query(
     "format",
     {"type": "string", "enum": ["json", "csv"]},
-    "csv streams every row as CSV; a text cell beginning with = + - @ tab or CR gets a ' first",
+    "csv answers every row as CSV; a text cell beginning with = + - @ tab or CR gets a ' first",
+)
+_FORMAT_XLSX = _query(
+    "format",
+    {"type": "string", "enum": ["json", "csv", "xlsx"]},
+    "csv or xlsx answer every row (the roster with a `field:<name>` column per form field); a "
+    "text cell beginning with = + - @ tab or CR gets a ' first",
+)
+_DIALECT = _query(
+    "dialect",
+    {"type": "string", "enum": ["csv", "excel"]},
+    "with format=csv: excel gives a UTF-8 BOM, `;` separators and CRLF line ends",
 )
 _LIMIT = _query(
     "limit", {"type": "integer", "minimum": 1, "maximum": MAX_LIMIT}, "page size (default 50)"
 )
 _CURSOR = _query("cursor", {"type": "string"}, "next_cursor from the previous page")
 _TIME = {"type": "string", "format": "date-time"}
+_TZ = _query(
+    "tz",
+    {"type": "string"},
+    "IANA time zone days and hours are cut in (default: the event's configured one, else UTC)",
+)
+_AS_OF = _query(
+    "as_of",
+    _TIME,
+    "the answer as the deliveries that had occurred by then made it (occurrence time, else "
+    "receipt time)",
+)
 _API_ERRORS = (400, 401, 403, 404, 503)
 _CSV = {"text/csv": {"schema": {"type": "string"}}}
+_XLSX = {
+    "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet": {
+        "schema": {"type": "string", "format": "binary"}
+    }
+}
 
 
 def _get(
-    summary: str, parameters: list[dict[str, Any]], model: type, csv: bool = False
+    summary: str,
+    parameters: list[dict[str, Any]],
+    model: type,
+    csv: bool = False,
+    xlsx: bool = False,
 ) -> dict[str, Any]:
     ok = _json(model, "OK")
     if csv:
         ok["content"].update(_CSV)
+        parameters = [*parameters, _FORMAT_XLSX if xlsx else _FORMAT, _DIALECT]
+    if xlsx:
+        ok["content"].update(_XLSX)
     return {
         "get": {
             "summary": summary,
@@ -173,7 +207,7 @@ def _paths() -> dict[str, Any]:
         _query("q", {"type": "string"}, 'part of the name or email ("Anna Nowak" works too)'),
         _LIMIT,
         _CURSOR,
-        _FORMAT,
+        _AS_OF,
     ]
     paths = {
         "/webhooks/jte": _webhook("A delivery for the default JTE event", []),
@@ -221,26 +255,34 @@ def _paths() -> dict[str, Any]:
                 "responses": {"200": _json({"type": "object"}, "OpenAPI 3.1")},
             }
         },
-        "/v1/events": _get("Configured JTE events with headline numbers", [], m.Events),
-        "/v1/events/{event}/roster": _get("Current attendees", roster, m.RosterPage, csv=True),
+        "/v1/events": _get("Configured JTE events with headline numbers", [], m.Events, csv=True),
+        "/v1/events/{event}/roster": _get(
+            "Current attendees", roster, m.RosterPage, csv=True, xlsx=True
+        ),
         "/v1/events/{event}/attendees/{attendee_id}": _get(
             "One attendee, now and the deliveries about them",
-            [_EVENT, _path("attendee_id", "the attendee's id in JTE")],
+            [_EVENT, _path("attendee_id", "the attendee's id in JTE"), _AS_OF],
             m.AttendeeDetail,
         ),
         "/v1/events/{event}/occupancy": _get(
             "Inside now (or at a past instant), peak and when, stays and check-ins",
-            [_EVENT, _query("at", _TIME, "a past instant")],
+            [_EVENT, _query("at", _TIME, "a past instant"), _AS_OF],
             Occupancy,
+            csv=True,
         ),
         "/v1/events/{event}/occupancy/timeline": _get(
             "Arrivals, departures and inside per bucket",
             [
                 _EVENT,
                 _query("bucket", {"type": "string", "enum": list(BUCKETS)}, "default 5m"),
-                _query("from", _TIME, "start (default: the first change)"),
+                _query(
+                    "from",
+                    _TIME,
+                    "start (default: the first change); a date or a time without offset is "
+                    "local time in `tz`",
+                ),
                 _query("to", _TIME, "end (default: after the last change)"),
-                _FORMAT,
+                _TZ,
             ],
             m.Timeline,
             csv=True,
@@ -252,6 +294,7 @@ def _paths() -> dict[str, Any]:
                 _query("limit", {"type": "integer", "minimum": 1, "maximum": 200}, "default 20"),
             ],
             m.CheckIns,
+            csv=True,
         ),
         "/v1/events/{event}/payments": _get(
             "Ledger entries, one per payment reference",
@@ -261,13 +304,17 @@ def _paths() -> dict[str, Any]:
                 _query("method", {"type": "string"}, "payu, przelewy24, tpay, bank_transfer"),
                 _LIMIT,
                 _CURSOR,
-                _FORMAT,
+                _AS_OF,
             ],
             m.PaymentsPage,
             csv=True,
+            xlsx=True,
         ),
         "/v1/events/{event}/payments/summary": _get(
-            "Totals by currency, method and day", [_EVENT], PaymentSummary
+            "Totals by currency, method and local day",
+            [_EVENT, _TZ, _AS_OF],
+            PaymentSummary,
+            csv=True,
         ),
         "/v1/projections": _get("Where each view stands", [], m.Projections),
         "/v1/deliveries": _get(
@@ -321,7 +368,7 @@ def _paths() -> dict[str, Any]:
                 "summary": "Rebuild a view (or all) in the background, then swap it in (admin)",
                 "security": [{"bearer": []}],
                 "parameters": [
-                    _path("name", "roster, occupancy, payments or all"),
+                    _path("name", "roster, occupancy, payments, occurrences or all"),
                     _query(
                         "skip_poison",
                         {"type": "boolean", "default": False},

@@ -13,7 +13,8 @@ from psycopg.types.json import set_json_loads
 from projections.status import read_status
 from service.eventstore.source import SOURCE
 
-# Not attendee_deliveries: it lists store positions, which depend on arrival order.
+# Not attendee_deliveries nor occurrences: they list store positions, which depend on arrival
+# order.
 ANALYTICS_VIEWS: Final = (
     "roster",
     "presence",
@@ -22,6 +23,7 @@ ANALYTICS_VIEWS: Final = (
     "occupancy_timeline",
     "payments",
     "payment_totals",
+    "roster_fields",
 )
 
 

@@ -9,6 +9,7 @@ import logging
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any, Final
+from zoneinfo import ZoneInfo
 
 import asyncpg
 import msgspec
@@ -17,8 +18,9 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from domain.interpret import parse_time
-from service.config import EventsWatcher
-from service.http.exports import Exports, ExportsBusy
+from service.config import EventConfig, EventsWatcher
+from service.config import zone as config_zone
+from service.http.exports import Exports, ExportsBusy, Table
 from service.http.responses import Error, json_response
 from service.tokens import Grant, Scope, TokenCache, allows
 
@@ -64,6 +66,7 @@ class Api:
         async def with_event(request: Request) -> Response:
             slug: str = request.path_params["event"]
             self.check_event(request, slug)
+            request.state.event = self.events.event(slug)  # its time zone, for `zone()`
             return await endpoint(request, slug)
 
         return self.route(path, with_event)
@@ -172,13 +175,23 @@ def known_only(request: Request, known: tuple[str, ...]) -> None:
             raise ApiError(400, "bad_parameter", f"`{name}` given {count} times: give it once")
 
 
-def wants_csv(request: Request) -> bool:
-    fmt = request.query_params.get("format")
-    if fmt is not None and fmt not in ("json", "csv"):
-        raise ApiError(400, "bad_parameter", "`format` must be json or csv")
-    if fmt is not None:
-        return fmt == "csv"
-    return "text/csv" in request.headers.get("accept", "")
+def table(request: Request, xlsx: bool = False) -> Table:
+    """How to answer a list or summary: `format=json|csv` (and `xlsx` where `xlsx`), else CSV
+    when the Accept header asks for text/csv; `dialect=csv|excel` for CSV only."""
+    params = request.query_params
+    kinds = ("json", "csv", "xlsx") if xlsx else ("json", "csv")
+    fmt = params.get("format")
+    if fmt is not None and fmt not in kinds:
+        raise ApiError(400, "bad_parameter", f"`format` must be {' or '.join(kinds)}")
+    if fmt is None:
+        fmt = "csv" if "text/csv" in request.headers.get("accept", "") else "json"
+    dialect = params.get("dialect")
+    if dialect is not None:
+        if dialect not in ("csv", "excel"):
+            raise ApiError(400, "bad_parameter", "`dialect` must be csv or excel")
+        if fmt != "csv":
+            raise ApiError(400, "bad_parameter", "`dialect` applies to format=csv only")
+    return Table(fmt, dialect or "csv")  # type: ignore[arg-type]
 
 
 def limit(params: Any, default: int = 50, maximum: int = MAX_LIMIT) -> int:
@@ -230,6 +243,43 @@ def time(params: Any, name: str) -> datetime | None:
     if when is None or not datetime(1970, 1, 1, tzinfo=UTC) <= when <= LATEST:
         raise ApiError(400, "bad_parameter", f"`{name}` must be an ISO 8601 time")
     return when
+
+
+def zone(request: Request) -> ZoneInfo:
+    """The time zone days and hours are cut in: `tz=`, else the event's configured one."""
+    name = request.query_params.get("tz")
+    if name is None:
+        configured: EventConfig = request.state.event
+        name = configured.timezone
+    found = config_zone(name)
+    if found is None:
+        raise ApiError(
+            400, "bad_parameter", "`tz` must be an IANA time zone such as Europe/Warsaw or UTC"
+        )
+    return found
+
+
+def local_time(params: Any, name: str, tz: ZoneInfo) -> datetime | None:
+    """A time parameter where a date (`2026-03-29`) means that day's local midnight in `tz`,
+    and a time without an offset is local time in `tz`."""
+    value = params.get(name)
+    if value is None:
+        return None
+    text = value.strip()
+    try:
+        parsed = datetime.fromisoformat(text)
+    except ValueError:
+        return time(params, name)  # a Unix time, or a 400
+    if parsed.tzinfo is None:
+        try:
+            # A wall time in a DST gap or fold resolves as zoneinfo does (fold=0: the earlier).
+            parsed = parsed.replace(tzinfo=tz).astimezone(UTC)
+        except (OverflowError, ValueError):
+            raise ApiError(400, "bad_parameter", f"`{name}` must be an ISO 8601 time") from None
+        if not datetime(1970, 1, 1, tzinfo=UTC) <= parsed <= LATEST:
+            raise ApiError(400, "bad_parameter", f"`{name}` must be an ISO 8601 time")
+        return parsed
+    return time(params, name)
 
 
 def encode_cursor(values: list[Any]) -> str:

@@ -10,27 +10,24 @@ from projections import occupancy, roster
 from service.http.api import common
 from service.http.api.common import Api
 from service.http.api.models import Events, EventSummary
+from service.http.exports import csv_rows, struct_rows
 from service.http.responses import json_response
 
 
 def routes(api: Api) -> list[Route]:
     async def summaries(request: Request) -> Response:
+        table = common.table(request)
         pool = common.pool(request)
         granted = common.grant(request)
         visible = [slug for slug in api.events.events if granted.sees(slug)]
         registered = await roster.registered(pool, visible)
         inside = await occupancy.inside_now(pool, list(registered))
-        return json_response(
-            Events(
-                [
-                    EventSummary(
-                        event=slug,
-                        registered=count,
-                        inside_now=inside.get(slug, 0),
-                    )
-                    for slug, count in registered.items()
-                ]
-            )
-        )
+        items = [
+            EventSummary(event=slug, registered=count, inside_now=inside.get(slug, 0))
+            for slug, count in registered.items()
+        ]
+        if table.kind != "json":
+            return csv_rows(*struct_rows(EventSummary, items), "events", table)
+        return json_response(Events(items))
 
     return [api.route("/v1/events", summaries)]

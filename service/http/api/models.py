@@ -50,7 +50,8 @@ class AttendeeDetail(msgspec.Struct, frozen=True, kw_only=True):
 
 class Timeline(msgspec.Struct, frozen=True, kw_only=True):
     event: str
-    bucket: Literal["5m", "15m", "1h"]
+    bucket: Literal["1m", "5m", "15m", "30m", "1h", "1d"]
+    tz: str  # the IANA time zone the buckets are cut in
     start: datetime | None
     end: datetime | None
     buckets: list[Bucket]

@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+from datetime import datetime
+
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
 from projections import occupancy, roster
 from service.eventstore.history import attendee_history
-from service.http.api import common
+from service.http.api import asof, common
 from service.http.api.common import Api, ApiError
 from service.http.api.models import AttendeeDetail, RosterPage
+from service.http.exports import Table, csv_rows, fetch_on
 from service.http.responses import json_response
 
 
@@ -27,12 +30,37 @@ async def page(request: Request, slug: str) -> Response:
     checked_in, paid = common.flag(params, "checked_in"), common.flag(params, "paid")
     role, q = common.text(params, "role"), common.text(params, "q")
     only = roster.Filter(status=status, role=role, checked_in=checked_in, paid=paid, q=q)
-    if common.wants_csv(request):
-        query, args = roster.export(slug, only)
-        return await common.exports(request).stream(query, args, f"roster-{slug}.csv")
+    table = common.table(request, xlsx=True)
+    when = common.time(params, "as_of")
+    if when is not None:
+        return await _page_as_of(request, slug, only, table, when)
+    if table.kind != "json":
+        names = await roster.field_names(common.pool(request), slug)
+        query, args, header = roster.export(slug, only, names)
+        exports = common.exports(request)
+        if table.kind == "csv" and table.dialect == "csv":
+            return await exports.stream(query, args, f"roster-{slug}.csv", header)
+        return csv_rows(header, await exports.fetch(query, args), f"roster-{slug}", table)
     limit = common.limit(params)
     after = common.decode_cursor(params, 3)
     items, more = await roster.page(common.pool(request), slug, only, limit, after)
+    next_cursor = common.encode_cursor(more) if more else None
+    return json_response(RosterPage(event=slug, items=items, next_cursor=next_cursor))
+
+
+async def _page_as_of(
+    request: Request, slug: str, only: roster.Filter, table: Table, when: datetime
+) -> Response:
+    """The roster page (or every row) as the deliveries that had occurred by `when` made it."""
+    params = request.query_params
+    limit = common.limit(params)
+    after = common.decode_cursor(params, 3)
+    async with asof.roster_as_of(common.pool(request), slug, when) as (conn, source):
+        if table.kind != "json":
+            names = await roster.field_names(conn, slug, source)
+            query, args, header = roster.export(slug, only, names, source)
+            return csv_rows(header, await fetch_on(conn, query, args), f"roster-{slug}", table)
+        items, more = await roster.page(conn, slug, only, limit, after, source)
     next_cursor = common.encode_cursor(more) if more else None
     return json_response(RosterPage(event=slug, items=items, next_cursor=next_cursor))
 
@@ -42,13 +70,21 @@ async def attendee(request: Request, slug: str) -> Response:
     if len(attendee_id) > 200 or "\x00" in attendee_id:
         raise ApiError(404, "unknown_attendee", "no such attendee")
     pool = common.pool(request)
-    found = await roster.attendee(pool, slug, attendee_id)
+    when = common.time(request.query_params, "as_of")
+    if when is None:
+        found = await roster.attendee(pool, slug, attendee_id)
+        presence = await occupancy.presence_of(pool, slug, attendee_id)
+        history = await attendee_history(pool, slug, attendee_id)
+    else:
+        async with asof.roster_as_of(pool, slug, when, attendee_id) as (conn, source):
+            found = await roster.attendee(conn, slug, attendee_id, source)
+        presence = await occupancy.presence_as_of(pool, slug, attendee_id, when)
+        history = [
+            h
+            for h in await attendee_history(pool, slug, attendee_id)
+            if (h.occurred_at or h.received_at) <= when
+        ]
     if found is None:
         raise ApiError(404, "unknown_attendee", f"no attendee {attendee_id[:64]!r} in {slug!r}")
-    detail = AttendeeDetail(
-        event=slug,
-        attendee=found,
-        presence=await occupancy.presence_of(pool, slug, attendee_id),
-        history=await attendee_history(pool, slug, attendee_id),
-    )
+    detail = AttendeeDetail(event=slug, attendee=found, presence=presence, history=history)
     return json_response(detail)
