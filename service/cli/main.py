@@ -10,7 +10,7 @@ from collections.abc import Sequence
 
 import psycopg
 
-from service.cli import access, database, serve, simulate, views
+from service.cli import access, asof, database, serve, simulate, views
 from service.config import ConfigError, env_name, load_settings
 from service.eventstore.database import Unusable, reason
 from service.eventstore.store import StoreUnavailable
@@ -58,6 +58,7 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_commands(commands)  # serve, secret
     simulate.add_command(commands)
     views.add_commands(commands)  # project, rebuild, status
+    asof.add_commands(commands)  # as-of list, as-of drop
     database.add_replay(commands)
     access.add_commands(commands)  # token, grant-analyst
     database.add_setup(commands)  # db setup
