@@ -41,7 +41,7 @@ from domain.events import AttendeeEvent
 from projections.fold import LetterRow, PoisonError
 from projections.registry import VIEWS
 from projections.schema import VIEWS_SCHEMA, Version
-from projections.source import BATCH_BYTES, DeliverySource, record
+from projections.source import BATCH_BYTES, DeliverySource, occurred_by, record
 from projections.tracking import advance, positions, write_letters
 
 BATCH: Final = 5000  # deliveries per read, and events per fold
@@ -236,7 +236,7 @@ def _scan_range(
                     break
                 scanned += 1
                 read = record(delivery)
-                if as_of is not None and read.received_at > as_of:
+                if as_of is not None and not occurred_by(read, as_of):
                     continue
                 if read.unreadable is not None:
                     message = f"unreadable with the current parser: {read.unreadable}"[:500]

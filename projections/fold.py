@@ -16,7 +16,7 @@ import psycopg
 from domain.events import AttendeeEvent
 from projections.registry import VIEWS
 from projections.schema import Version
-from projections.source import Record
+from projections.source import Record, occurred_by
 from projections.view import Key, Target
 
 
@@ -86,13 +86,13 @@ def fold_records(
     strict: bool,
     as_of: datetime | None = None,
 ) -> Folded:
-    """Fold the records after the target's position (received by `as_of`, if given)."""
+    """Fold the records after the target's position (occurred by `as_of`, if given)."""
     version = target.version
     last = records[-1].position if records else target.position
     relevant = [
         r
         for r in records
-        if r.position > target.position and (as_of is None or r.received_at <= as_of)
+        if r.position > target.position and (as_of is None or occurred_by(r, as_of))
     ]
     letters: list[LetterRow] = []
 

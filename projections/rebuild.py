@@ -2,8 +2,9 @@
 catch up to the head, then swap the `analytics` views and drop the old version in one
 transaction. Interrupted, a build stays registered as `building` and a rerun resumes it.
 
-`as_of` builds the views as they stood at a past instant (deliveries received by then) into a
-schema of their own, leaving the live views alone.
+`as_of` builds the views as they stood at a past instant (the deliveries that had occurred by
+then: occurrence time, else receipt time) into a schema of their own, leaving the live views
+alone; `as_of_builds` lists those schemas and `drop_as_of` removes one.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from typing import Any, Final, Literal
 
 import msgspec
 import psycopg
+from psycopg import sql
 
 from projections import bulk
 from projections.fold import PoisonError, apply_records
@@ -24,8 +26,10 @@ from projections.registry import VIEWS
 from projections.runner import ensure_views
 from projections.schema import (
     ANALYTICS,
+    INTERNAL,
     LOCK_NAMESPACE,
     SWAP_LOCK,
+    VIEW_VERSIONS,
     Version,
     as_of,
     build_lock,
@@ -144,6 +148,42 @@ def build_as_of(
 
 def as_of_schema(as_of: datetime) -> str:
     return "analytics_as_of_" + as_of.astimezone(UTC).strftime("%Y%m%dt%H%M%Sz")
+
+
+class AsOfBuild(msgspec.Struct, frozen=True):
+    """A schema of views as they stood at a past instant."""
+
+    schema: str
+    as_of: datetime
+    views: list[str]
+
+
+def as_of_builds(conn: psycopg.Connection[Any]) -> list[AsOfBuild]:
+    """The finished as-of builds, oldest instant first."""
+    rows = conn.execute(
+        f"SELECT view, as_of FROM {INTERNAL}.{VIEW_VERSIONS} WHERE state = 'as-of' "
+        "ORDER BY as_of, view"
+    ).fetchall()
+    builds: dict[str, AsOfBuild] = {}
+    for view, when in rows:
+        schema = as_of_schema(when)
+        builds.setdefault(schema, AsOfBuild(schema, when, [])).views.append(view)
+    return list(builds.values())
+
+
+def drop_as_of(database_url: str, schema: str) -> AsOfBuild | None:
+    """Drop an as-of build: its schema, its versions' tables; None if there is no such build."""
+    with psycopg.connect(database_url, autocommit=True) as conn, conn.transaction():
+        build = next((b for b in as_of_builds(conn) if b.schema == schema), None)
+        if build is None:
+            return None
+        conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(schema)))
+        for view in build.views:
+            for version in versions(conn, view):
+                if version.state == "as-of" and as_of(conn, version) == build.as_of:
+                    drop_tables(conn, version, VIEWS[view].tables)
+                    set_state(conn, version, "retired")
+        return build
 
 
 @contextmanager

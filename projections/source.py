@@ -85,6 +85,14 @@ class Record(msgspec.Struct, frozen=True, kw_only=True):
     unreadable: str | None = None  # accepted once, but the current parser cannot read it
 
 
+def occurred_by(record: Record, moment: datetime) -> bool:
+    """Whether a delivery had occurred by `moment`: its event's occurrence time (receipt time
+    when JTE sent none), or for one that means no event, its receipt time. As-of builds cut
+    here, as the API's `as_of=` does."""
+    at = record.event.at if record.event is not None else record.received_at
+    return at <= moment
+
+
 def read(
     source: DeliverySource,
     cur: psycopg.Cursor[Any],

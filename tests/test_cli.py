@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -14,7 +15,8 @@ import httpx
 import psycopg
 import pytest
 
-from tests.helpers import SECRET, delivery, stored_rows, token_headers
+from service.eventstore.store import DeliveryStore
+from tests.helpers import SECRET, delivery, recorded, stored_rows, token_headers
 
 ROLLCALL = [sys.executable, "-m", "service.cli"]
 
@@ -156,3 +158,46 @@ def test_bad_configuration_is_a_clear_error(tmp_path: Path) -> None:
     assert result.returncode == 2
     assert "configuration error" in result.stderr and "Bad Slug" in result.stderr
     assert "s3cret-value" not in result.stderr
+
+
+def test_as_of_schemas_are_listed_and_dropped_from_the_command_line(
+    tmp_path: Path, database_url: str
+) -> None:
+    env = child_env(tmp_path, DATABASE_URL=database_url)
+    store = DeliveryStore(database_url)
+    try:
+        store.append([recorded(delivery("AttendeeCheckedIn", "a-1"))])
+    finally:
+        store.close()
+    built = subprocess.run(
+        [*ROLLCALL, "rebuild", "occupancy", "--as-of", "2099-01-01T00:00:00Z"],
+        env=env, capture_output=True, text=True,
+    )  # fmt: skip
+    assert built.returncode == 0, built.stderr
+    listed = subprocess.run(
+        [*ROLLCALL, "as-of", "list", "--json"], env=env, capture_output=True, text=True
+    )
+    assert json.loads(listed.stdout) == [
+        {
+            "schema": "analytics_as_of_20990101t000000z",
+            "as_of": "2099-01-01T00:00:00Z",
+            "views": ["occupancy"],
+        }
+    ]
+    dropped = subprocess.run(
+        [*ROLLCALL, "as-of", "drop", "2099-01-01T00:00:00Z"],
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    assert (dropped.returncode, dropped.stdout) == (
+        0,
+        "dropped analytics_as_of_20990101t000000z (occupancy)\n",
+    )
+    again = subprocess.run(
+        [*ROLLCALL, "as-of", "drop", "analytics_as_of_20990101t000000z"],
+        env=env, capture_output=True, text=True,
+    )  # fmt: skip
+    assert again.returncode == 1 and "no as-of schema" in again.stderr
+    listed = subprocess.run([*ROLLCALL, "as-of", "list"], env=env, capture_output=True, text=True)
+    assert (listed.returncode, listed.stdout) == (0, "")

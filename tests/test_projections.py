@@ -28,7 +28,7 @@ from domain.events import attendee_event
 from domain.interpret import Interpreted, interpret
 from projections import fold
 from projections.fold import PoisonError, apply_records
-from projections.rebuild import build_as_of, rebuild
+from projections.rebuild import AsOfBuild, as_of_builds, build_as_of, drop_as_of, rebuild
 from projections.registry import VIEW_NAMES
 from projections.runner import Runner, ensure_views
 from projections.schema import LOCK_NAMESPACE, live_version, runner_lock, versions
@@ -592,6 +592,44 @@ def test_as_of_builds_the_views_as_they_stood(database_url: str) -> None:
         now = conn.execute("SELECT attendee_id FROM analytics.presence ORDER BY 1").fetchall()
     assert then == [("early",)]
     assert now == [("early",), ("late",)]
+
+
+def test_as_of_cuts_by_occurrence_time_and_its_schemas_can_be_listed_and_dropped(
+    database_url: str,
+) -> None:
+    # Received first but occurred after the cut: left out. Received last (JTE retried it late)
+    # but occurred before the cut: in. No occurrence time: its receipt time counts.
+    store = DeliveryStore(database_url)
+    try:
+        store.append(
+            [
+                recorded(delivery("AttendeeCheckedIn", "after", occurredAt="2026-05-14T12:30:00Z")),
+                recorded(delivery("AttendeeCheckedIn", "untimed")),
+                recorded(
+                    delivery("AttendeeCheckedIn", "before", occurredAt="2026-05-14T11:59:59Z")
+                ),
+            ]
+        )
+    finally:
+        store.close()
+    Runner(database_url, SOURCE).catch_up()
+    cut = datetime(2026, 5, 14, 12, tzinfo=UTC)
+    schema = build_as_of(database_url, ["occupancy"], SOURCE, cut)
+    with psycopg.connect(database_url) as conn:
+        then = conn.execute(f'SELECT attendee_id FROM "{schema}".presence').fetchall()
+        assert then == [("before",)]
+        assert as_of_builds(conn) == [AsOfBuild(schema, cut, ["occupancy"])]
+    assert drop_as_of(database_url, "analytics_as_of_20990101t000000z") is None
+    assert drop_as_of(database_url, schema) == AsOfBuild(schema, cut, ["occupancy"])
+    with psycopg.connect(database_url) as conn:
+        assert as_of_builds(conn) == []
+        gone = conn.execute("SELECT 1 FROM pg_namespace WHERE nspname = %s", (schema,))
+        assert gone.fetchone() is None
+        tables = conn.execute(
+            "SELECT count(*) FROM pg_tables WHERE schemaname = 'rollcall_views' "
+            "AND tablename LIKE 'presence%'"
+        ).fetchone()
+        assert tables == (1,)  # the live version's only
 
 
 async def test_status_endpoint_and_readiness(

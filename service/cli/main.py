@@ -14,6 +14,7 @@ import psycopg
 
 from service.cli import (
     access,
+    asof,
     database,
     export,
     importing,
@@ -104,6 +105,7 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_commands(commands)  # serve, secret
     simulate.add_command(commands)
     views.add_commands(commands)  # project, rebuild, status
+    asof.add_commands(commands)  # as-of list, as-of drop
     database.add_replay(commands)
     access.add_commands(commands)  # token, grant-analyst
     database.add_setup(commands)  # db setup
