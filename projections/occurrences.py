@@ -35,6 +35,7 @@ class OccurrencesView:
 
     name: Final = "occurrences"
     tables: Final = ("occurrences",)
+    event_types: Final[frozenset[str] | None] = None  # every interpreted delivery has a row
 
     def ddl(self, version: Version) -> list[sql.Composed]:
         table = version.table("occurrences")
@@ -93,3 +94,29 @@ class OccurrencesView:
                 [r.at for r in rows],
             ),
         )
+
+    def bulk(self, version: Version) -> OccurrencesBulk:
+        return OccurrencesBulk(version)
+
+
+class OccurrencesBulk:
+    """A fresh index filled by a bulk rebuild: each delivery is folded once, so its row is
+    new and can be streamed with COPY."""
+
+    def __init__(self, version: Version) -> None:
+        self._version = version
+
+    def add(self, cur: psycopg.Cursor[Any], write: list[Occurrence]) -> None:
+        with cur.copy(
+            sql.SQL(
+                "COPY {} (slug, attendee_id, position, event_type, at) FROM STDIN (FORMAT BINARY)"
+            ).format(self._version.table("occurrences"))
+        ) as copy:
+            copy.set_types(["text", "text", "int8", "text", "timestamptz"])
+            for r in write:
+                copy.write_row(
+                    (text(r.slug), text(r.attendee_id), r.position, text(r.event_type), r.at)
+                )
+
+    def finish(self, cur: psycopg.Cursor[Any]) -> None:
+        pass

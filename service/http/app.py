@@ -35,8 +35,8 @@ from service.http.exports import Exports
 from service.http.intake import Intake, is_webhook_path
 from service.http.logs import RequestIdMiddleware
 from service.http.responses import Error, json_response
-from service.runner_process import RunnerProcess
 from service.metrics import HTTP_SECONDS, METRICS, worker_exited
+from service.runner_process import RunnerProcess
 
 log = logging.getLogger("rollcall.app")
 
@@ -191,6 +191,8 @@ async def _sweep_forever(store: DeliveryStore, database_url: str, retain: dict[s
             if erased:
                 log.info("retention: erased %d attendees' personal data", erased)
         await asyncio.sleep(RETENTION_INTERVAL)
+
+
 def _ensure_intake_log(database_url: str) -> None:
     with psycopg.connect(database_url, autocommit=True, connect_timeout=5) as conn:
         intake_log.ensure_table(conn)
