@@ -15,6 +15,7 @@ from datetime import UTC, datetime
 from typing import Any, Final
 from uuid import UUID, uuid5
 
+import asyncpg
 import msgspec
 import psycopg
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
@@ -761,14 +762,46 @@ def opened(
 ) -> list[StoredDelivery[Any]]:
     """Stored deliveries with their sealed bodies decrypted where their data key still exists;
     an erased one keeps its skeleton (and `sealed` set: its body is gone for good)."""
-    subjects = {
+    subjects = _subjects(stored)
+    if not subjects:
+        return stored
+    return _opened_with(keyring, stored, subjects, keys.wrapped_keys(cur, set(subjects.values())))
+
+
+async def opened_async(
+    conn: asyncpg.Connection | asyncpg.Pool, stored: list[StoredDelivery[Any]]
+) -> list[StoredDelivery[Any]]:
+    """`opened` for the API's asyncpg connections, with this process's keyring."""
+    subjects = _subjects(stored)
+    if not subjects:
+        return stored
+    wanted = list(set(subjects.values()))
+    rows = await conn.fetch(
+        f"SELECT k.slug, k.kind, k.subject, k.wrapped FROM {INTERNAL}.{keys.KEYS_TABLE} k "
+        "JOIN unnest($1::text[], $2::text[], $3::text[]) AS w(slug, kind, subject) "
+        "USING (slug, kind, subject)",
+        [w[0] for w in wanted],
+        [w[1] for w in wanted],
+        [w[2] for w in wanted],
+    )
+    wrapped = {(r[0], r[1], r[2]): (bytes(r[3]) if r[3] is not None else None) for r in rows}
+    return _opened_with(keys.active(), stored, subjects, wrapped)
+
+
+def _subjects(stored: list[StoredDelivery[Any]]) -> dict[UUID, keys.Subject]:
+    return {
         s.key: keys.subject_of(s.state.slug, s.state.attendee_id, s.key)
         for s in stored
         if s.state.sealed is not None
     }
-    if not subjects:
-        return stored
-    wrapped = keys.wrapped_keys(cur, set(subjects.values()))
+
+
+def _opened_with(
+    keyring: keys.Keyring,
+    stored: list[StoredDelivery[Any]],
+    subjects: dict[UUID, keys.Subject],
+    wrapped: dict[keys.Subject, bytes | None],
+) -> list[StoredDelivery[Any]]:
     out = []
     for item in stored:
         subject = subjects.get(item.key)

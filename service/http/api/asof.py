@@ -27,7 +27,7 @@ from projections.payments import PaymentsView
 from projections.roster import RosterView
 from projections.schema import ANALYTICS, INTERNAL
 from projections.source import StoredDelivery, record
-from service.eventstore.store import EVENTS_TABLE
+from service.eventstore.store import EVENTS_TABLE, opened_async
 
 ROSTER_TABLE: Final = "pg_temp.as_of_roster"
 PAYMENTS_TABLE: Final = "pg_temp.as_of_payments"
@@ -45,9 +45,13 @@ async def events_at(conn: asyncpg.Connection, positions: list[int]) -> list[Atte
         "WHERE notification_id = ANY($1::bigint[]) ORDER BY notification_id",
         positions,
     )
+    stored = [
+        StoredDelivery(position, UUID(str(key)), decode_body(state))
+        for position, key, state in rows
+    ]
     events = []
-    for position, key, state in rows:
-        read = record(StoredDelivery(position, UUID(str(key)), decode_body(state)))
+    for delivery in await opened_async(conn, stored):
+        read = record(delivery)
         if read.event is not None:
             events.append(read.event)
     return events
