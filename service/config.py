@@ -241,7 +241,7 @@ def _read_config_file(path: Path) -> tuple[dict[str, Any], dict[str, EventConfig
     try:
         file = msgspec.convert(raw, _ConfigFile)
     except msgspec.ValidationError as error:
-        raise ConfigError(f"{path}: {error}") from None
+        raise ConfigError(f"{path}: {_without_values(error)}") from None
     events = {}
     for slug, table in file.events.items():
         if "slug" in table:
@@ -249,9 +249,19 @@ def _read_config_file(path: Path) -> tuple[dict[str, Any], dict[str, EventConfig
         try:
             events[slug] = _event(slug, msgspec.convert(table, EventConfig))
         except msgspec.ValidationError as error:
-            raise ConfigError(f"{path}: JTE event {slug!r}: {error}") from None
+            raise ConfigError(f"{path}: JTE event {slug!r}: {_without_values(error)}") from None
     given = {name: getattr(file.intake, name) for name in raw.get("intake", {})}
     return given, events
+
+
+# A value as msgspec quotes it (Python's repr: single quotes, or double when it holds one).
+_QUOTED: Final = re.compile(r"'(?:[^'\\]|\\.)*'|\"(?:[^\"\\]|\\.)*\"")
+
+
+def _without_values(error: msgspec.ValidationError) -> str:
+    """msgspec's message with the values it quotes left out: an organiser may paste a secret
+    into the wrong field, and this message is logged and printed."""
+    return _QUOTED.sub("(value not shown)", str(error))
 
 
 def _event(slug: str, given: EventConfig) -> EventConfig:

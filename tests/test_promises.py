@@ -369,11 +369,6 @@ async def test_config_reload_paths_log_no_secret(
     assert _count(service_logs, "configuration reloaded") == 1
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="service/config.py echoes msgspec's message, which quotes an invalid enum value: "
-    "a secret pasted into `mode` reaches the log (reported in notes/12.md, not fixed here)",
-)
 def test_a_secret_typed_into_the_wrong_field_is_not_logged_on_reload(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, service_logs: LogCapture
 ) -> None:

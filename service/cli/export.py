@@ -42,7 +42,9 @@ def add_command(commands: Commands) -> None:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    command.add_argument("--sqlite", type=Path, required=True, metavar="FILE")
+    command.add_argument(
+        "--sqlite", type=Path, required=True, metavar="FILE", help="the SQLite file to write"
+    )
     command.add_argument(
         "--event", action="append", required=True, metavar="SLUG", help="repeatable"
     )

@@ -48,7 +48,7 @@ def add_commands(commands: Commands) -> None:
         ("export", run_export, "write everything held about this email as JSON"),
     ):
         action = actions.add_parser(name, help=text)
-        action.add_argument("--email", required=True)
+        action.add_argument("--email", required=True, help="the email address, any case")
         action.set_defaults(run=run)
 
 

@@ -101,6 +101,9 @@ def logging_config(level: str, fmt: LogFormat = "text") -> dict[str, Any]:
         "handlers": {
             "stderr": {
                 "class": "logging.StreamHandler",
+                # The handler keeps the level too: a library (or a test) that lowers a
+                # logger's level must not put DEBUG tracebacks on a CLI's stderr.
+                "level": level.upper(),
                 "formatter": fmt,
                 "filters": ["request_id"],
                 "stream": "ext://sys.stderr",

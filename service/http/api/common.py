@@ -58,7 +58,7 @@ class Api:
     def route(
         self, path: str, endpoint: Handler, scope: Scope = "read", method: str = "GET"
     ) -> Route:
-        return Route(path, self._guarded(endpoint, path, scope), methods=[method])
+        return Route(path, self._guarded(endpoint, path, scope, method), methods=[method])
 
     def event_route(self, path: str, endpoint: EventHandler) -> Route:
         """A read route about one configured JTE event (path parameter `event`)."""
@@ -77,8 +77,9 @@ class Api:
         if self.events.event(slug) is None or not grant(request).sees(slug):
             raise ApiError(404, "unknown_event", f"no JTE event {slug[:64]!r} is configured")
 
-    def _guarded(self, endpoint: Handler, path: str, scope: Scope) -> Handler:
-        known = self._parameters.get(path, ())
+    def _guarded(self, endpoint: Handler, path: str, scope: Scope, method: str) -> Handler:
+        # A path's parameters, unless its other method has its own ("DELETE /path").
+        known = self._parameters.get(f"{method} {path}", self._parameters.get(path, ()))
 
         async def handle(request: Request) -> Response:
             try:
