@@ -22,10 +22,12 @@ from domain import deliveries as stored_form
 from domain.interpret import Interpreted, interpret
 from projections.roster import ATTENDEE_DELIVERIES
 from projections.schema import ANALYTICS, DEAD_LETTERS, INTERNAL
+from projections.source import StoredDelivery
 from projections.status import read_status
 from service import intake_log
+from service.eventstore import keys
 from service.eventstore.source import SOURCE
-from service.eventstore.store import EVENTS_TABLE
+from service.eventstore.store import EVENTS_TABLE, opened
 
 Outcome = Literal["accepted", "quarantined", "duplicate", "rejected"]
 OUTCOMES: Final = ("accepted", "quarantined", "duplicate", "rejected")
@@ -307,7 +309,10 @@ def detail(conn: psycopg.Connection[Any], key: UUID) -> DeliveryDetail | None:
     if row is None:
         return None
     position, state = row
-    delivery = stored_form.decode(bytes(state))
+    # The body as sent, decrypted for the admin who asks; an erased person's stays a skeleton.
+    stored = StoredDelivery(position, key, stored_form.decode(bytes(state)))
+    with conn.cursor() as cur:
+        delivery = opened(cur, keys.active(), [stored])[0].state
     reading = interpret(delivery.body)
     now = (
         Reading(
