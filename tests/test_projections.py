@@ -7,6 +7,7 @@ Deliveries go in through the real HTTP intake; the views are read back with SQL 
 from __future__ import annotations
 
 import json
+import os
 import random
 import subprocess
 import sys
@@ -270,6 +271,8 @@ def test_runner_killed_mid_batch_ends_with_the_views_of_a_clean_build(
     env = {
         "DATABASE_URL": database_url,
         "ROLLCALL_DATA_DIR": str(tmp_path),
+        # The store sealed these deliveries under this process's master key.
+        "ROLLCALL_MASTER_KEY": os.environ["ROLLCALL_MASTER_KEY"],
         "PATH": "/usr/bin:/bin",
     }
     # Each kill lands while one of the runner's batch transactions is open (the drill's
