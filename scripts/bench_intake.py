@@ -151,8 +151,8 @@ def _run(args: argparse.Namespace, work: Path, server_url: str) -> int:
     )
     configurations = [
         ("a", "rollcall, group commit (intake only)", ["serve"], INTAKE_ONLY),
-        ("ap", "default serve: live views in a child process", ["serve"], DEFAULT_SERVE),
-        ("at", "live views in a thread of the server (before)", ["serve"], THREAD_SERVE),
+        ("ap", "default serve: live views in a thread of the server", ["serve"], DEFAULT_SERVE),
+        ("ac", "live views in a child process (opt-in)", ["serve"], CHILD_SERVE),
         (
             "b",
             "rollcall, one transaction per delivery",
@@ -179,7 +179,7 @@ def _run(args: argparse.Namespace, work: Path, server_url: str) -> int:
 
 INTAKE_ONLY = {"ROLLCALL_GROUP_COMMIT": "on", "ROLLCALL_PROJECTIONS": "off"}
 DEFAULT_SERVE = {"ROLLCALL_GROUP_COMMIT": "on", "ROLLCALL_PROJECTIONS": "on"}
-THREAD_SERVE = {**DEFAULT_SERVE, "ROLLCALL_PROJECTION_RUNNER": "thread"}
+CHILD_SERVE = {**DEFAULT_SERVE, "ROLLCALL_PROJECTION_RUNNER": "process"}
 
 
 def _compare(args: argparse.Namespace, work: Path, server_url: str) -> int:

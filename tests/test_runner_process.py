@@ -53,10 +53,10 @@ def _state(pid: int) -> str:
         return "gone"
 
 
-def test_the_default_server_folds_in_a_child_that_is_restarted_when_killed(
+def test_a_child_runner_is_restarted_when_killed(
     start_service: Callable[..., RunningService], database_url: str
 ) -> None:
-    service = start_service()
+    service = start_service(projection_runner="process")
     runner = service.app.state.runner
     assert isinstance(runner, RunnerProcess)
     wait_until(lambda: runner.pid is not None and runner.pid in runner_pids(database_url), 60)
@@ -101,7 +101,10 @@ def test_a_thread_or_no_runner_when_the_settings_say_so(
 def test_rollcall_serve_leaves_no_runner_behind(
     tmp_path: Path, database_url: str, stop_signal: int
 ) -> None:
-    env = child_env(tmp_path, DATABASE_URL=database_url, ROLLCALL_SECRET=SECRET)
+    env = child_env(
+        tmp_path, DATABASE_URL=database_url, ROLLCALL_SECRET=SECRET,
+        ROLLCALL_PROJECTION_RUNNER="process",
+    )  # fmt: skip
     serve = Serve(env, tmp_path / "serve.log")
     try:
         wait_until(lambda: len(runner_pids(database_url)) == 1, 60)

@@ -38,8 +38,8 @@ def add_commands(commands: Commands) -> None:
     serve.add_argument(
         "--projections",
         choices=["process", "thread", "off"],
-        help="where the live views are folded: a supervised child process (default), a thread "
-        "of each server process, or not at all "
+        help="where the live views are folded: a thread of each server process (default), a "
+        "supervised child process, or not at all "
         f"(default: {env_name('projection_runner')} / {env_name('projections')})",
     )
     serve.set_defaults(run=run_serve)
