@@ -439,7 +439,7 @@ def _print_table(runs: list[Run], check: ExactlyOnce, args: argparse.Namespace) 
     print()
     print(f"ratio a/c: {a.per_second / c.per_second:5.1f}x   (target >= 8x)")
     print(f"ratio a/b: {a.per_second / b.per_second:5.1f}x   (target >= 2x)")
-    for name, title in (("ap", "default serve, live views"), ("at", "live views in a thread")):
+    for name, title in (("ap", "default serve, live views"), ("ac", "live views in a child")):
         if name in by_name:
             run = by_name[name]
             print(
