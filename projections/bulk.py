@@ -38,7 +38,7 @@ import psycopg
 from psycopg import sql
 
 from domain.events import AttendeeEvent
-from projections.fold import LetterRow, PoisonError
+from projections.fold import LetterRow, PoisonError, dead_letters
 from projections.registry import VIEWS
 from projections.schema import VIEWS_SCHEMA, Version
 from projections.source import BATCH_BYTES, DeliverySource, occurred_by, record
@@ -288,17 +288,7 @@ def _fold_part(
     decode = _decoder()
     dead: list[LetterRow] = []
 
-    def poison(event: AttendeeEvent, error: Exception) -> None:
-        message = f"{type(error).__name__}: {error}"[:500]
-        if strict:
-            raise PoisonError(
-                f"{version.view}: delivery at position {event.position} cannot apply: {message}"
-            ) from error
-        dead.append(
-            LetterRow(
-                event.position, event.key, event.slug, event.attendee_id, event.event_type, message
-            )
-        )
+    poison = dead_letters(version.view, strict, dead)
 
     conditions: list[sql.Composable] = [
         sql.SQL("mod(hashtext(attendee_id) & 2147483647, {}) = {}").format(parts, part)

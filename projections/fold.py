@@ -17,7 +17,7 @@ from domain.events import AttendeeEvent
 from projections.registry import VIEWS
 from projections.schema import Version
 from projections.source import Record, occurred_by
-from projections.view import Key, Target
+from projections.view import Key, Poison, Target
 
 
 class PoisonError(Exception):
@@ -78,6 +78,25 @@ def apply_records(
     return tracking.record(cur, folded)
 
 
+def dead_letters(view: str, strict: bool, letters: list[LetterRow]) -> Poison:
+    """What a fold does with an event it cannot apply: a strict build stops on it, any other
+    keeps it in `letters` (the view's dead letters) and goes on."""
+
+    def poison(event: AttendeeEvent, error: Exception) -> None:
+        message = f"{type(error).__name__}: {error}"[:500]
+        if strict:
+            raise PoisonError(
+                f"{view}: delivery at position {event.position} cannot apply: {message}"
+            ) from error
+        letters.append(
+            LetterRow(
+                event.position, event.key, event.slug, event.attendee_id, event.event_type, message
+            )
+        )
+
+    return poison
+
+
 def fold_records(
     target: Target,
     records: Sequence[Record],
@@ -96,17 +115,7 @@ def fold_records(
     ]
     letters: list[LetterRow] = []
 
-    def poison(event: AttendeeEvent, error: Exception) -> None:
-        message = f"{type(error).__name__}: {error}"[:500]
-        if strict:
-            raise PoisonError(
-                f"{version.view}: delivery at position {event.position} cannot apply: {message}"
-            ) from error
-        letters.append(
-            LetterRow(
-                event.position, event.key, event.slug, event.attendee_id, event.event_type, message
-            )
-        )
+    poison = dead_letters(version.view, strict, letters)
 
     for record in relevant:
         if record.unreadable is not None:
