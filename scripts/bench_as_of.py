@@ -27,6 +27,7 @@ import httpx
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bench_queries as bq
 
+from service.eventstore import keys
 from service.eventstore.database import drop_database, new_database, server
 
 TARGET_MS = 1000.0
@@ -53,6 +54,8 @@ def _measure(client: httpx.Client, pid: int, paths: list[str]) -> tuple[list[flo
 
 
 def main() -> int:
+    # This process seeds the store and starts rollcall processes: they must share one master key.
+    os.environ.setdefault(keys.MASTER_KEY_ENV, keys.generate_master_key())
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--attendees", type=int, default=20_000)
     parser.add_argument("--events", type=int, default=60_000)

@@ -22,6 +22,7 @@ from pathlib import Path
 from openpyxl import Workbook
 
 from service.cli.main import main as rollcall
+from service.eventstore import keys
 from service.eventstore.database import drop_database, new_database, server
 
 HEADER = ["Id", "Imię", "Nazwisko", "E-mail", "Rozmiar koszulki", "Dieta"]
@@ -47,6 +48,8 @@ def _run(path: Path, database_url: str, work: Path) -> tuple[float, float, str]:
 
 
 def main() -> int:
+    # This process seeds the store and starts rollcall processes: they must share one master key.
+    os.environ.setdefault(keys.MASTER_KEY_ENV, keys.generate_master_key())
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--rows", type=int, default=20_000)
     args = parser.parse_args()

@@ -35,6 +35,7 @@ import msgspec
 import psycopg
 
 from service.config import EventConfig
+from service.eventstore import keys
 from service.eventstore.database import drop_database, new_database, server
 from service.jte.simulator import (
     SignedDelivery,
@@ -126,6 +127,8 @@ class Run:
 
 
 def main() -> int:
+    # This process seeds the store and starts rollcall processes: they must share one master key.
+    os.environ.setdefault(keys.MASTER_KEY_ENV, keys.generate_master_key())
     args = _arguments()
     if shutil.which("wrk") is None:
         print("bench_intake: wrk is not installed (apt-get install wrk)", file=sys.stderr)

@@ -41,6 +41,7 @@ from domain.events import attendee_event
 from domain.interpret import Interpreted, interpret
 from domain.roster import RosterEntry, apply
 from service.config import EventConfig
+from service.eventstore import keys
 from service.eventstore.database import (
     drop_database,
     eventsourcing_env,
@@ -61,6 +62,8 @@ _FLAT_OUT_SECONDS = 10
 
 
 def main() -> int:
+    # This process seeds the store and starts rollcall processes: they must share one master key.
+    os.environ.setdefault(keys.MASTER_KEY_ENV, keys.generate_master_key())
     args = _arguments()
     work = Path(tempfile.mkdtemp(prefix="rollcall-bench-"))
     try:
@@ -149,11 +152,12 @@ def _rebuild(database_url: str, work: Path) -> tuple[int, float, float]:
     env = {**os.environ, "DATABASE_URL": database_url, "ROLLCALL_DATA_DIR": str(work / "cli")}
     started = time.monotonic()
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    errors = (work / "rebuild.err").open("w+")
     process = subprocess.Popen(
         [sys.executable, "-m", "service.cli", "--log-level", "warning", "rebuild", "all"],
         env=env,
         cwd=ROOT,
-        stderr=subprocess.DEVNULL,
+        stderr=errors,
     )
     # Sampled while it runs: the child's rusage would count the memory it shared with this
     # (large) process between fork and exec. The rebuild works in worker processes too: the
@@ -164,7 +168,9 @@ def _rebuild(database_url: str, work: Path) -> tuple[int, float, float]:
         time.sleep(0.05)
     elapsed = time.monotonic() - started
     if process.returncode != 0:
-        raise RuntimeError("rollcall rebuild failed")
+        errors.seek(0)
+        raise RuntimeError(f"rollcall rebuild failed:\n{errors.read()[-4000:]}")
+    errors.close()
     # The CPU the rebuild and its workers used (PostgreSQL's not included): steadier than
     # events/s on a loaded machine.
     after = resource.getrusage(resource.RUSAGE_CHILDREN)

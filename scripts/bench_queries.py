@@ -44,6 +44,7 @@ import psycopg
 
 from projections.runner import Runner
 from service.config import EventConfig
+from service.eventstore import keys
 from service.eventstore.database import drop_database, new_database, server
 from service.eventstore.source import SOURCE
 from service.eventstore.store import DeliveryRecorded, DeliveryStore
@@ -133,6 +134,8 @@ class Export:
 
 
 def main() -> int:
+    # This process seeds the store and starts rollcall processes: they must share one master key.
+    os.environ.setdefault(keys.MASTER_KEY_ENV, keys.generate_master_key())
     args = _arguments()
     work = Path(tempfile.mkdtemp(prefix="rollcall-bench-"))
     configured = os.environ.get("DATABASE_URL") or None
