@@ -4,6 +4,8 @@
     .venv/bin/python scripts/mutation.py                       # domain/, its fast pure tests
     .venv/bin/python scripts/mutation.py --source projections/occupancy.py \\
         --tests tests/test_view_queries.py tests/test_order_insensitivity.py
+    .venv/bin/python scripts/mutation.py --source projections/roster.py \\
+        --tests tests/test_roster.py --mutants 'projections.roster.*__mutmut_*[05]'  # 1 in 5
 
 mutmut mutates a copy (it writes `mutants/` beside the code it copies), so this script works on a
 fresh copy of the tracked files in a temporary directory and never touches the worktree. It
@@ -40,6 +42,13 @@ def main() -> int:
     parser.add_argument("--source", nargs="+", default=["domain/"], help="what to mutate")
     parser.add_argument("--tests", nargs="+", default=DOMAIN_TESTS, help="the tests to run")
     parser.add_argument("--children", type=int, default=2, help="mutants run at once")
+    parser.add_argument(
+        "--mutants",
+        nargs="+",
+        default=[],
+        help="only the mutants these names or globs match (mutmut's names: "
+        "'projections.roster.x_page__mutmut_*' one function, '*__mutmut_*[05]' one in five)",
+    )
     parser.add_argument("--json", action="store_true", help="the figures as JSON on stdout")
     args = parser.parse_args()
     mutmut = Path(sys.executable).with_name("mutmut")
@@ -59,7 +68,7 @@ def main() -> int:
         env = {**os.environ, "PYTHONPATH": str(copy)}
         started = time.monotonic()
         run = subprocess.run(
-            [str(mutmut), "run", "--max-children", str(args.children)],
+            [str(mutmut), "run", "--max-children", str(args.children), *args.mutants],
             cwd=copy,
             env=env,
             capture_output=True,
@@ -90,6 +99,7 @@ def main() -> int:
     figures = {
         "source": args.source,
         "tests": args.tests,
+        "mutants": args.mutants,
         "seconds": round(elapsed),
         "score": round(score, 3),
         **stats,
@@ -102,6 +112,7 @@ def main() -> int:
             f"({killed} killed, {survived} survived or unreached, "
             f"{stats.get('timeout', 0)} timed out, {stats.get('suspicious', 0)} suspicious) "
             f"in {elapsed:.0f} s with {len(args.tests)} test files"
+            + (f" (mutants {' '.join(args.mutants)})" if args.mutants else "")
         )
         for name in survivors:
             print(f"\n--- {name}\n{diffs[name].strip()}")

@@ -25,7 +25,7 @@ from tests.drill.faults import BOUND
 from tests.drill.fuzz import ANY, ApiFacts, Generator, Probe, Tally, is_json_type
 from tests.drill.harness import Workspace
 from tests.drill.hostile import check_answers
-from tests.drill.reads import EXPORT_SLOTS, ExportRead, Reads, check_reads
+from tests.drill.reads import EXPORT_SLOTS, INTERACTIVE_LIMIT, ExportRead, Reads, check_reads
 from tests.drill.wire import NO_ANSWER, Answer, parse_answer
 from tests.helpers import drill_directory, figure, held
 
@@ -56,7 +56,8 @@ def test_hostile_holds(findings: dict[str, Finding]) -> None:
     # Idle sockets filling the cap and slow ones on top: deliveries and health checks still
     # answered (held() above: none late), and ones refused from the headers let go at once.
     # (a liveness bound: the header deadline is far shorter)
-    assert figure(finding, r"let go within [\d.]+ s \(idle or slow headers\), ([\d.]+) s") < BOUND
+    refused_from_headers = r"let go within [\d.]+ s \(idle or slow headers\), ([\d.]+) s"
+    assert figure(finding, refused_from_headers) < QUICK.within(BOUND)
     # Unverified megabyte bodies beyond their memory bound: the oldest dropped, memory bounded.
     assert figure(finding, r"unverified 1 MB bodies held open: (\d+) dropped") > 0
     assert figure(finding, r"server peak \+(\d+) MB \(bound") < UNVERIFIED_MB + FLOOD_SLACK_MB
@@ -73,8 +74,9 @@ def test_hostile_holds(findings: dict[str, Finding]) -> None:
 def test_forgery_holds(findings: dict[str, Finding]) -> None:
     finding = held(findings["forgery"])
     assert finding.bad_inputs >= QUICK.forgery_rounds * 26
-    assert figure(finding, r"old one refused ([\d.]+) s after") <= 5
-    assert figure(finding, r"new secret accepted ([\d.]+) s after") <= 5
+    # held(): each change took effect within QUICK's liveness bound (the times are reported).
+    assert re.search(r"new secret accepted [\d.]+ s after it was added", finding.figures)
+    assert re.search(r"old one refused [\d.]+ s after it was removed", finding.figures)
     assert "0 genuine deliveries failed meanwhile" in finding.figures
 
 
@@ -136,7 +138,7 @@ def test_the_read_checks_bite() -> None:
             ExportRead(status=500),
             *sound.exports[EXPORT_SLOTS + 1 :],
         ],
-        interactive=[0.01, 7.0],
+        interactive=[0.01, QUICK.within(INTERACTIVE_LIMIT) + 1],
         interactive_failed=["/v1/events/default/occupancy: 500"],
     )
     finding = Finding(scenario="hostile", load="", faults="")
@@ -148,7 +150,7 @@ def test_the_read_checks_bite() -> None:
         "1 slow exports arrived incomplete or different",
         "exports over the budget answered [(500, None), (503, 'too_many_exports')]",
         "interactive reads during the exports failed",
-        "an interactive read during the exports took 7.0 s",
+        f"an interactive read during the exports took {QUICK.within(INTERACTIVE_LIMIT) + 1:.1f} s",
     ]
     # A drill whose readers are quicker than the interactive timeout proves nothing.
     quick = [msgspec.structs.replace(e, seconds=1.0) for e in sound.exports]
@@ -208,6 +210,6 @@ def test_the_crowd_checks_bite() -> None:
     # What unverified megabyte bodies did: held whole, 47 MB, and everything else refused.
     flood = Flood(bodies=60, dropped=0, peak_growth_mb=47, delivery=busy, health=busy)
     finding = Finding(scenario="hostile", load="", faults="")
-    check_flood(finding, flood)
+    check_flood(finding, flood, QUICK)
     assert len(finding.broken) == 3
     assert finding.broken[0].startswith("60 unverified 1 MiB bodies grew the server by 47 MB")

@@ -9,7 +9,6 @@ from collections import Counter
 from collections.abc import AsyncIterator, Callable
 
 import httpx
-import psycopg
 import pytest
 
 from service.eventstore.store import DeliveryRecorded, DeliveryStore, StoreUnavailable
@@ -96,37 +95,62 @@ async def test_a_failing_delivery_does_not_fail_its_neighbours(
 
 
 async def test_full_queue_answers_503_with_retry_after_and_recovers(
-    start_service: Callable[..., RunningService], database_url: str
+    start_service: Callable[..., RunningService],
+    database_url: str,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    service = start_service(queue_max=4, batch_max=2, store_timeout=20.0)
-    async with httpx.AsyncClient(base_url=service.url, timeout=60) as client:
-        # Hold the events table lock from outside so that every batch waits on it.
-        with psycopg.connect(database_url) as blocker:
-            blocker.execute("LOCK TABLE rollcall.deliveries_events IN EXCLUSIVE MODE")
-            posts = [
-                asyncio.create_task(
-                    client.post(
-                        "/webhooks/jte",
-                        content=delivery(attendee_id=f"q-{i}"),
-                        headers=token_headers(),
-                    )
-                )
-                for i in range(12)
-            ]
-            # At most 8 can be held (two batches of two in flight, four queued): the other
-            # four must be refused while the store is still blocked.
-            await until_true(lambda: sum(task.done() for task in posts) >= 4, 60)
-            refused = [task.result() for task in posts if task.done()]
-            for answer in refused:
-                assert answer.status_code == 503
-                assert answer.headers["retry-after"].isdigit()
-            blocker.rollback()
-        answers = await asyncio.gather(*posts)
-    accepted = [a for a in answers if a.status_code == 200]
-    # Memory is bounded: two batches of two in flight plus four queued; the rest were refused.
-    assert 1 <= len(accepted) <= 8
-    assert len(accepted) + len(refused) == 12
-    assert len(stored_rows(database_url)) == len(accepted)
+    service = start_service(queue_max=4, batch_max=2, batch_writers=2, store_timeout=120.0)
+    writer: GroupCommitWriter = service.app.state.writer
+    store: DeliveryStore = service.app.state.store
+    append = store.append
+    release = threading.Event()
+    appending: list[int] = []  # the size of each batch that reached the store
+
+    def held_append(deliveries: list[DeliveryRecorded]) -> list[int | None]:
+        # Every batch waits here until the test lets go: no timing decides who is held.
+        appending.append(len(deliveries))
+        assert release.wait(120)
+        return append(deliveries)
+
+    monkeypatch.setattr(store, "append", held_append)
+    bodies = [delivery(attendee_id=f"q-{i}") for i in range(10)]
+    async with httpx.AsyncClient(base_url=service.url, timeout=120) as client:
+
+        def post(body: bytes) -> asyncio.Task[httpx.Response]:
+            return asyncio.create_task(
+                client.post("/webhooks/jte", content=body, headers=token_headers())
+            )
+
+        try:
+            # One at a time, each until it is held: both writers take a batch of one and block in
+            # the store, the next four fill the queue (queue_max=4).
+            held: list[asyncio.Task[httpx.Response]] = []
+            for body in bodies[:6]:
+                held.append(post(body))
+                await until_true(lambda: sum(appending) + writer.depth == len(held), 60)
+            assert (appending, writer.depth) == ([1, 1], 4)
+            # The queue is provably full and nothing has committed: the rest are refused at once.
+            refused = await asyncio.gather(*(post(body) for body in bodies[6:]))
+            assert not any(task.done() for task in held)
+            assert stored_rows(database_url) == []
+        finally:
+            release.set()  # a failed check must not leave the store's threads blocked
+        accepted = await asyncio.gather(*held)
+        # Recovered: with the queue drained, a new delivery is accepted.
+        later = await client.post(
+            "/webhooks/jte", content=delivery(attendee_id="q-later"), headers=token_headers()
+        )
+    for answer in refused:
+        assert answer.status_code == 503
+        assert answer.headers["retry-after"] == str(service.settings.retry_after_seconds)
+        assert answer.json() == {
+            "error": "unavailable",
+            "message": "the event store is unavailable; retry later",
+        }
+    assert [(a.status_code, a.json()["status"]) for a in accepted] == [(200, "accepted")] * 6
+    assert (later.status_code, later.json()["status"]) == (200, "accepted")
+    stored = [row["body"] for row in stored_rows(database_url)]
+    assert sorted(stored) == sorted([*bodies[:6], delivery(attendee_id="q-later")])
 
 
 async def test_a_lone_delivery_is_not_held_back_waiting_for_company(

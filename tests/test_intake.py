@@ -422,7 +422,9 @@ async def test_a_body_that_never_starts_is_cut_off_at_the_header_deadline(
 ) -> None:
     # Regression (found by `scripts/drill hostile`): intake's body deadline starts with the
     # body's first chunk, so headers followed by nothing held the connection forever.
-    service = start_service(body_timeout=0.5, header_timeout=0.5)
+    # Deadlines of 2 s: short for the test, long enough that a loaded machine never cuts off
+    # the headers it sends at once.
+    service = start_service(body_timeout=2.0, header_timeout=2.0)
     # A signature, however wrong, makes the body necessary (a wrong token would be refused
     # from the headers alone, before any body).
     head = (

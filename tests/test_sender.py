@@ -178,7 +178,9 @@ async def test_not_acknowledged_is_retried_until_answered(scripted: Start) -> No
 
 async def test_a_timed_out_attempt_is_retried_and_may_have_been_stored(scripted: Start) -> None:
     url, fake = await scripted(["silent"])
-    report = await post_all(url, three_deliveries()[:1], concurrency=1, timeout=0.2)
+    # The timeout only has to end the silent attempt: 2 s leaves the answered retry far from it
+    # on a loaded machine (at 0.2 s, a retry answered late would time out too: a third attempt).
+    report = await post_all(url, three_deliveries()[:1], concurrency=1, timeout=2.0)
     [outcome] = report.outcomes
     assert (outcome.answer, outcome.attempts, outcome.uncertain) == ("accepted", 2, True)
     assert len(fake.heads) == 2
@@ -196,10 +198,11 @@ async def test_gives_up_when_nothing_answers() -> None:
     port = server.sockets[0].getsockname()[1]
     server.close()
     await server.wait_closed()
-    # Giving up is what ends this; the outer 60 s is only a liveness bound.
+    # Giving up is what ends this; the outer 60 s is only a liveness bound. 3 s of silence: a
+    # loaded machine once spent 0.3 s on the first refused attempts, leaving no retry.
     async with asyncio.timeout(60):
         report = await post_all(
-            f"http://127.0.0.1:{port}", three_deliveries(), concurrency=2, give_up_after=0.3
+            f"http://127.0.0.1:{port}", three_deliveries(), concurrency=2, give_up_after=3.0
         )
     assert report.no_answer == 3 and report.unexpected == 3 and report.retries > 0
     # Refused connections: nothing was sent, so nothing can have been stored.

@@ -17,14 +17,19 @@ import random
 from collections import Counter
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
-from decimal import Decimal
+from decimal import ROUND_DOWN, Decimal
 from typing import Any
 
 import httpx
+import msgspec
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+import domain.ledger
+import domain.roster
+import projections.occupancy
+import projections.payments
 from domain.presence import Change
 from service.config import EventConfig
 from tests import reference
@@ -193,13 +198,22 @@ def walk(client: httpx.Client, path: str) -> list[dict[str, Any]]:
 def test_the_api_answers_as_the_reference_in_any_order_with_duplicates(
     serving: tuple[httpx.Client, str], given: list[Fact], rnd: random.Random
 ) -> None:
-    client, database_url = serving
+    arrivals = list(range(len(given)))
+    arrivals += [rnd.randrange(len(given)) for _ in range(len(given) // 2)]
+    rnd.shuffle(arrivals)
+    served_as_the_reference(*serving, given, arrivals)
+
+
+def served_as_the_reference(
+    client: httpx.Client, database_url: str, given: list[Fact], arrivals: list[int]
+) -> None:
+    """Deliver `given` in the order of `arrivals` (indices into it, repeats allowed, each at
+    least once) on an event of its own; assert every answer the API serves is the reference's."""
+    assert set(arrivals) == set(range(len(given)))
     slug = SLUGS.pop(0)
     bodies = [body(n, fact) for n, fact in enumerate(given)]
-    arrivals = bodies + [rnd.choice(bodies) for _ in range(len(bodies) // 2)]
-    rnd.shuffle(arrivals)
     statuses: Counter[str] = Counter()
-    for delivery in arrivals:
+    for delivery in (bodies[n] for n in arrivals):
         answer = client.post(f"/webhooks/jte/{slug}", content=delivery, headers=token_headers())
         assert answer.status_code == 200, answer.text
         statuses[answer.json()["status"]] += 1
@@ -215,7 +229,7 @@ def test_the_api_answers_as_the_reference_in_any_order_with_duplicates(
     served = {
         a["attendee_id"]: (a["status"], a["checked_in"], a["paid"], a["last_name"]) for a in whole
     }
-    assert served == expected.roster()
+    assert served == expected.roster(), "roster"
     rows = list(
         csv.DictReader(io.StringIO(client.get(f"{base}/roster?status=all&format=csv").text))
     )
@@ -242,7 +256,7 @@ def test_the_api_answers_as_the_reference_in_any_order_with_duplicates(
         answer = client.get(f"{base}/occupancy", params={"at": iso(instant)}).json()
         assert {k: answer[k] for k in ("inside", "peak", "peak_at", "entries", "exits")} == (
             expected.occupancy(instant)
-        ), iso(instant)
+        ), f"occupancy at {iso(instant)}"
 
     # The timeline, in 15-minute buckets over the whole day.
     start, end = DAY, DAY + timedelta(hours=16)
@@ -256,7 +270,7 @@ def test_the_api_answers_as_the_reference_in_any_order_with_duplicates(
 
     # Payments: every confirmation an entry; the summaries exact.
     summary = client.get(f"{base}/payments/summary").json()
-    assert summary["by_currency"] == expected.by_currency()
+    assert summary["by_currency"] == expected.by_currency(), "payments by currency"
     assert Counter({(m["currency"], m["method"]): m["payments"] for m in summary["by_method"]}) == (
         expected.by_method()
     )
@@ -271,3 +285,67 @@ def test_the_api_answers_as_the_reference_in_any_order_with_duplicates(
 def _ever_inside(given: list[Fact]) -> set[str]:
     """Attendees with at least one check-in."""
     return {f"a-{who}" for kind, who, *_ in given if kind == "AttendeeCheckedIn"}
+
+
+# --- checks of the checker: a bug in what the API serves fails the property ----------------
+
+
+def _arrival_wins(entry: Any, event: Any, move: str) -> None:
+    """The roster's presence register with the last *arrival* winning, not the latest event."""
+    entry.move_order, entry.move = event.order, move
+
+
+async def _at_excludes_the_instant(pool: Any, slug: str, when: datetime) -> Any:
+    """occupancy?at= leaving out a change at that very instant (`<` where `<=` belongs)."""
+    answer = await _REAL_AT(pool, slug, when - timedelta(microseconds=1))
+    return msgspec.structs.replace(answer, at=when)
+
+
+def _truncated_amount(event: Any) -> Any:
+    """The ledger's fold dropping the fraction of an amount."""
+    entry = _REAL_LEDGER_ENTRY(event)
+    return msgspec.structs.replace(entry, amount=entry.amount.to_integral_value(ROUND_DOWN))
+
+
+_REAL_AT = projections.occupancy.at
+_REAL_LEDGER_ENTRY = domain.ledger.ledger_entry
+# Each mutant: where it is planted, deliveries and their arrival order that expose it, and the
+# check that must catch it.
+MUTANTS: dict[str, tuple[object, str, Any, list[Fact], list[int], str]] = {
+    "roster fold: the last arrival wins": (
+        domain.roster,
+        "_move",
+        _arrival_wins,
+        [("AttendeeCheckedIn", 0, 10, 0, 0), ("AttendeeCheckedOut", 0, 20, 0, 0)],
+        [1, 0],  # the check-out arrives first
+        "roster",
+    ),
+    "occupancy query: at= leaves out that instant": (
+        projections.occupancy,
+        "at",
+        _at_excludes_the_instant,
+        [("AttendeeCheckedIn", 1, 10, 0, 0)],
+        [0],
+        "occupancy at 2026-05-14T08:10:00Z",
+    ),
+    "payments fold: amounts truncated": (
+        projections.payments,
+        "ledger_entry",
+        _truncated_amount,
+        [("AttendeePaymentConfirmed", 2, 30, 0, 1)],  # 100.50 EUR
+        [0],
+        "payments by currency",
+    ),
+}
+
+
+@pytest.mark.parametrize("mutant", list(MUTANTS))
+def test_the_property_catches_a_bug_in_what_the_api_serves(
+    serving: tuple[httpx.Client, str], monkeypatch: pytest.MonkeyPatch, mutant: str
+) -> None:
+    module, name, planted, given, arrivals, check = MUTANTS[mutant]
+    served_as_the_reference(*serving, given, arrivals)  # the honest service passes
+    monkeypatch.setattr(module, name, planted)
+    with pytest.raises(AssertionError) as caught:
+        served_as_the_reference(*serving, given, arrivals)
+    assert str(caught.value).startswith(check + "\n"), caught.value

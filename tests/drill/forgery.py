@@ -66,7 +66,7 @@ def forgery(ws: Workspace, size: Size) -> Finding:
                 replays(sender, ws.standard)
                 forged_tokens(sender, ws.default)
             try:
-                rotation = rotate(sender, ws)
+                rotation = rotate(sender, ws, size.within(ROTATION_SECONDS))
             finally:
                 restored = restore(sender, ws)
         finding = Finding(
@@ -75,7 +75,7 @@ def forgery(ws: Workspace, size: Size) -> Finding:
             faults=f"{book.refused:,} forged or replayed, 1 secret rotation",
             bad_inputs=book.refused,
         )
-        _check_forgery(finding, url, book, rotation, restored)
+        _check_forgery(finding, url, book, rotation, restored, size.within(ROTATION_SECONDS))
         scan_logs(finding, ws, [server.log])
         server.stop()
         finding.figures = (
@@ -200,17 +200,18 @@ class Rotation(msgspec.Struct, frozen=True, kw_only=True):
     failed: int  # genuine deliveries (signed with a secret then in force) not accepted
 
 
-def rotate(sender: Sender, ws: Workspace) -> Rotation:
+def rotate(sender: Sender, ws: Workspace, bound: float) -> Rotation:
     """Add a new secret next to the old one, then remove the old one, by rewriting the
-    configuration of the running server; deliveries keep flowing with both secrets."""
+    configuration of the running server; deliveries keep flowing with both secrets. Each
+    change is waited for well past `bound`, so that a late one is measured."""
     event, old = ws.standard, ws.standard.secrets[0]
     new = "whsec_" + base64.b64encode(secrets.token_bytes(32)).decode()
     ws.write_config((old, new))
-    added, failed = _until(sender, event, steady=old, probe=new, wanted=200)
+    added, failed = _until(sender, event, steady=old, probe=new, wanted=200, within=bound + 5)
     for secret in (old, new) * 5:
         failed += _send_with(sender, event, secret) != 200
     ws.write_config((new,))
-    removed, failures = _until(sender, event, steady=new, probe=old, wanted=401)
+    removed, failures = _until(sender, event, steady=new, probe=old, wanted=401, within=bound + 5)
     failed += failures
     stable = all(_send_with(sender, event, old) == 401 for _ in range(10))
     failed += sum(_send_with(sender, event, new) != 200 for _ in range(10))
@@ -218,12 +219,12 @@ def rotate(sender: Sender, ws: Workspace) -> Rotation:
 
 
 def _until(
-    sender: Sender, event: EventConfig, *, steady: str, probe: str, wanted: int
+    sender: Sender, event: EventConfig, *, steady: str, probe: str, wanted: int, within: float
 ) -> tuple[float, int]:
-    """Seconds until a delivery signed with `probe` gets `wanted` (inf: not within 10 s),
+    """Seconds until a delivery signed with `probe` gets `wanted` (inf: not `within` seconds),
     while deliveries signed with `steady` must keep getting 200; and how many did not."""
     started, failed = time.monotonic(), 0
-    while time.monotonic() - started < 10:
+    while time.monotonic() - started < within:
         failed += _send_with(sender, event, steady) != 200
         if _send_with(sender, event, probe) == wanted:
             return time.monotonic() - started, failed
@@ -242,11 +243,11 @@ def restore(sender: Sender, ws: Workspace) -> bool:
     """Put the workspace's own secret back (other scenarios sign with it); True once it works."""
     ws.write_config(ws.standard.secrets)
     old = ws.standard.secrets[0]
-    return wait_for(lambda: _send_with(sender, ws.standard, old) == 200, 10, 0.1) is not None
+    return wait_for(lambda: _send_with(sender, ws.standard, old) == 200, 60, 0.1) is not None
 
 
 def _check_forgery(
-    finding: Finding, url: str, book: Book, rotation: Rotation, restored: bool
+    finding: Finding, url: str, book: Book, rotation: Rotation, restored: bool, bound: float
 ) -> None:
     stored = stored_deliveries(url)
     ids = Counter(d.delivery_id for d in stored)
@@ -261,11 +262,9 @@ def _check_forgery(
     finding.check(finding.lost == 0, f"{finding.lost} accepted deliveries not stored")
     finding.check(finding.duplicated == 0, f"{finding.duplicated} stored twice")
     finding.check(wrong == 0, f"{wrong} answers not as DESIGN says ({top(book.wrong)})")
+    finding.check(rotation.added <= bound, f"new secret accepted only after {rotation.added:.1f} s")
     finding.check(
-        rotation.added <= ROTATION_SECONDS, f"new secret accepted only after {rotation.added:.1f} s"
-    )
-    finding.check(
-        rotation.removed <= ROTATION_SECONDS,
+        rotation.removed <= bound,
         f"old secret still accepted {rotation.removed:.1f} s after its removal",
     )
     finding.check(rotation.stable, "the removed secret was accepted again")

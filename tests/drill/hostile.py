@@ -291,7 +291,7 @@ def hostile(ws: Workspace, size: Size) -> Finding:
         _check_big(finding, big)
         _check_heavy(finding, heavy)
         check_slow(finding, slow, size)
-        check_flood(finding, flood)
+        check_flood(finding, flood, size)
         _check_named(finding, named)
         check_reads(finding, reads, size)
         finding.check(not healthy, "not healthy afterwards: " + "; ".join(healthy))

@@ -129,7 +129,7 @@ def check_reads(finding: Finding, reads: Reads, size: Size) -> None:
         f"interactive reads during the exports failed: {reads.interactive_failed[:3]}",
     )
     finding.check(
-        bool(reads.interactive) and max(reads.interactive) < INTERACTIVE_LIMIT,
+        bool(reads.interactive) and max(reads.interactive) < size.within(INTERACTIVE_LIMIT),
         f"an interactive read during the exports took {max(reads.interactive, default=0):.1f} s",
     )
 

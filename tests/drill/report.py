@@ -25,6 +25,14 @@ class Size(msgspec.Struct, frozen=True, kw_only=True):
     slow_exports: int  # CSV export readers at once (the hostile server allows 4)
     export_mb: int  # the size of the roster they read
     forgery_rounds: int
+    # Each timing promise's bound is checked times this: 1 in the full drill, where the bound is
+    # the promise (the README's figures); at CI size a liveness bound only, since CI's machine
+    # may be loaded and speed belongs to the full drill and the benchmarks.
+    patience: float = 1.0
+
+    def within(self, seconds: float) -> float:
+        """A timing promise's bound, as this size checks it."""
+        return seconds * self.patience
 
 
 FULL = Size(
@@ -58,6 +66,7 @@ QUICK = Size(
     slow_exports=8,
     export_mb=12,  # at 1 MB/s: far longer than a query may take, beyond every buffer
     forgery_rounds=4,
+    patience=12.0,  # 5 s -> 60 s, 2 s -> 24 s: still a hang, but not a slow machine
 )
 
 
