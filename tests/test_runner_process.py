@@ -56,10 +56,10 @@ def _state(pid: int) -> str:
         return "gone"
 
 
-def test_a_child_runner_is_restarted_when_killed(
+def test_the_default_server_folds_in_a_child_that_is_restarted_when_killed(
     start_service: Callable[..., RunningService], database_url: str
 ) -> None:
-    service = start_service(projection_runner="process")
+    service = start_service()
     runner = service.app.state.runner
     assert isinstance(runner, RunnerProcess)
     wait_until(lambda: runner.pid is not None and runner.pid in runner_pids(database_url), 60)
