@@ -40,6 +40,7 @@ from eventsourcing.projection import Projection, ProjectionRunner
 from domain.events import attendee_event
 from domain.interpret import Interpreted, interpret
 from domain.roster import RosterEntry, apply
+from projections.registry import VIEW_NAMES
 from service.config import EventConfig
 from service.eventstore.database import (
     drop_database,
@@ -358,7 +359,7 @@ async def _send_paced(
 def _sample_positions(
     database_url: str, applied: list[tuple[float, int]], stop: threading.Event
 ) -> None:
-    """Every 10 ms: the position all three live views have reached."""
+    """Every 10 ms: the position every live view has reached."""
     with psycopg.connect(database_url, autocommit=True) as conn:
         while not stop.is_set():
             row = (
@@ -370,7 +371,7 @@ def _sample_positions(
                 if _has_views(conn)
                 else None
             )
-            if row and row[1] == 3 and row[0] is not None:
+            if row and row[1] == len(VIEW_NAMES) and row[0] is not None:
                 applied.append((time.monotonic(), int(row[0])))
             stop.wait(0.01)
 
