@@ -154,8 +154,8 @@ def _run(args: argparse.Namespace, work: Path, server_url: str) -> int:
     )
     configurations = [
         ("a", "rollcall, group commit (intake only)", ["serve"], INTAKE_ONLY),
-        ("ap", "default serve: live views in a thread of the server", ["serve"], DEFAULT_SERVE),
-        ("ac", "live views in a child process (opt-in)", ["serve"], CHILD_SERVE),
+        ("ap", "default serve: live views in a child process", ["serve"], DEFAULT_SERVE),
+        ("at", "live views in a thread of the server (opt-in)", ["serve"], THREAD_SERVE),
         (
             "b",
             "rollcall, one transaction per delivery",
@@ -182,7 +182,7 @@ def _run(args: argparse.Namespace, work: Path, server_url: str) -> int:
 
 INTAKE_ONLY = {"ROLLCALL_GROUP_COMMIT": "on", "ROLLCALL_PROJECTIONS": "off"}
 DEFAULT_SERVE = {"ROLLCALL_GROUP_COMMIT": "on", "ROLLCALL_PROJECTIONS": "on"}
-CHILD_SERVE = {**DEFAULT_SERVE, "ROLLCALL_PROJECTION_RUNNER": "process"}
+THREAD_SERVE = {**DEFAULT_SERVE, "ROLLCALL_PROJECTION_RUNNER": "thread"}
 
 
 def _compare(args: argparse.Namespace, work: Path, server_url: str) -> int:
@@ -442,7 +442,7 @@ def _print_table(runs: list[Run], check: ExactlyOnce, args: argparse.Namespace) 
     print()
     print(f"ratio a/c: {a.per_second / c.per_second:5.1f}x   (target >= 8x)")
     print(f"ratio a/b: {a.per_second / b.per_second:5.1f}x   (target >= 2x)")
-    for name, title in (("ap", "default serve, live views"), ("ac", "live views in a child")):
+    for name, title in (("ap", "default serve, live views"), ("at", "live views in a thread")):
         if name in by_name:
             run = by_name[name]
             print(

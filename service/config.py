@@ -86,9 +86,7 @@ class Tuning(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tr
     projections: bool = True
     # Where the live views are folded: a supervised child process (out of intake's event loop
     # and GIL), or a thread of the server process as before (service/runner_process.py).
-    # "thread" stays the default until the crash drill holds with the child process: in one CI
-    # run of five kill -9s the views stopped following for over 2 minutes (issue 13's note).
-    projection_runner: Literal["process", "thread"] = "thread"
+    projection_runner: Literal["process", "thread"] = "process"
     # Requests in progress at most, per process (uvicorn's limit_concurrency).
     max_connections: int = 2048
     # Bytes of bodies still unverified (signed over the body) held at once, per process.

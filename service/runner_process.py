@@ -2,9 +2,13 @@
 
 `rollcall serve` (each worker) starts one child running projections.runner.Runner: it folds in
 its own interpreter, so the GIL it holds while folding is not intake's. The parent restarts a
-child that dies (with backoff), and stops it with the server; a child whose parent died stops
-too (PR_SET_PDEATHSIG, and a check of its parent's pid for the moment before that is set).
-Across workers and replicas the runner's advisory locks keep one active runner per view.
+child that dies (with backoff), and stops it with the server. A child whose parent died is
+killed outright, as the thread runner dies with a killed server (PR_SET_PDEATHSIG with SIGKILL,
+and a check of its parent's pid for the moment before that is set): a child asked to stop
+politely could sit in a statement that waits on a lock, holding its views' locks with no server
+above it, and no other runner could take them over. Its open batch is rolled back with its
+connection, as any batch of a killed runner is. Across workers and replicas the runner's
+advisory locks keep one active runner per view.
 
 Run as `python -m service.runner_process` by the supervisor only: it reads DATABASE_URL and the
 supervisor's variables below from its environment.
@@ -119,7 +123,9 @@ def main() -> int:
     stop = threading.Event()
     # Ctrl-C reaches the whole process group: the parent decides when its child stops.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, lambda signum, frame: stop.set())
+    # Set from another thread: the handler runs in the main thread, which may hold the event's
+    # own (non-reentrant) lock at that moment, inside stop.wait().
+    signal.signal(signal.SIGTERM, lambda signum, frame: threading.Thread(target=stop.set).start())
     _die_with_parent()
     from service.http.logs import logging_config  # after the signals: imports take a while
 
@@ -138,8 +144,8 @@ def main() -> int:
         # Covers a parent that died before PR_SET_PDEATHSIG was set, and other platforms.
         while not stop.wait(1.0):
             if os.getppid() != parent:
-                log.warning("the server that started this projection runner is gone; stopping")
-                stop.set()
+                log.warning("the server that started this projection runner is gone; exiting")
+                os._exit(0)  # at once, as PR_SET_PDEATHSIG's SIGKILL would (see above)
 
     threading.Thread(target=watch_parent, name="parent-watch", daemon=True).start()
     if os.getppid() != parent:
@@ -153,12 +159,12 @@ def main() -> int:
 
 
 def _die_with_parent() -> None:
-    """Linux: SIGTERM this process when the thread that started it (the supervisor) ends."""
+    """Linux: SIGKILL this process when the thread that started it (the supervisor) ends."""
     if not sys.platform.startswith("linux"):
         return
     try:
         libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
     except (OSError, AttributeError):
         pass  # the parent-pid check covers it
 

@@ -12,7 +12,10 @@ from pathlib import Path
 import psycopg
 import pytest
 
+from projections.registry import VIEW_NAMES
+from projections.schema import LOCK_NAMESPACE, SWAP_LOCK
 from service.runner_process import RunnerProcess
+from tests.drill.faults import lock_holders
 from tests.helpers import SECRET, RunningService, delivery, wait_until
 from tests.test_cli import Serve, child_env, post_all
 
@@ -53,10 +56,10 @@ def _state(pid: int) -> str:
         return "gone"
 
 
-def test_a_child_runner_is_restarted_when_killed(
+def test_the_default_server_folds_in_a_child_that_is_restarted_when_killed(
     start_service: Callable[..., RunningService], database_url: str
 ) -> None:
-    service = start_service(projection_runner="process")
+    service = start_service()
     runner = service.app.state.runner
     assert isinstance(runner, RunnerProcess)
     wait_until(lambda: runner.pid is not None and runner.pid in runner_pids(database_url), 60)
@@ -119,3 +122,54 @@ def test_rollcall_serve_leaves_no_runner_behind(
     else:
         wait_until(lambda: not alive(child), 30)  # told by the kernel that its parent died
     wait_until(lambda: not runner_pids(database_url), 30)
+
+
+def waiting_on_a_lock(database_url: str, pid: int) -> bool:
+    """Whether runner `pid` has a statement waiting on a lock."""
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        row = conn.execute(
+            "SELECT count(*) FROM pg_stat_activity WHERE application_name = %s "
+            "AND wait_event_type = 'Lock'",
+            (f"rollcall runner pid={pid}",),
+        ).fetchone()
+    return bool(row and row[0])
+
+
+def test_a_killed_servers_child_lets_go_of_its_views_even_inside_a_statement(
+    tmp_path: Path, database_url: str
+) -> None:
+    # The crash drill's stall (issue 13): a child asked to stop politely when its server was
+    # killed kept waiting in a statement, holding every view's lock with no server above it, so
+    # no other runner could take the views over. Here its batch waits on the swap lock (held as
+    # a rebuild's swap holds it) when its server is killed.
+    env = child_env(
+        tmp_path, DATABASE_URL=database_url, ROLLCALL_SECRET=SECRET,
+        ROLLCALL_PROJECTION_RUNNER="process",
+    )  # fmt: skip
+    first = Serve(env, tmp_path / "first.log")
+    second: Serve | None = None
+    try:
+        wait_until(
+            lambda: all(
+                lock_holders(database_url).get(v) == [first.process.pid] for v in VIEW_NAMES
+            ),
+            60,
+        )
+        (child,) = runner_pids(database_url)
+        with psycopg.connect(database_url, autocommit=True) as swap:
+            swap.execute("SELECT pg_advisory_lock(%s, %s)", (LOCK_NAMESPACE, SWAP_LOCK))
+            assert [a["status"] for a in post_all(first.url, [delivery()])] == ["accepted"]
+            wait_until(lambda: waiting_on_a_lock(database_url, child), 30)
+            second = Serve(env, tmp_path / "second.log")  # stands by: the views are taken
+            first.stop(signal.SIGKILL)
+            wait_until(lambda: not alive(child), 30)
+            pid = second.process.pid
+            wait_until(
+                lambda: all(lock_holders(database_url).get(v) == [pid] for v in VIEW_NAMES), 60
+            )
+        # The swap lock let go: the batch the killed child never finished is applied once.
+        wait_until(lambda: roster_count(database_url) == 1, 60)
+    finally:
+        for serve in (first, second):
+            if serve is not None and serve.process.poll() is None:
+                serve.stop()

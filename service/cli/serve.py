@@ -38,8 +38,8 @@ def add_commands(commands: Commands) -> None:
     serve.add_argument(
         "--projections",
         choices=["process", "thread", "off"],
-        help="where the live views are folded: a thread of each server process (default), a "
-        "supervised child process, or not at all "
+        help="where the live views are folded: a supervised child process of each server "
+        "process (default), a thread of it, or not at all "
         f"(default: {env_name('projection_runner')} / {env_name('projections')})",
     )
     serve.set_defaults(run=run_serve)
@@ -57,6 +57,9 @@ def run_serve(settings: Settings, args: argparse.Namespace) -> int:
         else:
             os.environ[env_name("projections")] = "true"
             os.environ[env_name("projection_runner")] = args.projections
+    if args.log_format is not None:
+        # The runner's child process logs as the server does (it reads the environment).
+        os.environ[env_name("log_format")] = args.log_format
     # Secrets are generated here, once, before any worker process starts.
     ensure_secrets(settings)
     # uvicorn re-raises the signal that stopped it; make SIGTERM an exception (as SIGINT is)
