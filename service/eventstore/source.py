@@ -32,6 +32,9 @@ class StoreSource:
     # The library's recorder NOTIFYs a channel named after its table.
     channel: Final = EVENTS_TABLE
 
+    def __init__(self) -> None:
+        self._keys = keys.KeyCache()  # shared by the runner's threads (it locks)
+
     def prepare(self, database_url: str) -> None:
         try:
             ensure_store(database_url)
@@ -48,7 +51,7 @@ class StoreSource:
         ]
         # Decrypted here, so that the runner, rebuilds and replays all read plaintext through
         # this one port; an erased attendee's deliveries read as their skeletons.
-        return opened(cur, keys.active(), stored)
+        return opened(cur, keys.active(), stored, self._keys)
 
     def head(self, cur: psycopg.Cursor[Any]) -> int:
         row = cur.execute(
