@@ -44,7 +44,9 @@ class StoreSource:
     def read(
         self, cur: psycopg.Cursor[Any], after: int, limit: int, budget: int
     ) -> list[StoredDelivery[StoredBody]]:
-        rows = cur.execute(_READ, (after, limit, budget)).fetchall()
+        # Binary results: the states arrive as they are, not hex to decode (a third of the
+        # fetch's CPU for sealed states, which are twice the size of plaintext ones).
+        rows = cur.execute(_READ, (after, limit, budget), binary=True).fetchall()
         stored = [
             StoredDelivery(position, key, stored_form.decode_body(bytes(state)))
             for position, key, state in rows
