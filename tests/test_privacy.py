@@ -635,3 +635,24 @@ async def test_a_quarantined_delivery_naming_an_erased_attendee_keeps_nothing(
     assert (await client.post("/webhooks/jte", content=again, headers=token_headers())).is_success
     last = stored_rows(database_url)[-1]
     assert last["sealed"] is not None and last["body"] == again
+
+
+def test_a_writer_holding_a_key_from_before_an_erasure_keeps_nothing_after_it(
+    database_url: str,
+) -> None:
+    """The race: a writer cached the attendee's key, then another process erased them; the
+    writer's next delivery about them is refused under its stale keys and sealed again: a
+    skeleton, their content not kept."""
+    writer = DeliveryStore(database_url, pool_size=1)
+    eraser = DeliveryStore(database_url, pool_size=1)
+    try:
+        writer.append([_recorded(SEED[0], "e1")])  # its key is now cached in `writer`
+        eraser.erase("default", "a-erase", "test")
+        late = body("AttendeeUpdated", ERASED, "15:00:00", "late-9")
+        assert writer.append([_recorded(late, "late-9")])[0] is not None
+    finally:
+        writer.close()
+        eraser.close()
+    last = stored_rows(database_url)[-1]
+    assert last["delivery_id"] == "late-9" and last["sealed"] is None
+    assert not any(n.encode() in last["body"] for n in NEEDLES)
