@@ -46,6 +46,16 @@ class Receipt(msgspec.Struct, frozen=True, kw_only=True):
     receipt: str
     roster_versions_scrubbed: int  # live, as-of and building versions that held a row
     views_caught_up: bool  # every live view has folded the erasure
+    # Deliveries stored before encryption existed, rewritten as skeletons (DeliveryStore.erase).
+    plaintext_rewritten: int = 0
+
+
+class Lifted(msgspec.Struct, frozen=True, kw_only=True):
+    """The answer to lifting an erasure's block: `lifted`, or `not_erased` if there was none."""
+
+    status: str
+    event: str
+    attendee_id: str
 
 
 def erase(
@@ -72,7 +82,16 @@ def erase(
         receipt=erased.receipt,
         roster_versions_scrubbed=scrubbed,
         views_caught_up=caught_up,
+        plaintext_rewritten=erased.plaintext_rewritten,
     )
+
+
+def lift(database_url: str, slug: str, attendee_id: str) -> Lifted:
+    """Lift the block an erasure left on an attendee: what JTE sends about them from now on is
+    kept again, under a new data key (what was erased stays erased)."""
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        lifted = keys.lift(conn, slug, attendee_id)
+    return Lifted(status="lifted" if lifted else "not_erased", event=slug, attendee_id=attendee_id)
 
 
 def _emails(database_url: str, slug: str, attendee_id: str) -> list[str]:

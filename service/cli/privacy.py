@@ -8,7 +8,6 @@ import sys
 from typing import Final
 
 import msgspec
-import psycopg
 
 from service import privacy
 from service.cli import Commands
@@ -69,10 +68,8 @@ def run_erase(settings: Settings, args: argparse.Namespace) -> int:
     by = args.by or f"cli:{getpass.getuser()}"
     keyring = keys.activate(keys.keyring_for(settings.data_dir, settings.master_key))
     if args.lift:
-        with database(settings, "erase") as url, psycopg.connect(url, autocommit=True) as conn:
-            lifted = keys.lift(conn, slug, attendee)
-        status = "lifted" if lifted else "not_erased"
-        print(_encoder.encode({"status": status, "event": slug, "attendee_id": attendee}).decode())
+        with database(settings, "erase") as url:
+            print(_encoder.encode(privacy.lift(url, slug, attendee)).decode())
         return 0
     with database(settings, "erase") as url:
         store = DeliveryStore(url, pool_size=1, keyring=keyring)

@@ -22,6 +22,7 @@ import binascii
 import hashlib
 import hmac
 import os
+import re
 import secrets
 import threading
 from collections.abc import Iterable, Sequence
@@ -40,6 +41,7 @@ MASTER_KEY_FILE: Final = "master.key"
 MASTER_KEY_ENV: Final = "ROLLCALL_MASTER_KEY"
 KEYS_TABLE: Final = "data_keys"
 EMAILS_TABLE: Final = "subject_emails"
+ERASED_EMAILS_TABLE: Final = "erased_emails"
 STATE_TABLE: Final = "crypto_state"
 ADD_KEYS_FUNCTION: Final = "add_data_keys"
 ERASE_FUNCTION: Final = "erase_data_key"
@@ -225,6 +227,7 @@ def generate_master_key() -> str:
 
 _KEYS: Final = sql.Identifier(INTERNAL, KEYS_TABLE)
 _EMAILS: Final = sql.Identifier(INTERNAL, EMAILS_TABLE)
+_ERASED_EMAILS: Final = sql.Identifier(INTERNAL, ERASED_EMAILS_TABLE)
 _STATE: Final = sql.Identifier(INTERNAL, STATE_TABLE)
 _ADD: Final = sql.Identifier(INTERNAL, ADD_KEYS_FUNCTION)
 _ERASE: Final = sql.Identifier(INTERNAL, ERASE_FUNCTION)
@@ -244,6 +247,12 @@ def create_tables(conn: psycopg.Connection[Any], events_table: sql.Composable) -
             "CREATE TABLE IF NOT EXISTS {} (email_hmac bytea NOT NULL, slug text NOT NULL, "
             "attendee_id text NOT NULL, PRIMARY KEY (email_hmac, slug, attendee_id))"
         ).format(_EMAILS),
+        # An erased attendee's email hashes, kept (keyed, never the address) so that intake
+        # can tell a quarantined delivery naming them: its content is not kept either.
+        sql.SQL(
+            "CREATE TABLE IF NOT EXISTS {} (slug text NOT NULL, email_hmac bytea NOT NULL, "
+            "attendee_id text NOT NULL, PRIMARY KEY (slug, email_hmac, attendee_id))"
+        ).format(_ERASED_EMAILS),
         sql.SQL(
             "CREATE TABLE IF NOT EXISTS {} (id int PRIMARY KEY CHECK (id = 1), "
             "fingerprint bytea NOT NULL, epoch bigint NOT NULL DEFAULT 0, "
@@ -301,9 +310,11 @@ def create_tables(conn: psycopg.Connection[Any], events_table: sql.Composable) -
             "INSERT INTO {keys} (slug, kind, subject, wrapped, erased_at, erased_by) "
             "VALUES (p_slug, 'a', p_id, NULL, now(), p_by) ON CONFLICT (slug, kind, subject) "
             "DO UPDATE SET wrapped = NULL, erased_at = now(), erased_by = p_by; "
+            "INSERT INTO {erased} SELECT slug, email_hmac, attendee_id FROM {emails} "
+            "WHERE slug = p_slug AND attendee_id = p_id ON CONFLICT DO NOTHING; "
             "DELETE FROM {emails} WHERE slug = p_slug AND attendee_id = p_id; "
             "RETURN coalesce(existed, false); END $$"
-        ).format(erase=_ERASE, state=_STATE, keys=_KEYS, emails=_EMAILS),
+        ).format(erase=_ERASE, state=_STATE, keys=_KEYS, emails=_EMAILS, erased=_ERASED_EMAILS),
         sql.SQL("REVOKE ALL ON FUNCTION {}(text, text, text, text[]) FROM PUBLIC").format(_ERASE),
         # The first store opened with a master key records its fingerprint, and up to where
         # deliveries were stored before encryption (the runtime role, through this function).
@@ -323,9 +334,10 @@ def create_tables(conn: psycopg.Connection[Any], events_table: sql.Composable) -
             "DECLARE n bigint; BEGIN "
             "DELETE FROM {keys} WHERE slug = p_slug AND kind = 'a' AND subject = p_id "
             "AND wrapped IS NULL; GET DIAGNOSTICS n = ROW_COUNT; "
+            "DELETE FROM {erased} WHERE slug = p_slug AND attendee_id = p_id; "
             "UPDATE {state} SET epoch = epoch + 1 WHERE id = 1; "
             "RETURN n > 0; END $$"
-        ).format(lift=_LIFT, keys=_KEYS, state=_STATE),
+        ).format(lift=_LIFT, keys=_KEYS, state=_STATE, erased=_ERASED_EMAILS),
         sql.SQL("REVOKE ALL ON FUNCTION {}(text, text) FROM PUBLIC").format(_LIFT),
     ]
     for statement in statements:
@@ -384,6 +396,74 @@ def wrapped_keys(
     return {(r[0], r[1], r[2]): (bytes(r[3]) if r[3] is not None else None) for r in rows}
 
 
+class KeyCache:
+    """The data keys one reader of many batches (the projections' source) has opened, kept
+    while the erasure epoch stays: a key is only ever added, except by an erasure or a lift,
+    which move the epoch on. Each batch then costs one query, for the epoch and the subjects
+    not seen before."""
+
+    def __init__(self) -> None:
+        # Per database (one process may read several: tests, a server's databases): its
+        # epoch, and the keys opened in it (None: erased).
+        self._epochs: dict[tuple[str, int, str], int] = {}
+        self._caches: dict[tuple[str, int, str], dict[Subject, AESGCM | None]] = {}
+        self._lock = threading.Lock()
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {}  # another process (a bulk rebuild's worker) starts with an empty cache
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__init__()  # type: ignore[misc]
+
+    def aeads(
+        self, cur: psycopg.Cursor[Any], keyring: Keyring, subjects: set[Subject]
+    ) -> dict[Subject, AESGCM | None]:
+        """The opened data keys of these subjects (None: erased; absent: none stored)."""
+        info = cur.connection.info
+        database = (info.host, info.port, info.dbname)
+        with self._lock:
+            epoch, known = self._epochs.get(database), self._caches.get(database, {})
+            missing = [s for s in subjects if s not in known]
+        now, found = _epoch_and_keys(cur, missing)
+        if now != epoch and epoch is not None:
+            # An erasure or a lift since: nothing cached can be trusted.
+            known = {}
+            now, found = _epoch_and_keys(cur, list(subjects))
+        opened = {s: keyring.unwrap(s, w) if w is not None else None for s, w in found.items()}
+        with self._lock:
+            cache = self._caches.get(database)
+            if cache is None or self._epochs.get(database) != now:
+                cache = self._caches[database] = {}
+                self._epochs[database] = now
+            if len(cache) + len(opened) > _CACHE_MAX:
+                cache.clear()
+            cache.update(opened)
+        return {
+            s: opened[s] if s in opened else known[s] for s in subjects if s in opened or s in known
+        }
+
+
+def _epoch_and_keys(
+    cur: psycopg.Cursor[Any], subjects: Sequence[Subject]
+) -> tuple[int, dict[Subject, bytes | None]]:
+    """The erasure epoch and the stored wrapped keys of these subjects, in one query."""
+    rows = cur.execute(
+        sql.SQL(
+            "SELECT s.epoch, k.slug, k.kind, k.subject, k.wrapped FROM {} s LEFT JOIN "
+            "({} k JOIN unnest(%b::text[], %b::text[], %b::text[]) AS w(slug, kind, subject) "
+            "USING (slug, kind, subject)) ON true WHERE s.id = 1"
+        ).format(_STATE, _KEYS),
+        ([s[0] for s in subjects], [s[1] for s in subjects], [s[2] for s in subjects]),
+    ).fetchall()
+    if not rows:
+        return -1, {}
+    return int(rows[0][0]), {
+        (r[1], r[2], r[3]): (bytes(r[4]) if r[4] is not None else None)
+        for r in rows
+        if r[1] is not None
+    }
+
+
 def add_keys_call(
     epoch: int,
     new: Sequence[tuple[Subject, bytes]],
@@ -416,6 +496,44 @@ def erase_call() -> sql.Composed:
 def lift(conn: psycopg.Connection[Any], slug: str, attendee_id: str) -> bool:
     """Lift an erasure's block on an attendee (True if there was one)."""
     row = conn.execute(sql.SQL("SELECT {}(%s, %s)").format(_LIFT), (slug, attendee_id)).fetchone()
+    return bool(row and row[0])
+
+
+_EMAIL: Final = re.compile(rb"[\w.+-]+@[\w-]+(?:\.[\w-]+)+")
+
+
+def emails_in(body: bytes) -> set[str]:
+    """The email addresses a body holds anywhere (a quarantined one has no reading)."""
+    return {m.decode("utf-8", "replace") for m in _EMAIL.findall(body)}
+
+
+def email_hmacs_of(cur: psycopg.Cursor[Any], slug: str, attendee_id: str) -> set[bytes]:
+    """The keyed hashes of every email address an attendee's deliveries carried."""
+    rows = cur.execute(
+        sql.SQL("SELECT email_hmac FROM {} WHERE slug = %s AND attendee_id = %s").format(_EMAILS),
+        (slug, attendee_id),
+    ).fetchall()
+    return {bytes(r[0]) for r in rows}
+
+
+def names_erased(cur: psycopg.Cursor[Any], keyring: Keyring, slug: str, body: bytes) -> bool:
+    """Whether a quarantined body names an attendee of this event whose data was erased (by
+    their id, or an email address of theirs): the rule an erasure applies to the quarantined
+    deliveries stored before it, applied to those arriving after."""
+    emails = emails_in(body)
+    row = cur.execute(
+        sql.SQL(
+            "SELECT EXISTS (SELECT 1 FROM {keys} WHERE slug = %s AND kind = 'a' "
+            "AND wrapped IS NULL AND strpos(%s, subject) > 0) "
+            "OR EXISTS (SELECT 1 FROM {erased} WHERE slug = %s AND email_hmac = ANY(%s))"
+        ).format(keys=_KEYS, erased=_ERASED_EMAILS),
+        (
+            slug,
+            body.decode("utf-8", "replace").replace("\x00", ""),
+            slug,
+            [keyring.email_hmac(e) for e in emails],
+        ),
+    ).fetchone()
     return bool(row and row[0])
 
 

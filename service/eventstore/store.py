@@ -6,12 +6,14 @@ a second delivery with the same key conflicts and is reported as a duplicate, ne
 
 from __future__ import annotations
 
+import base64
 import threading
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from functools import partial
 from typing import Any, Final
 from uuid import UUID, uuid5
 
@@ -36,7 +38,7 @@ from psycopg.rows import DictRow, tuple_row
 
 from domain import deliveries as stored_form
 from domain.interpret import PARSER_VERSION, Interpreted, interpret
-from domain.privacy import ERASURE, quarantine_skeleton, skeleton
+from domain.privacy import ERASURE, bare_skeleton, quarantine_skeleton, skeleton
 from projections.schema import INTERNAL, may_migrate
 from projections.source import StoredDelivery
 from projections.tracking import ConnectionParams, connection_params
@@ -49,6 +51,15 @@ _SETUP_LOCK: Final = 0x726F6C6C  # advisory lock id: one process sets the schema
 # Takes the library's table lock with its owner's rights (see IntakeRecorder._lock_and_notify).
 LOCK_FUNCTION: Final = "lock_deliveries"
 _LOCK_FUNCTION: Final = sql.Identifier(INTERNAL, LOCK_FUNCTION)
+# Rewrites an erased attendee's deliveries stored before encryption as skeletons: the only
+# UPDATE the append-only trigger lets through (while it sets _SCRUBBING).
+SCRUB_FUNCTION: Final = "scrub_plaintext"
+_SCRUB_FUNCTION: Final = sql.Identifier(INTERNAL, SCRUB_FUNCTION)
+_SKELETON_FUNCTION: Final = sql.Identifier(INTERNAL, "is_skeleton")
+_SCRUBBING: Final = "rollcall.scrubbing"
+_SCRUB_CALL: Final = sql.SQL("SELECT {}(%s, %s, %s::text[], %s::bigint[], %b::bytea[])").format(
+    _SCRUB_FUNCTION
+)
 # While the database is unreachable, ask it again at most this often (seconds).
 _PROBE_INTERVAL: Final = 0.25
 # How many unacknowledged keys (see DeliveryStore.unacknowledged) are remembered at most.
@@ -56,6 +67,7 @@ _UNACKNOWLEDGED_MAX: Final = 65_536
 # How often a batch is sealed again after its keys turned out stale (an erasure, a race).
 _STALE_RETRIES: Final = 5
 _EMAILS_SEEN_MAX: Final = 100_000
+_LOOK_UP_MAX: Final = 100_000
 _ERASURE_NAMESPACE: Final = UUID("9b7e1d2c-4f3a-5b6c-8d9e-0a1b2c3d4e5f")
 
 
@@ -187,7 +199,16 @@ class IntakeRecorder(PostgresApplicationRecorder):
         )
         erase = kwargs.get("erase")
         if erase is not None:
+            late = kwargs.get("late")
+            if late is not None:
+                # Under the lock now: quarantined deliveries stored since the erasure's first
+                # look are shredded with the rest.
+                slug, attendee_id, by, quarantined = erase
+                erase = (slug, attendee_id, by, [*quarantined, *late(curs.connection)])
             curs.execute(keys.erase_call(), erase)
+        scrub = kwargs.get("scrub")
+        if scrub is not None:
+            curs.execute(_SCRUB_CALL, scrub)
         crypto = kwargs.get("crypto")
         if crypto is None:
             curs.execute(self._insert_arrays, columns)
@@ -335,10 +356,18 @@ class DeliveryStore:
         """Destroy an attendee's data key and record the erasure, in one transaction under the
         intake lock: every delivery about them stored before is unreadable from now on, and
         what arrives after is kept without its personal content (see _Sealer.seal). So are the
-        quarantined deliveries of the event whose body names them (their id, or one of
-        `mentions`, such as their email), or else the `quarantined` delivery keys given."""
+        quarantined deliveries of the event whose body names them (their id, one of `mentions`
+        such as their email, or any email they were seen with), or else the `quarantined`
+        delivery keys given. Deliveries stored before encryption are rewritten as skeletons."""
+        late = None
         if quarantined is None:
-            quarantined = self._call(self._quarantined_about, slug, [attendee_id, *mentions])
+            names = [attendee_id, *mentions]
+            head = self.head()
+            quarantined = self._call(self._quarantined_about, slug, names, 0)
+            late = partial(self._quarantined_about, slug, names, head)
+        # Deliveries stored before encryption hold the person in the clear: rewritten as the
+        # skeletons a sealed delivery keeps, in the erasure's transaction.
+        rewrites = self._call(self._plaintext_about, slug, attendee_id, mentions)
         now = datetime.now(UTC)
         record = DeliveryRecorded(
             originator_id=uuid5(_ERASURE_NAMESPACE, f"{slug}\n{attendee_id}\n{now.isoformat()}"),
@@ -358,7 +387,14 @@ class DeliveryStore:
         self._check_reachable()
         try:
             (recording,) = self._app.events.put(
-                [record], erase=(slug, attendee_id, by, quarantined)
+                [record],
+                erase=(slug, attendee_id, by, quarantined),
+                late=late,
+                scrub=(
+                    (slug, attendee_id, list(mentions), list(rewrites), list(rewrites.values()))
+                    if rewrites
+                    else None
+                ),
             )
         except (OperationalError, InterfaceError) as error:
             raise StoreUnavailable(str(error)) from error
@@ -370,28 +406,85 @@ class DeliveryStore:
             erased_by=by,
             position=recording.notification.id,
             receipt=str(record.originator_id),
+            plaintext_rewritten=len(rewrites),
         )
 
-    def _quarantined_about(self, slug: str, names: Sequence[str]) -> list[str]:
-        """The delivery keys of the event's sealed quarantined deliveries that mention any of
-        `names` (a whole scan of the store: erasures are rare, quarantined deliveries few)."""
-        wanted = [n.encode() for n in names if n]
+    def _plaintext_about(
+        self, slug: str, attendee_id: str, mentions: Sequence[str]
+    ) -> dict[int, bytes]:
+        """The deliveries stored before encryption (up to the cutover) that hold the attendee
+        in the clear, each with its state rewritten as a skeleton: theirs, and the event's
+        quarantined ones about them or naming them (their id, or one of `mentions`)."""
+        cutover = self._sealer.cutover(self._recorder)
+        if not cutover:
+            return {}
         query = sql.SQL(
-            "SELECT notification_id, originator_id, state FROM {} WHERE "
-            "convert_from(state, 'UTF8')::jsonb ->> 'quarantine_reason' IS NOT NULL "
-            "AND convert_from(state, 'UTF8')::jsonb ->> 'slug' = %s"
+            "SELECT notification_id, state FROM {} WHERE notification_id <= %s "
+            "AND convert_from(state, 'UTF8')::jsonb ->> 'slug' = %s "
+            "AND convert_from(state, 'UTF8')::jsonb ->> 'sealed' IS NULL "
+            "AND (convert_from(state, 'UTF8')::jsonb ->> 'attendee_id' = %s "
+            "OR convert_from(state, 'UTF8')::jsonb ->> 'quarantine_reason' IS NOT NULL)"
         ).format(sql.Identifier(INTERNAL, EVENTS_TABLE))
         with (
             self._recorder.datastore.get_connection() as conn,
             conn.cursor(row_factory=tuple_row) as cur,
         ):
-            rows = cur.execute(query, (slug,)).fetchall()
+            rows = cur.execute(query, (cutover, slug, attendee_id)).fetchall()
+        names = [n.encode() for n in (attendee_id, *mentions) if n]
+        rewrites = {}
+        for position, data in rows:
+            state = stored_form.decode(bytes(data))
+            if state.verified_by == ERASURE:
+                continue
+            if state.quarantine_reason is not None:
+                if state.attendee_id != attendee_id and not any(n in state.body for n in names):
+                    continue
+                clear = quarantine_skeleton()
+            else:
+                clear = _skeleton_of(state)
+            if clear != state.body:
+                # The stored JSON as it is, but for the body: the function checks nothing
+                # else changed.
+                fields = msgspec.json.decode(bytes(data))
+                fields["body"] = base64.b64encode(clear).decode()
+                rewrites[int(position)] = msgspec.json.encode(fields)
+        return rewrites
+
+    def _quarantined_about(
+        self,
+        slug: str,
+        names: Sequence[str],
+        after: int,
+        conn: psycopg.Connection[Any] | None = None,
+    ) -> list[str]:
+        """The delivery keys of the event's sealed quarantined deliveries after position
+        `after` that mention any of `names` (the attendee id first) or an email address the
+        attendee was seen with (a whole scan of the store: erasures are rare,
+        quarantined deliveries few); on `conn` if given (inside the erasure's transaction)."""
+        if conn is None:
+            with self._recorder.datastore.get_connection() as pooled:
+                return self._quarantined_about(slug, names, after, pooled)
+        wanted = [n.encode() for n in names if n]
+        query = sql.SQL(
+            "SELECT notification_id, originator_id, state FROM {} WHERE notification_id > %s "
+            "AND convert_from(state, 'UTF8')::jsonb ->> 'quarantine_reason' IS NOT NULL "
+            "AND convert_from(state, 'UTF8')::jsonb ->> 'slug' = %s"
+        ).format(sql.Identifier(INTERNAL, EVENTS_TABLE))
+        with conn.cursor(row_factory=tuple_row) as cur:
+            rows = cur.execute(query, (after, slug)).fetchall()
             stored = [StoredDelivery(p, k, stored_form.decode(bytes(s))) for p, k, s in rows]
             readable = opened(cur, self.keyring, [s for s in stored if s.state.sealed])
+            # Any email address they were ever sent with (by its keyed hash), not only the
+            # roster's current one.
+            hmacs = keys.email_hmacs_of(cur, slug, names[0]) if readable else set()
         return [
             str(s.key)
             for s in readable
-            if s.state.sealed is None and any(name in s.state.body for name in wanted)
+            if s.state.sealed is None
+            and (
+                any(name in s.state.body for name in wanted)
+                or any(self.keyring.email_hmac(e) in hmacs for e in keys.emails_in(s.state.body))
+            )
         ]
 
     def unacknowledged(self, keys: Iterable[UUID]) -> None:
@@ -524,6 +617,7 @@ def _open(
             app = Deliveries(env={**env, "CREATE_TABLE": "y"})
             _protect_events_table(conn)
             keys.create_tables(conn, sql.Identifier(INTERNAL, EVENTS_TABLE))
+            _create_scrub(conn)
         else:
             # The runtime role of `rollcall db setup`: its owner role made the table.
             _require_events_table(conn)
@@ -563,11 +657,26 @@ def _protect_events_table(conn: psycopg.Connection[Any]) -> None:
     table = sql.Identifier(INTERNAL, EVENTS_TABLE)
     refuse = sql.Identifier(INTERNAL, "refuse_change")
     statements = [
+        # One exception: scrub_plaintext (below) rewriting the body of a delivery stored before
+        # encryption, nothing else of it, while the setting it alone sets names the row's event.
         sql.SQL(
-            "CREATE OR REPLACE FUNCTION {}() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
+            "CREATE OR REPLACE FUNCTION {refuse}() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
+            "IF TG_OP = 'UPDATE' AND coalesce(current_setting('{guc}', true), '') <> '' THEN "
+            "IF NEW.notification_id = OLD.notification_id "
+            "AND NEW.originator_id = OLD.originator_id "
+            "AND NEW.originator_version = OLD.originator_version AND NEW.topic = OLD.topic "
+            "AND OLD.notification_id <= (SELECT cutover FROM {state} WHERE id = 1) "
+            "AND (convert_from(OLD.state, 'UTF8')::jsonb - 'body') "
+            "= (convert_from(NEW.state, 'UTF8')::jsonb - 'body') "
+            "AND convert_from(OLD.state, 'UTF8')::jsonb ->> 'slug' = current_setting('{guc}') "
+            "THEN RETURN NEW; END IF; END IF; "
             "RAISE EXCEPTION 'rollcall: stored deliveries are append-only (% refused on %)', "
             "TG_OP, TG_TABLE_NAME USING ERRCODE = 'insufficient_privilege'; END $$"
-        ).format(refuse),
+        ).format(
+            refuse=refuse,
+            guc=sql.SQL(_SCRUBBING),
+            state=sql.Identifier(INTERNAL, keys.STATE_TABLE),
+        ),
         sql.SQL(
             "CREATE OR REPLACE TRIGGER append_only BEFORE UPDATE OR DELETE ON {} "
             "FOR EACH ROW EXECUTE FUNCTION {}()"
@@ -582,6 +691,87 @@ def _protect_events_table(conn: psycopg.Connection[Any]) -> None:
             "SET search_path = pg_catalog AS $$ LOCK TABLE {} IN EXCLUSIVE MODE $$"
         ).format(_LOCK_FUNCTION, table),
         sql.SQL("REVOKE ALL ON FUNCTION {}() FROM PUBLIC").format(_LOCK_FUNCTION),
+    ]
+    for statement in statements:
+        conn.execute(statement)
+
+
+def _create_scrub(conn: psycopg.Connection[Any]) -> None:
+    """scrub_plaintext: the one way past the append-only trigger (see DeliveryStore.erase)."""
+    events = sql.Identifier(INTERNAL, EVENTS_TABLE)
+    statements = [
+        # Whether `body` may replace the body of the stored delivery `old` (its state as
+        # jsonb) when attendee `p_id` is erased: a skeleton of the same event (same type,
+        # attendee and delivery id; nothing but what domain.privacy.skeleton writes), or `{}`
+        # for a quarantined delivery about them or naming them.
+        sql.SQL(
+            "CREATE OR REPLACE FUNCTION {}(old jsonb, body bytea, p_id text, p_mentions text[]) "
+            "RETURNS boolean LANGUAGE plpgsql IMMUTABLE SET search_path = pg_catalog AS $$ "
+            "DECLARE b jsonb; a jsonb; BEGIN "
+            "IF old ->> 'quarantine_reason' IS NOT NULL THEN "
+            "RETURN body = decode('7b7d', 'hex') AND (old ->> 'attendee_id' = p_id OR EXISTS ("
+            "SELECT 1 FROM unnest(array_prepend(p_id, p_mentions)) m WHERE m <> '' AND "
+            "position(convert_to(m, 'UTF8') IN decode(old ->> 'body', 'base64')) > 0)); "
+            "END IF; "
+            "IF old ->> 'attendee_id' IS DISTINCT FROM p_id THEN RETURN false; END IF; "
+            "b := convert_from(body, 'UTF8')::jsonb; "
+            "IF jsonb_typeof(b) <> 'object' OR EXISTS (SELECT 1 FROM jsonb_object_keys(b) k "
+            "WHERE k NOT IN ('event', 'id', 'occurredAt', 'attendee')) "
+            "OR b ->> 'event' IS DISTINCT FROM old ->> 'event_type' "
+            "OR (b ? 'id' AND b ->> 'id' IS DISTINCT FROM old ->> 'delivery_id') "
+            "OR length(coalesce(b ->> 'occurredAt', '')) > 64 "
+            "OR jsonb_typeof(b -> 'attendee') IS DISTINCT FROM 'object' THEN RETURN false; END IF; "
+            "a := b -> 'attendee'; "
+            "IF a ->> 'id' IS DISTINCT FROM p_id OR EXISTS (SELECT 1 FROM jsonb_object_keys(a) k "
+            "WHERE k NOT IN ('id', 'payment')) THEN RETURN false; END IF; "
+            "IF a ? 'payment' AND (jsonb_typeof(a -> 'payment') <> 'object' OR EXISTS ("
+            "SELECT 1 FROM jsonb_object_keys(a -> 'payment') k "
+            "WHERE k NOT IN ('amount', 'currency', 'method', 'reference'))) THEN RETURN false; "
+            "END IF; "
+            "RETURN true; END $$"
+        ).format(_SKELETON_FUNCTION),
+        # With its owner's rights: only for an attendee whose key is destroyed (the erasure
+        # does that first, in the same transaction), only deliveries stored before encryption
+        # (up to the cutover) that are not sealed, each checked by is_skeleton; all or none.
+        sql.SQL(
+            "CREATE OR REPLACE FUNCTION {scrub}(p_slug text, p_id text, p_mentions text[], "
+            "p_positions bigint[], p_states bytea[]) RETURNS bigint LANGUAGE plpgsql "
+            "SECURITY DEFINER SET search_path = pg_catalog AS $$ DECLARE n bigint; BEGIN "
+            "IF NOT EXISTS (SELECT 1 FROM {keys} WHERE slug = p_slug AND kind = 'a' "
+            "AND subject = p_id AND wrapped IS NULL) THEN "
+            "RAISE EXCEPTION 'rollcall: only an erased attendee''s deliveries are rewritten' "
+            "USING ERRCODE = 'insufficient_privilege'; END IF; "
+            "PERFORM set_config('{guc}', p_slug, true); "
+            "WITH todo AS (SELECT e.notification_id AS position, u.state, "
+            "convert_from(e.state, 'UTF8')::jsonb AS old, "
+            "convert_from(u.state, 'UTF8')::jsonb AS new FROM {events} e "
+            "JOIN unnest(p_positions, p_states) AS u(position, state) "
+            "ON e.notification_id = u.position "
+            "WHERE e.notification_id <= (SELECT cutover FROM {state} WHERE id = 1)) "
+            "UPDATE {events} e SET state = todo.state FROM todo "
+            "WHERE e.notification_id = todo.position AND todo.old ->> 'slug' = p_slug "
+            "AND todo.old ->> 'sealed' IS NULL AND todo.old ->> 'verified_by' <> '{erasure}' "
+            "AND (todo.old - 'body') = (todo.new - 'body') "
+            "AND {skeleton}(todo.old, decode(todo.new ->> 'body', 'base64'), p_id, p_mentions); "
+            "GET DIAGNOSTICS n = ROW_COUNT; "
+            "PERFORM set_config('{guc}', '', true); "
+            "IF n <> cardinality(p_positions) THEN "
+            "RAISE EXCEPTION 'rollcall: % of % deliveries are not an erased attendee''s "
+            "plaintext to scrub', cardinality(p_positions) - n, cardinality(p_positions) "
+            "USING ERRCODE = 'insufficient_privilege'; END IF; "
+            "RETURN n; END $$"
+        ).format(
+            scrub=_SCRUB_FUNCTION,
+            keys=sql.Identifier(INTERNAL, keys.KEYS_TABLE),
+            state=sql.Identifier(INTERNAL, keys.STATE_TABLE),
+            events=events,
+            guc=sql.SQL(_SCRUBBING),
+            erasure=sql.SQL(ERASURE),
+            skeleton=_SKELETON_FUNCTION,
+        ),
+        sql.SQL(
+            "REVOKE ALL ON FUNCTION {}(text, text, text[], bigint[], bytea[]) FROM PUBLIC"
+        ).format(_SCRUB_FUNCTION),
     ]
     for statement in statements:
         conn.execute(statement)
@@ -607,6 +797,7 @@ class Erased(msgspec.Struct, frozen=True, kw_only=True):
     erased_by: str
     position: int
     receipt: str
+    plaintext_rewritten: int = 0  # deliveries stored before encryption, rewritten as skeletons
 
 
 def _erasure_body(slug: str, attendee_id: str, by: str, at: datetime) -> bytes:
@@ -620,6 +811,19 @@ def _erasure_body(slug: str, attendee_id: str, by: str, at: datetime) -> bytes:
             "at": at.isoformat(),
         }
     )
+
+
+def _skeleton_of(state: stored_form.DeliveryState) -> bytes:
+    """A stored delivery's skeleton: from today's reading of its body where that reads as the
+    same event it was stored as, else from what intake stored beside it."""
+    assert state.attendee_id is not None
+    reading = interpret(state.body)
+    if isinstance(reading, Interpreted) and (reading.event_type, reading.attendee_id) == (
+        state.event_type,
+        state.attendee_id,
+    ):
+        return skeleton(reading)
+    return bare_skeleton(state.event_type, state.attendee_id, state.delivery_id, state.occurred_at)
 
 
 def _sqlstate(error: BaseException) -> str | None:
@@ -641,6 +845,11 @@ class _Sealer:
         # the same one rather than racing with a key of its own.
         self._pending: dict[keys.Subject, tuple[AESGCM, bytes]] = {}
         self._emails: set[tuple[str, str, str]] = set()  # (email, slug, attendee) recorded
+        # A registration's attendee is taken to be new without asking the database for their
+        # key (add_data_keys refuses a second key, KEY_RACE); those guessed in a batch not yet
+        # committed, and those guessed wrong, which are looked up from then on.
+        self._guessed: set[keys.Subject] = set()
+        self._look_up: set[keys.Subject] = set()
 
     def forget(self) -> None:
         with self._lock:
@@ -649,9 +858,14 @@ class _Sealer:
             self._pending.clear()
 
     def lost_race(self) -> None:
-        """Keys this process made lost to another process's: read those again."""
+        """Keys this process made lost to another process's (or a guess that an attendee was
+        new was wrong): read those again."""
         with self._lock:
             self._pending.clear()
+            if len(self._look_up) > _LOOK_UP_MAX:
+                self._look_up.clear()
+            self._look_up |= self._guessed
+            self._guessed.clear()
 
     def cutover(self, recorder: IntakeRecorder) -> int:
         """Up to which position deliveries were stored before encryption (0: none)."""
@@ -684,27 +898,50 @@ class _Sealer:
         ]
         with self._lock:
             shared = {s: self._pending[s] for s in subjects if s in self._pending}
+            look_up = self._look_up
         missing = {s for s in subjects if s is not None and s not in cached and s not in shared}
+        guessed = {
+            s
+            for d, s in zip(pending, subjects, strict=True)
+            if s in missing and d.event_type == "AttendeeRegistered" and s not in look_up
+        }
+        missing -= guessed
         found: dict[keys.Subject, bytes | None] = {}
+        blocked: set[keys.Subject] = set()
         if missing:
             with (
                 recorder.datastore.get_connection() as conn,
                 conn.cursor(row_factory=tuple_row) as cur,
             ):
                 found = keys.wrapped_keys(cur, missing)
+                # A new quarantined delivery (rare) naming an erased attendee keeps nothing
+                # of its content, as theirs do (an erasure meanwhile moves the epoch on).
+                for delivery, subject in zip(pending, subjects, strict=True):
+                    if (
+                        subject in missing
+                        and subject not in found
+                        and subject[1] == keys.DELIVERY
+                        and keys.names_erased(cur, self._keyring, delivery.slug, delivery.body)
+                    ):
+                        blocked.add(subject)
         known: dict[keys.Subject, AESGCM | None] = {}
         new: dict[keys.Subject, tuple[AESGCM, bytes]] = dict(shared)
         made: dict[keys.Subject, tuple[AESGCM, bytes]] = {}
         for wanted in missing:
-            if wanted in found:
+            if wanted in blocked:
+                known[wanted] = None
+            elif wanted in found:
                 wrapped = found[wanted]
                 known[wanted] = (
                     self._keyring.unwrap(wanted, wrapped) if wrapped is not None else None
                 )
             else:
                 made[wanted] = self._keyring.new_key(wanted)
+        for wanted in guessed:
+            made[wanted] = self._keyring.new_key(wanted)
         if made:
             with self._lock:
+                self._guessed |= guessed
                 for wanted, key in made.items():
                     # Another writer may have made one meanwhile: use that one.
                     new[wanted] = self._pending.setdefault(wanted, key)
@@ -750,6 +987,7 @@ class _Sealer:
                     cached.update({s: aead for s, (aead, _) in new.items()})
                 for subject in new:
                     self._pending.pop(subject, None)
+                self._guessed -= guessed
                 if len(self._emails) > _EMAILS_SEEN_MAX:
                     self._emails.clear()
                 self._emails.update(emails)
@@ -758,14 +996,21 @@ class _Sealer:
 
 
 def opened(
-    cur: psycopg.Cursor[Any], keyring: keys.Keyring, stored: list[StoredDelivery[Any]]
+    cur: psycopg.Cursor[Any],
+    keyring: keys.Keyring,
+    stored: list[StoredDelivery[Any]],
+    cache: keys.KeyCache | None = None,
 ) -> list[StoredDelivery[Any]]:
     """Stored deliveries with their sealed bodies decrypted where their data key still exists;
-    an erased one keeps its skeleton (and `sealed` set: its body is gone for good)."""
+    an erased one keeps its skeleton (and `sealed` set: its body is gone for good). A reader
+    of many batches passes its `cache` of data keys (see keys.KeyCache)."""
     subjects = _subjects(stored)
     if not subjects:
         return stored
-    return _opened_with(keyring, stored, subjects, keys.wrapped_keys(cur, set(subjects.values())))
+    if cache is not None:
+        return _opened_with(stored, subjects, cache.aeads(cur, keyring, set(subjects.values())))
+    wrapped = keys.wrapped_keys(cur, set(subjects.values()))
+    return _opened_with(stored, subjects, _unwrapped(keyring, wrapped))
 
 
 async def opened_async(
@@ -785,34 +1030,44 @@ async def opened_async(
         [w[2] for w in wanted],
     )
     wrapped = {(r[0], r[1], r[2]): (bytes(r[3]) if r[3] is not None else None) for r in rows}
-    return _opened_with(keys.active(), stored, subjects, wrapped)
+    return _opened_with(stored, subjects, _unwrapped(keys.active(), wrapped))
+
+
+def _unwrapped(
+    keyring: keys.Keyring, wrapped: dict[keys.Subject, bytes | None]
+) -> dict[keys.Subject, AESGCM | None]:
+    return {s: keyring.unwrap(s, w) if w is not None else None for s, w in wrapped.items()}
 
 
 def _subjects(stored: list[StoredDelivery[Any]]) -> dict[UUID, keys.Subject]:
-    return {
-        s.key: keys.subject_of(s.state.slug, s.state.attendee_id, s.key)
-        for s in stored
-        if s.state.sealed is not None
-    }
+    out = {}
+    for item in stored:
+        state = item.state
+        if state.sealed is not None:
+            attendee = state.attendee_id
+            out[item.key] = (
+                (state.slug, keys.ATTENDEE, attendee)
+                if attendee is not None
+                else (state.slug, keys.DELIVERY, str(item.key))
+            )
+    return out
 
 
 def _opened_with(
-    keyring: keys.Keyring,
     stored: list[StoredDelivery[Any]],
     subjects: dict[UUID, keys.Subject],
-    wrapped: dict[keys.Subject, bytes | None],
+    aeads: dict[keys.Subject, AESGCM | None],
 ) -> list[StoredDelivery[Any]]:
     out = []
+    unseal = keys.unseal
+    replace = msgspec.structs.replace
     for item in stored:
-        subject = subjects.get(item.key)
-        key = wrapped.get(subject) if subject is not None else None
-        if subject is None or key is None or item.state.sealed is None:
-            out.append(item)
-            continue
-        body = keys.unseal(keyring.unwrap(subject, key), item.state.sealed, item.key)
+        sealed = item.state.sealed
+        aead = aeads.get(subjects[item.key]) if sealed is not None else None
+        body = unseal(aead, sealed, item.key) if aead is not None else None
         if body is None:
             out.append(item)
-            continue
-        state = msgspec.structs.replace(item.state, body=body, sealed=None)
-        out.append(StoredDelivery(item.position, item.key, state))
+        else:
+            state = replace(item.state, body=body, sealed=None)
+            out.append(StoredDelivery(item.position, item.key, state))
     return out

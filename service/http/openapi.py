@@ -23,13 +23,14 @@ from service.http.api.occupancy import BUCKETS
 from service.http.intake import IntakeAccepted, IntakeDuplicate, IntakeQuarantined
 from service.http.probes import Health, Readiness
 from service.http.responses import Error
-from service.privacy import Receipt, SubjectExport, Subjects
+from service.privacy import Lifted, Receipt, SubjectExport, Subjects
 
 VERSION: Final = "1.0.0"
 
 
 _MODELS: Final = (
     Receipt,
+    Lifted,
     Subjects,
     SubjectExport,
     Error, m.Events, m.RosterPage, m.AttendeeDetail, Occupancy, m.Timeline, m.CheckIns,
@@ -390,6 +391,18 @@ def _paths() -> dict[str, Any]:
         "security": [{"bearer": []}],
         "parameters": [_EVENT, _path("attendee_id", "the attendee's id in JTE")],
         "responses": {"200": _json(Receipt, "erased"), **_errors(400, 401, 403, 404, 503)},
+    }
+    paths["/v1/events/{event}/attendees/{attendee_id}/lift"] = {
+        "post": {
+            "summary": (
+                "Lift the block an erasure left on an attendee (admin): what JTE sends about "
+                "them from now on is kept again, under a new data key; what was erased stays "
+                "erased. `status` is `lifted`, or `not_erased` if there was no block"
+            ),
+            "security": [{"bearer": []}],
+            "parameters": [_EVENT, _path("attendee_id", "the attendee's id in JTE")],
+            "responses": {"200": _json(Lifted, "lifted"), **_errors(400, 401, 403, 404, 503)},
+        }
     }
     email = _query("email", {"type": "string"}, "the person's email address (required)")
     paths["/v1/subjects"] = _get(

@@ -11,7 +11,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Final
 
-from tests.drill import access, faults, forgery, hostile
+from tests.drill import access, erasure, faults, forgery, hostile
 from tests.drill.harness import Workspace
 from tests.drill.report import FULL, QUICK, Finding, Size, table
 
@@ -24,6 +24,7 @@ SCENARIOS: Final[dict[str, Scenario]] = {
     "replicas": faults.replicas,
     "hostile": hostile.hostile,
     "forgery": forgery.forgery,
+    "erasure": erasure.erasure,
     "access": access.access,  # last: it reads every log the others left
 }
 

@@ -25,6 +25,9 @@ class Size(msgspec.Struct, frozen=True, kw_only=True):
     slow_exports: int  # CSV export readers at once (the hostile server allows 4)
     export_mb: int  # the size of the roster they read
     forgery_rounds: int
+    erasure_deliveries: int
+    erasures: int
+    erasure_rounds: int  # the middle one with a kill -9
     # Each timing promise's bound is checked times this: 1 in the full drill, where the bound is
     # the promise (the README's figures); at CI size a liveness bound only, since CI's machine
     # may be loaded and speed belongs to the full drill and the benchmarks.
@@ -50,6 +53,9 @@ FULL = Size(
     slow_exports=8,
     export_mb=30,
     forgery_rounds=40,
+    erasure_deliveries=10_000,
+    erasures=60,
+    erasure_rounds=5,
 )
 QUICK = Size(
     crash_deliveries=3_000,
@@ -66,6 +72,9 @@ QUICK = Size(
     slow_exports=8,
     export_mb=12,  # at 1 MB/s: far longer than a query may take, beyond every buffer
     forgery_rounds=4,
+    erasure_deliveries=2_000,
+    erasures=12,
+    erasure_rounds=3,
     patience=12.0,  # 5 s -> 60 s, 2 s -> 24 s: still a hang, but not a slow machine
 )
 

@@ -37,6 +37,7 @@ PARAMETERS: Final[dict[str, tuple[str, ...]]] = {
     ),
     "/v1/events/{event}/attendees/{attendee_id}": ("as_of",),
     "DELETE /v1/events/{event}/attendees/{attendee_id}": (),  # an erasure takes none
+    "/v1/events/{event}/attendees/{attendee_id}/lift": (),
     "/v1/events/{event}/occupancy": ("at", "as_of", "format", "dialect"),
     "/v1/events/{event}/occupancy/timeline": ("bucket", "from", "to", "tz", "format", "dialect"),
     "/v1/events/{event}/check-ins": ("limit", "format", "dialect"),

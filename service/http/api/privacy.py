@@ -1,11 +1,13 @@
 """Personal data over HTTP (admin tokens): DELETE /v1/events/{event}/attendees/{attendee_id}
-erases an attendee; GET /v1/subjects?email= finds a person, GET /v1/subjects/export?email=
-returns everything held about them (service/privacy.py)."""
+erases an attendee, POST …/{attendee_id}/lift lifts the block an erasure leaves; GET
+/v1/subjects?email= finds a person, GET /v1/subjects/export?email= returns everything held
+about them (service/privacy.py)."""
 
 from __future__ import annotations
 
 import asyncio
 
+import psycopg
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
@@ -24,10 +26,8 @@ _WAIT_SECONDS = 5.0
 def routes(api: Api) -> list[Route]:
     async def erase(request: Request) -> Response:
         slug: str = request.path_params["event"]
-        attendee_id: str = request.path_params["attendee_id"]
         api.check_event(request, slug)
-        if not attendee_id.strip() or len(attendee_id) > 200 or "\x00" in attendee_id:
-            raise ApiError(400, "bad_parameter", "an attendee id is 1 to 200 characters")
+        attendee_id = _attendee(request)
         name = await tokens.name_of(common.pool(request), _bearer(request))
         store: DeliveryStore = request.app.state.store
         url: str = request.app.state.database_url
@@ -38,6 +38,17 @@ def routes(api: Api) -> list[Route]:
         except StoreUnavailable as error:
             raise Unavailable from error
         return json_response(receipt)
+
+    async def lift(request: Request) -> Response:
+        slug: str = request.path_params["event"]
+        api.check_event(request, slug)
+        attendee_id = _attendee(request)
+        url: str = request.app.state.database_url
+        try:
+            lifted = await asyncio.to_thread(privacy.lift, url, slug, attendee_id)
+        except psycopg.OperationalError as error:
+            raise Unavailable from error
+        return json_response(lifted)
 
     async def find(request: Request) -> Response:
         email = _email(request)
@@ -58,9 +69,17 @@ def routes(api: Api) -> list[Route]:
 
     return [
         api.route("/v1/events/{event}/attendees/{attendee_id}", erase, "admin", "DELETE"),
+        api.route("/v1/events/{event}/attendees/{attendee_id}/lift", lift, "admin", "POST"),
         api.route("/v1/subjects", find, "admin"),
         api.route("/v1/subjects/export", export, "admin"),
     ]
+
+
+def _attendee(request: Request) -> str:
+    attendee_id: str = request.path_params["attendee_id"]
+    if not attendee_id.strip() or len(attendee_id) > 200 or "\x00" in attendee_id:
+        raise ApiError(400, "bad_parameter", "an attendee id is 1 to 200 characters")
+    return attendee_id
 
 
 def _email(request: Request) -> str:
