@@ -38,7 +38,8 @@ async def page(request: Request, slug: str) -> Response:
         exports = common.exports(request)
         if table.kind == "csv" and table.dialect == "csv":
             return await exports.stream(query, args, f"roster-{slug}.csv", header)
-        return csv_rows(header, await exports.fetch(query, args), f"roster-{slug}", table)
+        rows = await exports.fetch(query, args, times=table.kind == "xlsx")
+        return csv_rows(header, rows, f"roster-{slug}", table)
     limit = common.limit(params)
     after = common.decode_cursor(params, 3)
     items, more = await roster.page(common.pool(request), slug, only, limit, after, source)
