@@ -27,6 +27,7 @@ import httpx
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bench_queries as bq
 
+from service.eventstore import keys
 from service.eventstore.database import drop_database, new_database, server
 
 TARGET_MS = 1000.0
@@ -60,6 +61,9 @@ def main() -> int:
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--port", type=int, default=8351)
     args = parser.parse_args()
+    # The seeding here and the service seal and open personal data under one master key (else
+    # each would take the one in its own data directory, and the service would refuse to start).
+    os.environ.setdefault(keys.MASTER_KEY_ENV, keys.generate_master_key())
     work = Path(tempfile.mkdtemp(prefix="rollcall-bench-asof-"))
     configured = os.environ.get("DATABASE_URL") or None
     try:
