@@ -17,6 +17,7 @@ applying a set of events in any order, with any repeats, gives the same entry:
 
 from __future__ import annotations
 
+from bisect import bisect_left
 from collections.abc import Iterable
 from datetime import datetime
 from decimal import Decimal
@@ -172,3 +173,32 @@ def _paid(entry: RosterEntry, event: AttendeeEvent) -> None:
     entry.payment_order = event.order
     entry.paid_at = event.at
     entry.amount, entry.currency, entry.method = payment.amount, payment.currency, payment.method
+
+
+class Period(msgspec.Struct, kw_only=True):
+    """An attendee's entry as it stood from `since` (an occurrence time) until the next
+    period's `since`: the fold of exactly the deliveries that had occurred by then."""
+
+    since: datetime
+    entry: RosterEntry
+
+
+def advance(periods: list[Period], event: AttendeeEvent) -> list[Period]:
+    """An attendee's periods after one more event, whatever order events arrive in: it opens a
+    period at its occurrence time (unless one begins then) from the period in force before,
+    and joins that one and every later one. An erasure scrubs every period as it stands (what
+    was folded before it can no longer be read); what is folded after it joins them as usual,
+    as with the roster's entry (folds go in store order).
+
+    `periods`, in time order, must hold the period in force at `event.at` (if any) and every
+    later one; the earlier ones may be left out (an erasure needs them all)."""
+    erasure = event.event_type == ERASED
+    at = event.at
+    i = bisect_left([p.since for p in periods], at)
+    before = periods[:i]
+    out = [Period(since=p.since, entry=scrubbed(p.entry)) for p in before] if erasure else before
+    if not (i < len(periods) and periods[i].since == at) and (i > 0 or not erasure):
+        # An erasure before any delivery makes no period, as it makes no roster row.
+        out.append(Period(since=at, entry=apply(periods[i - 1].entry if i else None, event)))
+    out.extend(Period(since=p.since, entry=apply(p.entry, event)) for p in periods[i:])
+    return out

@@ -3,7 +3,7 @@ analysts ask of it (pages in payment order, CSV, totals by currency, method and 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import date, datetime
 from decimal import Decimal
 from typing import Any, Final
@@ -16,13 +16,21 @@ from psycopg import sql
 from domain.events import PAYMENT_CONFIRMED, AttendeeEvent
 from domain.ledger import LedgerEntry, ledger_entry, merge
 from projections.columns import text
-from projections.schema import ANALYTICS, Version
+from projections.schema import ANALYTICS, LOCK_NAMESPACE, SETUP_LOCK, VIEWS_SCHEMA, Version
 from projections.view import Key, Poison
 
 # The analytics views this one publishes.
 PAYMENTS: Final = "payments"
 PAYMENT_TOTALS: Final = "payment_totals"
 _PAYMENTS: Final = f"{ANALYTICS}.{PAYMENTS}"
+
+# Each configured JTE event's IANA time zone, as `rollcall serve` last read its configuration
+# (service/http/zones.py): payment_totals cuts days in it. Shared by every version, so made
+# with any (IF NOT EXISTS); an event missing here is cut in UTC.
+EVENT_ZONES: Final = sql.Identifier(VIEWS_SCHEMA, "event_zones")
+ZONES_DDL: Final = sql.SQL(
+    "CREATE TABLE IF NOT EXISTS {} (slug text PRIMARY KEY, timezone text NOT NULL)"
+).format(EVENT_ZONES)
 
 
 class PaymentsView:
@@ -41,14 +49,16 @@ class PaymentsView:
                 "method text NOT NULL, reference text, paid_at timestamptz NOT NULL, "
                 "order_token text NOT NULL, position bigint NOT NULL, "
                 "PRIMARY KEY (slug, entry_key))"
-            ).format(table)
+            ).format(table),
+            ZONES_DDL,
         ]
 
     def indexes(self, version: Version) -> list[sql.Composed]:
         return [
             sql.SQL("CREATE INDEX IF NOT EXISTS {} ON {} (slug, paid_at, entry_key)").format(
                 sql.Identifier(f"payments_v{version.version}_paid_at"), version.table("payments")
-            )
+            ),
+            ZONES_DDL,  # a version made before there were zones
         ]
 
     def analytics(self, version: Version) -> list[tuple[str, sql.Composed]]:
@@ -63,11 +73,14 @@ class PaymentsView:
             ),
             (
                 PAYMENT_TOTALS,
+                # Days in the event's own time zone: an evening payment in Warsaw is that day's.
                 sql.SQL(
-                    "SELECT slug AS event, currency, method, (paid_at AT TIME ZONE 'UTC')::date "
-                    "AS day, count(*) AS payments, sum(amount) AS amount FROM {} "
-                    "GROUP BY slug, currency, method, day"
-                ).format(table),
+                    "SELECT p.slug AS event, p.currency, p.method, "
+                    "(p.paid_at AT TIME ZONE coalesce(z.timezone, 'UTC'))::date AS day, "
+                    "count(*) AS payments, sum(p.amount) AS amount, "
+                    "coalesce(z.timezone, 'UTC') AS timezone FROM {} p LEFT JOIN {} z "
+                    "ON z.slug = p.slug GROUP BY p.slug, p.currency, p.method, day, z.timezone"
+                ).format(table, EVENT_ZONES),
             ),
         ]
 
@@ -252,6 +265,35 @@ async def summary(
         by_method=[MethodTotal(**dict(row)) for row in by_method],
         by_day=[DayTotal(**dict(row)) for row in by_day],
     )
+
+
+async def record_zones(pool: asyncpg.Pool, zones: Mapping[str, str]) -> list[str]:
+    """Record the configured events' time zones (slug: IANA name) for payment_totals, in place
+    of what was recorded; a zone PostgreSQL does not know is not recorded (that event's days
+    stay UTC) and is returned."""
+    async with pool.acquire() as conn, conn.transaction():
+        # After (or instead of) the runner's setup of the views' schemas, never beside it.
+        await conn.execute("SELECT pg_advisory_xact_lock($1, $2)", LOCK_NAMESPACE, SETUP_LOCK)
+        await conn.execute(f"CREATE SCHEMA IF NOT EXISTS {VIEWS_SCHEMA}")
+        await conn.execute(ZONES_DDL.as_string(None))
+        known = {
+            row[0]
+            for row in await conn.fetch(
+                "SELECT name FROM pg_timezone_names WHERE name = ANY($1::text[])",
+                sorted(set(zones.values())),
+            )
+        }
+        kept = {slug: zone for slug, zone in zones.items() if zone in known}
+        table = EVENT_ZONES.as_string(None)
+        await conn.execute(f"DELETE FROM {table} WHERE NOT (slug = ANY($1::text[]))", list(kept))
+        await conn.execute(
+            f"INSERT INTO {table} AS z SELECT * FROM unnest($1::text[], $2::text[]) "
+            "ON CONFLICT (slug) DO UPDATE SET timezone = excluded.timezone "
+            "WHERE z.timezone <> excluded.timezone",
+            list(kept),
+            list(kept.values()),
+        )
+    return sorted(set(zones.values()) - known)
 
 
 # analytics.payments' columns, in order: what `as_of_row` gives for a folded entry.

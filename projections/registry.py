@@ -8,9 +8,17 @@ from projections.occupancy import OccupancyView
 from projections.occurrences import OccurrencesView
 from projections.payments import PaymentsView
 from projections.roster import RosterView
+from projections.roster_history import RosterHistoryView
 from projections.view import BulkView
 
 VIEWS: Final[dict[str, BulkView]] = {
-    view.name: view for view in (RosterView(), OccupancyView(), PaymentsView(), OccurrencesView())
+    view.name: view
+    for view in (
+        RosterView(),
+        OccupancyView(),
+        PaymentsView(),
+        OccurrencesView(),
+        RosterHistoryView(),
+    )
 }
 VIEW_NAMES: Final = tuple(VIEWS)

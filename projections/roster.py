@@ -32,6 +32,7 @@ ATTENDEE_DELIVERIES: Final = "attendee_deliveries"
 ROSTER_SEARCH: Final = "roster_search"
 ROSTER_FIELDS: Final = "roster_fields"
 _ROSTER: Final = f"{ANALYTICS}.{ROSTER}"
+ROSTER_RELATION: Final = _ROSTER  # what the reading functions read unless given another
 _SEARCH: Final = f"{ANALYTICS}.{ROSTER_SEARCH}"
 
 # What `q=` searches: names and email in one text, so "Anna Nowak" finds her too. The index
@@ -378,16 +379,21 @@ def _row(entry: RosterEntry) -> tuple[Any, ...]:
     )
 
 
-# analytics.roster's columns, in order: what `as_of_row` gives for a folded entry.
-ANALYTICS_COLUMNS: Final = (
-    "event", *_NAMES[1:21], "fields"
-)  # fmt: skip
+# What another table of roster rows (projections/roster_history.py) shares with this one: its
+# columns, how a row is made from an entry, and the stored state's codec.
+COLUMNS: Final = _COLUMNS
+COLUMN_NAMES: Final = _NAMES
+STAGE_TYPES: Final = _STAGE_TYPES
 
 
-def as_of_row(entry: RosterEntry) -> tuple[Any, ...]:
-    """An entry folded for a past moment as a row of analytics.roster (ANALYTICS_COLUMNS):
-    the very cells the live view stores for it."""
-    return _row(entry)[:22]
+def row(entry: RosterEntry) -> tuple[Any, ...]:
+    """The roster table's row (COLUMN_NAMES) for an entry."""
+    return _row(entry)
+
+
+def decode_state(state: bytes) -> RosterEntry:
+    """An entry from its `state` column."""
+    return _decode(state)
 
 
 def _ticket(value: object) -> str | None:
@@ -545,7 +551,7 @@ def export(
         args.append(name)
         # Aliased by number: PostgreSQL would cut a long field name at 63 bytes.
         columns.append(f"fields ->> ${len(args)} AS f{n}")
-    query = f"SELECT {', '.join(columns)} FROM {source} WHERE {where} ORDER BY {ORDER_KEY}"
+    query = f"SELECT {', '.join(columns)} FROM {source} AS src WHERE {where} ORDER BY {ORDER_KEY}"
     return query, args, [*EXPORT_COLUMNS, *(FIELD_PREFIX + name for name in field_names)]
 
 
@@ -555,7 +561,7 @@ async def field_names(pool: asyncpg.Pool, slug: str, source: str = _ROSTER) -> l
     columns in every export of the event. At most MAX_FIELD_COLUMNS."""
     rows = await pool.fetch(
         "SELECT k FROM (SELECT DISTINCT jsonb_object_keys(fields) AS k FROM "
-        f"{source} WHERE event = $1) s WHERE NOT (k = ANY($2::text[])) "
+        f"{source} AS src WHERE event = $1) s WHERE NOT (k = ANY($2::text[])) "
         'ORDER BY k COLLATE "C" LIMIT $3',
         slug,
         list(COLUMN_FIELDS),
@@ -569,7 +575,7 @@ async def attendee(
 ) -> Attendee | None:
     """One attendee, deleted or not."""
     row = await pool.fetchrow(
-        f"SELECT {_ATTENDEE_COLUMNS} FROM {source} WHERE event = $1 AND attendee_id = $2",
+        f"SELECT {_ATTENDEE_COLUMNS} FROM {source} AS src WHERE event = $1 AND attendee_id = $2",
         slug,
         attendee_id,
     )
@@ -619,7 +625,7 @@ def _ordered_page(where: str, limit_arg: int, source: str) -> str:
     """One roster page read in the name index's order."""
     return (
         f"SELECT {_ATTENDEE_COLUMNS}, {_NAME_KEY[0]} AS k1, {_NAME_KEY[1]} AS k2 "
-        f"FROM {source} WHERE {where} ORDER BY {ORDER_KEY} LIMIT ${limit_arg}"
+        f"FROM {source} AS src WHERE {where} ORDER BY {ORDER_KEY} LIMIT ${limit_arg}"
     )
 
 
@@ -630,7 +636,7 @@ def _searched_page(where: str, limit_arg: int, source: str) -> str:
     it assumes matches are spread evenly; for a surname that is ~60k heap reads (140 ms)."""
     return (
         f"WITH hits AS MATERIALIZED (SELECT attendee_id AS hit_id, {_NAME_KEY[0]} AS k1, "
-        f"{_NAME_KEY[1]} AS k2 FROM {source} WHERE {where}), "
+        f"{_NAME_KEY[1]} AS k2 FROM {source} AS src WHERE {where}), "
         f"page AS (SELECT * FROM hits ORDER BY k1, k2, hit_id LIMIT ${limit_arg}) "
         f"SELECT {_ATTENDEE_COLUMNS}, page.k1, page.k2 FROM page JOIN {source} r "
         "ON r.event = $1 AND r.attendee_id = page.hit_id ORDER BY page.k1, page.k2, page.hit_id"

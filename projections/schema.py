@@ -44,8 +44,20 @@ State = Literal["live", "building", "retired", "as-of"]
 LOCK_NAMESPACE: Final = 0x524C  # "RL"
 SETUP_LOCK: Final = 1
 SWAP_LOCK: Final = 2
-_RUNNER_LOCKS: Final = {"roster": 11, "occupancy": 12, "payments": 13, "occurrences": 14}
-_BUILD_LOCKS: Final = {"roster": 21, "occupancy": 22, "payments": 23, "occurrences": 24}
+_RUNNER_LOCKS: Final = {
+    "roster": 11,
+    "occupancy": 12,
+    "payments": 13,
+    "occurrences": 14,
+    "roster_history": 15,
+}
+_BUILD_LOCKS: Final = {
+    "roster": 21,
+    "occupancy": 22,
+    "payments": 23,
+    "occurrences": 24,
+    "roster_history": 25,
+}
 
 
 class Version(msgspec.Struct, frozen=True):

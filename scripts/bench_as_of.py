@@ -63,6 +63,9 @@ def main() -> int:
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--port", type=int, default=8351)
     args = parser.parse_args()
+    # The seeding here and the service seal and open personal data under one master key (else
+    # each would take the one in its own data directory, and the service would refuse to start).
+    os.environ.setdefault(keys.MASTER_KEY_ENV, keys.generate_master_key())
     work = Path(tempfile.mkdtemp(prefix="rollcall-bench-asof-"))
     configured = os.environ.get("DATABASE_URL") or None
     try:

@@ -22,7 +22,7 @@ import tempfile
 import time
 import tomllib
 import typing
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, Final, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -363,6 +363,12 @@ class EventsWatcher:
         self.events = settings.events
         self._checked = 0.0
         self._stamp = self._stamp_now()
+        self._listeners: list[Callable[[dict[str, EventConfig]], None]] = []
+
+    def on_reload(self, listener: Callable[[dict[str, EventConfig]], None]) -> None:
+        """Call `listener` with the events each time a changed file is read (from whatever
+        thread reads it)."""
+        self._listeners.append(listener)
 
     def event(self, slug: str) -> EventConfig | None:
         self._maybe_reload()
@@ -386,6 +392,8 @@ class EventsWatcher:
             return
         self.events = settings.events
         log.info("configuration reloaded: events %s", ", ".join(self.events))
+        for listener in self._listeners:
+            listener(self.events)
 
     def _stamp_now(self) -> tuple[float, int] | None:
         try:

@@ -2,9 +2,9 @@
 admin API (DELETE /v1/events/{event}/attendees/{id}, /v1/subjects) share.
 
 An erasure destroys the attendee's data key and records itself in the store (one transaction
-under intake's lock, service/eventstore/store.py), scrubs every version of the roster now (the
-live one, as-of snapshots, builds in progress), then waits a little for the live views to fold
-the erasure, so that the receipt can say they have.
+under intake's lock, service/eventstore/store.py), scrubs every version of the roster and of
+its history now (the live one, as-of snapshots, builds in progress), then waits a little for the
+live views to fold the erasure, so that the receipt can say they have.
 """
 
 from __future__ import annotations
@@ -20,8 +20,8 @@ from psycopg.rows import dict_row
 
 from domain import deliveries as stored_form
 from domain.privacy import ERASURE
-from projections import roster
-from projections.registry import VIEW_NAMES
+from projections import roster, roster_history
+from projections.registry import VIEW_NAMES, VIEWS
 from projections.schema import ANALYTICS, INTERNAL, VIEWS_SCHEMA, versions
 from projections.source import StoredDelivery
 from projections.tracking import positions
@@ -108,20 +108,26 @@ def _emails(database_url: str, slug: str, attendee_id: str) -> list[str]:
 
 
 def scrub_versions(database_url: str, slug: str, attendee_id: str) -> int:
-    """Scrub the attendee from every roster version whose table exists; how many had them."""
+    """Scrub the attendee from every roster version whose table exists, and from every period
+    of every version of the roster's history; how many roster versions had them."""
     count = 0
     with psycopg.connect(database_url) as conn:
-        try:
-            found = versions(conn, roster.RosterView.name)
-        except psycopg.errors.UndefinedTable:
-            return 0
-        for version in found:
-            name = f"{VIEWS_SCHEMA}.roster_v{version.version}"
-            exists = conn.execute("SELECT to_regclass(%s)", (name,)).fetchone()
-            if exists is None or exists[0] is None:
-                continue
-            with conn.transaction():
-                count += roster.scrub(conn.cursor(), version, slug, attendee_id)
+        for scrub, view in (
+            (roster.scrub, roster.RosterView.name),
+            (roster_history.scrub, roster_history.RosterHistoryView.name),
+        ):
+            try:
+                found = versions(conn, view)
+            except psycopg.errors.UndefinedTable:
+                return count
+            for version in found:
+                name = f"{VIEWS_SCHEMA}.{VIEWS[view].tables[0]}_v{version.version}"
+                exists = conn.execute("SELECT to_regclass(%s)", (name,)).fetchone()
+                if exists is None or exists[0] is None:
+                    continue
+                with conn.transaction():
+                    scrubbed = scrub(conn.cursor(), version, slug, attendee_id)
+                count += scrubbed if view == roster.RosterView.name else 0
     return count
 
 

@@ -252,7 +252,9 @@ async def test_check_ins_and_payments(seeded: tuple[httpx.AsyncClient, str]) -> 
         {"day": "2026-05-14", "currency": "PLN", "payments": 2, "amount": "399.00"},
     ]
     events = (await client.get("/v1/events")).json()
-    assert events == {"events": [{"event": "default", "registered": 4, "inside_now": 3}]}
+    assert events == {
+        "events": [{"event": "default", "registered": 4, "inside_now": 3, "timezone": "UTC"}]
+    }
 
 
 @pytest.mark.parametrize(

@@ -46,11 +46,12 @@ CHROMIUM_ARGS = [
 ]
 ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
 WAIT_MS = 15_000  # generous: CI shares two cores between PostgreSQL, rollcall and Chromium
-TIME_ZONE = "Europe/Warsaw"  # the browser's zone: 09:40Z shows as 11:40 (CEST) on 2026-05-14
+# The browser's zone, and spring-conf's: 09:40Z shows as 11:40 (CEST) on 2026-05-14.
+TIME_ZONE = "Europe/Warsaw"
 
 EVENTS = {
     "default": EventConfig(slug="default", secrets=(SECRET,)),
-    "spring-conf": EventConfig(slug="spring-conf", secrets=(SECRET,)),
+    "spring-conf": EventConfig(slug="spring-conf", secrets=(SECRET,), timezone=TIME_ZONE),
 }
 PEOPLE = {
     "a-1": ("Ola", "Nowak"),
@@ -398,6 +399,61 @@ async def test_a_wrong_token_leads_back_to_the_login_form(
     await expect(page.locator("#board")).to_be_visible(timeout=WAIT_MS)
     await expect(page.locator("#registered")).to_have_text("0", timeout=WAIT_MS)
     await expect(page.locator("#login-message")).to_be_hidden()
+
+
+async def test_days_and_times_are_the_events_own_whatever_the_browsers_zone(
+    browser: Browser,
+    start_service: Callable[..., RunningService],
+    database_url: str,
+) -> None:
+    # A Warsaw event seen from a browser in Tokyo: an evening check-in at 23:45 in Warsaw
+    # (21:45Z) is on 14 May, one at 00:15 (22:15Z) on 15 May, though both are 14 May in UTC
+    # and 15 May in Tokyo.
+    service = start_service(events={"spring-conf": EVENTS["spring-conf"]})
+    await seed(
+        service,
+        [
+            jte("AttendeeRegistered", "a-1", "reg-1", "2026-05-01T08:00:00Z"),
+            jte("AttendeeRegistered", "a-2", "reg-2", "2026-05-01T08:00:00Z"),
+            jte("AttendeeCheckedIn", "a-1", "in-1", "2026-05-14T21:45:00Z"),
+            jte("AttendeeCheckedIn", "a-2", "in-2", "2026-05-14T22:15:00Z"),
+        ],
+    )
+    wait_until_caught_up(database_url)
+    token = api_token(database_url, "read")
+    async with httpx.AsyncClient(base_url=service.url, headers=bearer(token)) as client:
+        listed = (await client.get("/v1/events")).json()["events"]
+    assert [(e["event"], e["timezone"]) for e in listed] == [("spring-conf", "Europe/Warsaw")]
+
+    context = await browser.new_context(
+        timezone_id="Asia/Tokyo", locale="en-GB", viewport={"width": 1280, "height": 900}
+    )
+    context.set_default_timeout(WAIT_MS)
+    page = await context.new_page()
+    errors: list[Error] = []
+    page.on("pageerror", lambda error: errors.append(error))
+    try:
+        await sign_in(page, service.url, token)
+        await expect(page.locator("#zone")).to_have_text("Europe/Warsaw", timeout=WAIT_MS)
+        days = page.locator("#day option")
+        await expect(days).to_have_text(["2026-05-15 (latest)", "2026-05-14"])
+        sub = page.locator("#inside-sub")
+        await expect(sub).to_have_text("1 entry · 0 exits this day")
+        point = page.locator('#chart svg circle.point[data-end="2026-05-14T22:20:00Z"]')
+        await expect(point).to_have_attribute("data-inside", "1")
+        times = page.locator("#checkins tbody tr time")
+        await expect(times).to_have_text(["2026-05-15 00:15", "2026-05-14 23:45"])
+
+        await page.locator("#day").select_option("2026-05-14")
+        await expect(sub).to_have_text("1 entry · 0 exits this day", timeout=WAIT_MS)
+        point = page.locator('#chart svg circle.point[data-end="2026-05-14T21:50:00Z"]')
+        await expect(point).to_have_attribute("data-inside", "1", timeout=WAIT_MS)
+        # The day ends at Warsaw's midnight (22:00Z): the 00:15 check-in is not in it.
+        late = page.locator('#chart svg circle.point[data-end="2026-05-14T22:20:00Z"]')
+        await expect(late).to_have_count(0)
+    finally:
+        await context.close()
+    assert [str(error) for error in errors] == []
 
 
 # A second, small day: a-4 and a-5 come on 2026-11-30, a-5 leaves; a-1 and a-3 never checked

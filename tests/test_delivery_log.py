@@ -161,6 +161,7 @@ def test_every_outcome_in_one_log_with_names_never_values(
             "occupancy": "applied",
             "payments": "applied",
             "occurrences": "applied",
+            "roster_history": "applied",
         }
         held = next(i for i in items if i["outcome"] == "quarantined")
         states = {v["state"] for v in client.get(f"/v1/deliveries/{held['key']}").json()["views"]}

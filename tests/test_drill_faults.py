@@ -100,7 +100,13 @@ def test_the_outage_check_catches_slow_wrong_and_impossible_answers() -> None:
 
 def test_the_lock_check_catches_a_view_without_exactly_one_live_runner() -> None:
     watch = LockWatch("postgresql://127.0.0.1:1/none", [])
-    both = {"roster": [7], "occupancy": [7], "payments": [7], "occurrences": [7]}
+    both = {
+        "roster": [7],
+        "occupancy": [7],
+        "payments": [7],
+        "occurrences": [7],
+        "roster_history": [7],
+    }
     watch.samples = [
         LockSample(1.0, both, frozenset({7, 8})),
         LockSample(2.0, {**both, "payments": []}, frozenset({7, 8})),  # nobody runs payments
@@ -108,11 +114,17 @@ def test_the_lock_check_catches_a_view_without_exactly_one_live_runner() -> None
         LockSample(4.5, {}, frozenset({8})),  # during the takeover: not counted
         LockSample(
             11.0,
-            {"roster": [8], "occupancy": [8], "payments": [-1], "occurrences": [8]},
+            {
+                "roster": [8],
+                "occupancy": [8],
+                "payments": [-1],
+                "occurrences": [8],
+                "roster_history": [8],
+            },
             frozenset({8}),
         ),
     ]
-    takeover = Takeover(victim="a", survivor="b", views=4, killed=4.0, seconds=6.0)
+    takeover = Takeover(victim="a", survivor="b", views=5, killed=4.0, seconds=6.0)
     finding = Finding(scenario="replicas", load="-", faults="-")
     assert check_locks(finding, watch, takeover, BOUND) == (4, 1)
     assert finding.broken == [

@@ -23,6 +23,7 @@ from domain.events import (
     CHECKED_IN,
     CHECKED_OUT,
     DELETED,
+    ERASED,
     IMPORTED,
     PAYMENT_CONFIRMED,
     REGISTERED,
@@ -31,7 +32,7 @@ from domain.events import (
 )
 from domain.ledger import merge
 from domain.presence import Change, Presence, add, changes, presence
-from domain.roster import RosterEntry, fold
+from domain.roster import Period, RosterEntry, advance, fold
 from tests.events_factory import DAY, ledger_entries, make_event, moves_of, presences
 from tests.reference import inside_at, peak, timeline, totals
 
@@ -233,6 +234,69 @@ def test_roster_and_presence_agree_on_who_is_inside(
         assert entry.inside == (p is not None and p.inside), who
         assert entry.last_check_in_at == (p.last_in_at if p else None), who
         assert entry.last_check_out_at == (p.last_out_at if p else None), who
+
+
+def history_of(arrival: list[AttendeeEvent]) -> dict[tuple[str, str], list[Period]]:
+    """The roster's history built as projections/roster_history.py stores it: each delivery,
+    in arrival order, joins only the periods from the one in force at its time on (the view
+    reads no earlier one), the earlier ones kept as they were."""
+    history: dict[tuple[str, str], list[Period]] = defaultdict(list)
+    for event in arrival:
+        who = (event.slug, event.attendee_id)
+        periods = history[who]
+        kept = 0
+        if event.event_type != ERASED:  # an erasure reads them all
+            while kept + 1 < len(periods) and periods[kept + 1].since <= event.at:
+                kept += 1
+        history[who] = periods[:kept] + advance(periods[kept:], event)
+    return history
+
+
+def in_force(periods: list[Period], moment: datetime) -> RosterEntry | None:
+    found = [p.entry for p in periods if p.since <= moment]
+    return found[-1] if found else None
+
+
+@settings(max_examples=300)
+@given(data=st.data(), events=deliveries())
+def test_the_roster_history_holds_the_fold_cut_at_every_moment(
+    data: st.DataObject, events: list[AttendeeEvent]
+) -> None:
+    # What `as_of=` reads: at any moment, the period then in force is the roster a rebuild cut
+    # there makes, whatever order (and repeats) the deliveries arrived in.
+    arrival = data.draw(arrivals(events))
+    history = history_of(arrival)
+    times = sorted({e.at for e in events})
+    moments = [DAY - timedelta(days=1), DAY + timedelta(days=2)]
+    moments += [t + d for t in times for d in (timedelta(0), timedelta(microseconds=-1))]
+    for moment in moments:
+        cut = fold(canonical([e for e in events if e.at <= moment]))
+        for who in {*cut, *history}:
+            got = in_force(history.get(who, []), moment)
+            expected = cut.get(who)
+            assert (got and _entry_view(got)) == (expected and _entry_view(expected)), moment
+        for periods in history.values():
+            assert [p.since for p in periods] == sorted({p.since for p in periods})
+
+
+def test_an_erasure_scrubs_every_period_even_those_before_it() -> None:
+    who = "a-1"
+    events = [
+        make_event(REGISTERED, who, DAY + timedelta(hours=9), fields={"firstName": "Ola"}),
+        make_event(UPDATED, who, DAY + timedelta(hours=10), fields={"lastName": "Nowak"}),
+        make_event(ERASED, who, DAY + timedelta(hours=12)),
+        make_event(UPDATED, who, DAY + timedelta(hours=11), fields={"company": "Acme"}),
+    ]
+    events[2] = msgspec.structs.replace(events[2], attendee={})
+    periods = history_of(events)[(events[0].slug, who)]
+    assert [p.since.hour for p in periods] == [9, 10, 11, 12]
+    # Every period scrubbed; only a delivery that arrived after the erasure (under a new data
+    # key) adds fields again, to its own period and the later ones, as it does to the roster.
+    acme = {"id": who, "company": "Acme"}
+    assert [p.entry.fields for p in periods] == [{}, {}, acme, acme]
+    assert periods[-1].entry == fold(events)[(events[0].slug, who)]
+    # An erasure ahead of any delivery makes no period, as it makes no roster row.
+    assert list(history_of(events[2:3]).values()) == [[]]
 
 
 # --- Presence against a reference implementation -------------------------------------------------

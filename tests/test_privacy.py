@@ -88,17 +88,15 @@ def view_rows(database_url: str) -> dict[str, list[tuple[Any, ...]]]:
         "presence": "occupancy",
         "occupancy": "occupancy",
         "occupancy_changes": "occupancy",
+        "roster_history": "roster_history",
     }
     out = {}
     with psycopg.connect(database_url) as conn:
         live: dict[str, int] = dict(
             conn.execute("SELECT view, version FROM rollcall.view_versions WHERE state = 'live'")
         )
-        for name, table in tables.items():
-            view = (
-                "roster" if name == "roster" else "payments" if name == "payments" else "occupancy"
-            )
-            rows = conn.execute(f"SELECT * FROM rollcall_views.{table}_v{live[view]}").fetchall()
+        for name, view in tables.items():
+            rows = conn.execute(f"SELECT * FROM rollcall_views.{name}_v{live[view]}").fetchall()
             out[name] = sorted(rows, key=repr)
     return out
 
@@ -173,6 +171,11 @@ async def test_erasure_scrubs_everything_and_nothing_else(
     assert attendee["fields"] == {}
     assert (attendee["paid"], attendee["amount"], attendee["checked_in"]) == (True, "349.00", True)
     assert not any(n in json.dumps(person) for n in NEEDLES)
+    # As of any earlier moment too: every period of the roster's history was scrubbed.
+    for moment in ("08:00:30", "08:05:00", "12:00:00"):
+        past = await client.get(f"/v1/events/default/roster?status=all&as_of=2026-05-14T{moment}Z")
+        assert past.status_code == 200 and "a-erase" in past.text, moment
+        assert not any(n in past.text for n in NEEDLES), moment
     ledger = (await client.get("/v1/events/default/payments")).json()["items"]
     assert {(p["attendee_id"], p["amount"], p["reference"]) for p in ledger} == {
         ("a-erase", "349.00", "R-E1"),

@@ -650,6 +650,7 @@ async def test_status_endpoint_and_readiness(
             "occupancy",
             "payments",
             "occurrences",
+            "roster_history",
         }
         for view in body["views"]:
             assert view["state"] == "live" and view["lag_events"] == 0 and view["position"] >= 1

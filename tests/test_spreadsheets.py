@@ -7,6 +7,7 @@ import csv
 import io
 import json
 from collections.abc import AsyncIterator, Callable
+from datetime import datetime
 from typing import Any
 
 import httpx
@@ -143,7 +144,14 @@ async def test_xlsx_roster_and_payments(client: httpx.AsyncClient) -> None:
         "reference",
         "paid_at",
     ]
-    assert values[1][2] == 349 and values[1][3:] == ["PLN", "payu", "R1", DAY + "09:00:00Z"]
+    # Times are date cells (UTC, as in every answer), not text: a spreadsheet sorts and
+    # computes with them.
+    paid_at = datetime(2026, 5, 14, 9, 0)
+    assert values[1][2] == 349 and values[1][3:] == ["PLN", "payu", "R1", paid_at]
+    cell = next(sheet.iter_rows(min_row=2, max_row=2))[6]
+    assert cell.is_date and cell.number_format == "yyyy-mm-dd hh:mm:ss"
+    roster_times = [row[header.index("registered_at")] for row in rows[1:]]
+    assert roster_times and all(isinstance(t, datetime) for t in roster_times)
 
 
 async def test_every_list_and_summary_answers_csv(client: httpx.AsyncClient) -> None:

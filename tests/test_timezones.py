@@ -8,12 +8,15 @@ from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 import httpx
+import psycopg
 import pytest
 
+from projections import payments
 from service.config import ConfigError, EventConfig, load_settings
 from tests.drill.snapshot import wait_until_caught_up
-from tests.helpers import SECRET, RunningService, api_token, bearer, token_headers
+from tests.helpers import SECRET, RunningService, api_token, bearer, token_headers, until
 
 WARSAW = EventConfig(slug="waw", secrets=(SECRET,), timezone="Europe/Warsaw")
 
@@ -203,3 +206,71 @@ def test_configured_zone_is_checked(tmp_path: Path) -> None:
     config.write_text('[events.waw]\nsecret = "s"\ntimezone = "../../etc/passwd"\n')
     with pytest.raises(ConfigError, match="JTE event 'waw': timezone"):
         load_settings({**env, "ROLLCALL_CONFIG": str(config)})
+
+
+def sql_day_totals(database_url: str, slug: str) -> list[tuple[str, int, str, str]]:
+    """analytics.payment_totals as an analyst reads it: (day, payments, amount, time zone)."""
+    with psycopg.connect(database_url) as conn:
+        rows = conn.execute(
+            "SELECT day::text, sum(payments)::int, sum(amount)::text, min(timezone) "
+            "FROM analytics.payment_totals WHERE event = %s GROUP BY day ORDER BY day",
+            (slug,),
+        ).fetchall()
+    return [(row[0], row[1], row[2], row[3]) for row in rows]
+
+
+async def test_payment_totals_in_sql_cut_days_in_the_events_zone(
+    warsaw: httpx.AsyncClient, database_url: str
+) -> None:
+    # Recorded by the service at start: the SQL view agrees with /payments/summary.
+    assert sql_day_totals(database_url, "waw") == [
+        ("2026-03-29", 2, "30.00", "Europe/Warsaw"),
+        ("2026-03-30", 1, "30.00", "Europe/Warsaw"),
+        ("2026-10-25", 2, "90.00", "Europe/Warsaw"),
+        ("2026-10-26", 1, "60.00", "Europe/Warsaw"),
+    ]
+    pool = await asyncpg.create_pool(database_url, min_size=1, max_size=1)
+    try:
+        # A zone PostgreSQL does not know is not recorded: that event's days are UTC days.
+        assert await payments.record_zones(pool, {"waw": "Mars/Olympus_Mons"}) == [
+            "Mars/Olympus_Mons"
+        ]
+        assert [row[0] for row in sql_day_totals(database_url, "waw")] == [
+            "2026-03-28", "2026-03-29", "2026-10-24", "2026-10-25"
+        ]  # fmt: skip
+        assert {row[3] for row in sql_day_totals(database_url, "waw")} == {"UTC"}
+    finally:
+        await pool.close()
+
+
+async def test_a_reloaded_configuration_moves_payment_totals_days(
+    start_service: Callable[..., RunningService],
+    database_url: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    config = tmp_path / "rollcall.toml"
+    config.write_text(f'[events.waw]\nsecrets = ["{SECRET}"]\n')  # UTC
+    monkeypatch.setenv("ROLLCALL_CONFIG", str(config))
+    monkeypatch.setenv("ROLLCALL_DATA_DIR", str(tmp_path))
+    monkeypatch.setenv("DATABASE_URL", database_url)
+    service = start_service(events=load_settings().events, config=config)
+    async with httpx.AsyncClient(base_url=service.url, timeout=30) as client:
+        late = paid("p1", "2026-03-28T23:30:00Z", "10.00")  # 00:30 on 29 March in Warsaw
+        answer = await client.post("/webhooks/jte/waw", content=late, headers=token_headers())
+        assert answer.status_code == 200, answer.text
+        wait_until_caught_up(database_url)
+        assert sql_day_totals(database_url, "waw") == [("2026-03-28", 1, "10.00", "UTC")]
+        config.write_text(
+            f'[events.waw]\nsecrets = ["{SECRET}"]\ntimezone = "Europe/Warsaw"\n# reloaded\n'
+        )
+
+        async def moved() -> bool:
+            # A request makes the watcher look at the file (at most once a second).
+            again = await client.post("/webhooks/jte/waw", content=late, headers=token_headers())
+            assert again.status_code == 200
+            return sql_day_totals(database_url, "waw") == [
+                ("2026-03-29", 1, "10.00", "Europe/Warsaw")
+            ]
+
+        await until(moved, 30)

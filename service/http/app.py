@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import threading
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from typing import Final
@@ -22,9 +23,17 @@ from starlette.responses import Response
 from starlette.routing import Route
 from starlette.types import Message, Receive, Scope, Send
 
+from projections import payments
 from projections.runner import Runner
 from service import intake_log, privacy
-from service.config import ConfigError, EventsWatcher, Settings, ensure_secrets, load_settings
+from service.config import (
+    ConfigError,
+    EventConfig,
+    EventsWatcher,
+    Settings,
+    ensure_secrets,
+    load_settings,
+)
 from service.eventstore import keys
 from service.eventstore.database import redacted
 from service.eventstore.source import SOURCE
@@ -137,6 +146,22 @@ def create_app(settings: Settings | None = None) -> Rollcall:
         )
         await asyncio.to_thread(_ensure_intake_log, database_url)
         intake.log.start(pool)
+        # payment_totals cuts days in each event's zone: recorded now and on every reload.
+        loop = asyncio.get_running_loop()
+        zone_tasks: set[asyncio.Task[None]] = set()
+
+        def record_zones(configured: Mapping[str, EventConfig]) -> None:
+            task = loop.create_task(_record_zones(pool, configured))
+            zone_tasks.add(task)
+            task.add_done_callback(zone_tasks.discard)
+
+        await _record_zones(pool, settings.events)
+
+        def reloaded(configured: Mapping[str, EventConfig]) -> None:
+            with contextlib.suppress(RuntimeError):  # the loop has closed: we are stopping
+                loop.call_soon_threadsafe(record_zones, configured)
+
+        events.on_reload(reloaded)
         METRICS.watch_queue(lambda: writer.depth)
         sampler = asyncio.get_running_loop().create_task(_sample_metrics())
         log.info(
@@ -196,6 +221,22 @@ async def _sweep_forever(store: DeliveryStore, database_url: str, retain: dict[s
 def _ensure_intake_log(database_url: str) -> None:
     with psycopg.connect(database_url, autocommit=True, connect_timeout=5) as conn:
         intake_log.ensure_table(conn)
+
+
+async def _record_zones(pool: asyncpg.Pool, configured: Mapping[str, EventConfig]) -> None:
+    """Record the events' time zones for the analytics views; a failure is logged, not fatal
+    (their days stay as last recorded)."""
+    zones = {slug: event.timezone for slug, event in configured.items()}
+    for attempt in (1, 2):  # a runner creating the table at the same moment may collide once
+        try:
+            unknown = await payments.record_zones(pool, zones)
+        except (asyncpg.PostgresError, OSError) as error:
+            if attempt == 2:
+                log.warning("event time zones not recorded: %s", type(error).__name__)
+            continue
+        if unknown:
+            log.warning("PostgreSQL does not know the time zones %s: their days stay UTC", unknown)
+        return
 
 
 async def _sample_metrics() -> None:

@@ -32,7 +32,7 @@ from typing import Any, Final, Literal
 import asyncpg
 import msgspec
 from openpyxl import Workbook
-from openpyxl.cell.cell import ILLEGAL_CHARACTERS_RE
+from openpyxl.cell.cell import ILLEGAL_CHARACTERS_RE, WriteOnlyCell
 from starlette.responses import Response, StreamingResponse
 from starlette.types import Send
 
@@ -46,6 +46,7 @@ _QUEUE: Final = 8  # chunks of COPY output held while the client catches up
 _CONNECT_TIMEOUT: Final = 5.0  # seconds to get an export connection before answering 503
 BOM: Final = "\ufeff"
 XLSX_TYPE: Final = "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet"
+XLSX_TIME_FORMAT: Final = "yyyy-mm-dd hh:mm:ss"  # times are UTC, as in every answer
 
 Kind = Literal["json", "csv", "xlsx"]
 Dialect = Literal["csv", "excel"]
@@ -74,15 +75,15 @@ def neutral(value: str) -> str:
     return "'" + value if value.startswith(FORMULA_START) else value
 
 
-def csv_select(query: str, attributes: Any) -> str:
+def csv_select(query: str, attributes: Any, *, times: bool = False) -> str:
     """Wrap `query` so COPY writes booleans and times the way the JSON answers do, and no cell
-    a spreadsheet would run."""
-    columns = ", ".join(_csv_column(a.name, a.type.name) for a in attributes)
+    a spreadsheet would run; with `times`, times stay times (UTC, for XLSX date cells)."""
+    columns = ", ".join(_csv_column(a.name, a.type.name, times) for a in attributes)
     # A plain projection of an ordered subquery keeps its order (PostgreSQL pulls it up).
     return f"SELECT {columns} FROM ({query}) AS q"
 
 
-def _csv_column(name: str, type_name: str) -> str:
+def _csv_column(name: str, type_name: str, times: bool = False) -> str:
     column = '"' + name.replace('"', '""') + '"'
     if type_name in _NUMERIC_TYPES:
         return column
@@ -90,6 +91,8 @@ def _csv_column(name: str, type_name: str) -> str:
         return f"{column}::text AS {column}"
     if type_name == "timestamptz":
         utc = f"({column} AT TIME ZONE 'UTC')"
+        if times:
+            return f"{utc} AS {column}"
         fraction = (
             f"CASE WHEN extract(microseconds FROM {column})::bigint % 1000000 <> 0 "
             f"THEN to_char({utc}, '.US') ELSE '' END"
@@ -111,13 +114,13 @@ def csv_rows(
 ) -> Response:
     """A small CSV (or, with `table.kind` xlsx, XLSX) answer built in memory, cells as the COPY
     exports write them. `filename` is given without its extension."""
-    cells = ([_csv_value(v) for v in row] for row in rows)
     if table.kind == "xlsx":
         return Response(
-            xlsx_bytes(header, cells),
+            xlsx_bytes(header, ([_xlsx_cell(v) for v in row] for row in rows)),
             media_type=XLSX_TYPE,
             headers={"Content-Disposition": f'attachment; filename="{filename}.xlsx"'},
         )
+    cells = ([_csv_value(v) for v in row] for row in rows)
     return Response(
         csv_text(header, cells, table.dialect),
         media_type="text/csv; charset=utf-8",
@@ -148,21 +151,34 @@ def csv_text(header: list[str], rows: Iterable[Iterable[object]], dialect: Diale
 
 def xlsx_bytes(header: list[str], rows: Iterable[Iterable[object]]) -> bytes:
     """An XLSX workbook of one sheet: the header, then the rows. Text cells keep their `'`
-    (neutral()), so no cell is a formula; characters XML cannot hold become U+FFFD."""
+    (neutral()), so no cell is a formula; characters XML cannot hold become U+FFFD; times
+    (naive, UTC) are date cells a spreadsheet can sort, filter and compute with."""
     book = Workbook(write_only=True)
     sheet = book.create_sheet("export")
     sheet.append([_xlsx_value(neutral(name)) for name in header])
     for row in rows:
-        sheet.append([_xlsx_value(value) for value in row])
+        sheet.append([_xlsx_value(value, sheet) for value in row])
     buffer = io.BytesIO()
     book.save(buffer)
     return buffer.getvalue()
 
 
-def _xlsx_value(value: object) -> object:
+def _xlsx_value(value: object, sheet: Any = None) -> object:
     if isinstance(value, str):
         return ILLEGAL_CHARACTERS_RE.sub("\ufffd", value)
+    if isinstance(value, datetime):
+        cell = WriteOnlyCell(sheet, value)
+        cell.number_format = XLSX_TIME_FORMAT
+        return cell
     return value
+
+
+def _xlsx_cell(value: object) -> object:
+    """A value as an XLSX cell holds it: times as UTC times without a zone (Excel has none),
+    the rest as the CSV has it."""
+    if isinstance(value, datetime):
+        return value.astimezone(UTC).replace(tzinfo=None) if value.tzinfo else value
+    return _csv_value(value)
 
 
 def _csv_value(value: object) -> object:
@@ -178,11 +194,17 @@ def _csv_value(value: object) -> object:
 
 
 async def fetch_on(
-    conn: asyncpg.Connection, query: str, args: list[Any], deadline: float | None = None
+    conn: asyncpg.Connection,
+    query: str,
+    args: list[Any],
+    deadline: float | None = None,
+    *,
+    times: bool = False,
 ) -> list[list[object]]:
-    """Every row of `query` on `conn`, cells as the CSV has them (csv_select)."""
+    """Every row of `query` on `conn`, cells as the CSV has them (csv_select; with `times`,
+    times as UTC times for XLSX)."""
     statement = await conn.prepare(query)
-    select = csv_select(query, statement.get_attributes())
+    select = csv_select(query, statement.get_attributes(), times=times)
     rows = await conn.fetch(select, *args, timeout=deadline)
     return [list(row) for row in rows]
 
@@ -198,15 +220,17 @@ class Exports:
         self._stall = stall
         self.running = 0
 
-    async def fetch(self, query: str, args: list[Any]) -> list[list[object]]:
+    async def fetch(
+        self, query: str, args: list[Any], *, times: bool = False
+    ) -> list[list[object]]:
         """Every row of `query`, cells as the CSV has them (csv_select), in memory: for the
-        `excel` dialect and XLSX, which are written here rather than by COPY."""
+        `excel` dialect and XLSX (`times`), which are written here rather than by COPY."""
         if self.running >= self._slots:
             raise ExportsBusy(f"{self._slots} exports are running; retry in a few seconds")
         self.running += 1
         try:
             async with self._pool.acquire(timeout=_CONNECT_TIMEOUT) as conn:
-                return await fetch_on(conn, query, args, self._deadline)
+                return await fetch_on(conn, query, args, self._deadline, times=times)
         finally:
             self.running -= 1
 

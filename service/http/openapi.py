@@ -369,7 +369,9 @@ def _paths() -> dict[str, Any]:
                 "summary": "Rebuild a view (or all) in the background, then swap it in (admin)",
                 "security": [{"bearer": []}],
                 "parameters": [
-                    _path("name", "roster, occupancy, payments, occurrences or all"),
+                    _path(
+                        "name", "roster, occupancy, payments, occurrences, roster_history or all"
+                    ),
                     _query(
                         "skip_poison",
                         {"type": "boolean", "default": False},

@@ -24,6 +24,7 @@ ANALYTICS_VIEWS: Final = (
     "payments",
     "payment_totals",
     "roster_fields",
+    "roster_history",
 )
 
 

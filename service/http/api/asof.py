@@ -1,12 +1,10 @@
-"""Point-in-time answers (`as_of=`): the views as built from the deliveries that had occurred by
-a moment (their occurrence time, else their receipt time), without a rebuild.
+"""Point-in-time payments (`as_of=`): the ledger as built from the confirmations that had
+occurred by a moment (their occurrence time, else their receipt time), without a rebuild.
 
-The occurrence index (projections/occurrences.py) says which deliveries each attendee had by
-then. An attendee all of whose deliveries had occurred is as the live view has them; the others
-(some deliveries before, some after) are folded again from only their deliveries up to then, by
-the views' own folds (RosterView.fold, PaymentsView.fold: the same domain rules), into a
-temporary table of the analytics view's shape. The views' own queries then read that table, so
-filters, order, pages and CSV are the live ones.
+The occurrence index (projections/occurrences.py) says which confirmations had occurred by then;
+they are folded again by the ledger's own fold (PaymentsView.fold: the same domain rules) into a
+temporary table of the analytics view's shape, which the view's own queries then read. (The
+roster as of a moment is read from its history instead: projections/roster_history.py.)
 """
 
 from __future__ import annotations
@@ -14,22 +12,20 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import datetime
-from typing import Any, Final
+from typing import Final
 from uuid import UUID
 
 import asyncpg
 
 from domain.deliveries import decode_body
 from domain.events import PAYMENT_CONFIRMED, AttendeeEvent
-from projections import payments, roster
+from projections import payments
 from projections.occurrences import OCCURRENCES
 from projections.payments import PaymentsView
-from projections.roster import RosterView
 from projections.schema import ANALYTICS, INTERNAL
 from projections.source import StoredDelivery, record
 from service.eventstore.store import EVENTS_TABLE, opened_async
 
-ROSTER_TABLE: Final = "pg_temp.as_of_roster"
 PAYMENTS_TABLE: Final = "pg_temp.as_of_payments"
 _OCCURRENCES: Final = f"{ANALYTICS}.{OCCURRENCES}"
 
@@ -55,50 +51,6 @@ async def events_at(conn: asyncpg.Connection, positions: list[int]) -> list[Atte
         if read.event is not None:
             events.append(read.event)
     return events
-
-
-@asynccontextmanager
-async def roster_as_of(
-    pool: asyncpg.Pool, slug: str, when: datetime, attendee_id: str | None = None
-) -> AsyncIterator[tuple[asyncpg.Connection, str]]:
-    """A connection and a table on it holding analytics.roster as of `when` (one attendee's
-    row only, with `attendee_id`)."""
-    async with pool.acquire() as conn, conn.transaction():
-        one = "" if attendee_id is None else "AND attendee_id = $3"
-        args: list[Any] = [slug, when] + ([attendee_id] if attendee_id is not None else [])
-        rows = await conn.fetch(
-            f"SELECT attendee_id, bool_and(at <= $2) AS whole FROM {_OCCURRENCES} "
-            f"WHERE event = $1 {one} GROUP BY attendee_id HAVING bool_or(at <= $2)",
-            *args,
-        )
-        whole = [row[0] for row in rows if row[1]]
-        partial = [row[0] for row in rows if not row[1]]
-        await conn.execute(
-            f"CREATE TEMP TABLE {ROSTER_TABLE.split('.')[1]} ON COMMIT DROP AS "
-            f"SELECT * FROM {ANALYTICS}.{roster.ROSTER} WITH NO DATA"
-        )
-        await conn.execute(
-            f"INSERT INTO {ROSTER_TABLE} SELECT * FROM {ANALYTICS}.{roster.ROSTER} "
-            "WHERE event = $1 AND attendee_id = ANY($2::text[])",
-            slug,
-            whole,
-        )
-        if partial:
-            positions = await conn.fetch(
-                f"SELECT position FROM {_OCCURRENCES} WHERE event = $1 "
-                "AND attendee_id = ANY($2::text[]) AND at <= $3",
-                slug,
-                partial,
-                when,
-            )
-            events = await events_at(conn, [row[0] for row in positions])
-            _, write = RosterView().fold({}, events, _ignore)
-            await conn.copy_records_to_table(
-                ROSTER_TABLE.split(".")[1],
-                records=[roster.as_of_row(entry) for entry in write.entries],
-                columns=list(roster.ANALYTICS_COLUMNS),
-            )
-        yield conn, ROSTER_TABLE
 
 
 @asynccontextmanager

@@ -19,11 +19,17 @@ def routes(api: Api) -> list[Route]:
         table = common.table(request)
         pool = common.pool(request)
         granted = common.grant(request)
-        visible = [slug for slug in api.events.events if granted.sees(slug)]
+        configured = api.events.events
+        visible = [slug for slug in configured if granted.sees(slug)]
         registered = await roster.registered(pool, visible)
         inside = await occupancy.inside_now(pool, list(registered))
         items = [
-            EventSummary(event=slug, registered=count, inside_now=inside.get(slug, 0))
+            EventSummary(
+                event=slug,
+                registered=count,
+                inside_now=inside.get(slug, 0),
+                timezone=configured[slug].timezone if slug in configured else "UTC",
+            )
             for slug, count in registered.items()
         ]
         if table.kind != "json":

@@ -27,6 +27,7 @@ class EventSummary(msgspec.Struct, frozen=True, kw_only=True):
     event: str
     registered: int
     inside_now: int
+    timezone: str  # its IANA time zone: days and hours are cut, and times shown, in it
 
 
 class Events(msgspec.Struct, frozen=True):

@@ -38,7 +38,7 @@ async def page(request: Request, slug: str) -> Response:
         exports = common.exports(request)
         if table.kind == "csv" and table.dialect == "csv":
             return await exports.stream(query, args, f"payments-{slug}.csv")
-        rows = await exports.fetch(query, args)
+        rows = await exports.fetch(query, args, times=table.kind == "xlsx")
         return csv_rows(payments.EXPORT_COLUMNS, rows, f"payments-{slug}", table)
     limit, after = common.limit(params), _after(params)
     items, more = await payments.page(common.pool(request), slug, currency, method, limit, after)
@@ -59,7 +59,7 @@ async def _page_as_of(
     async with asof.payments_as_of(common.pool(request), slug, when) as (conn, source):
         if table.kind != "json":
             query, args = payments.export(slug, currency, method, source)
-            rows = await fetch_on(conn, query, args)
+            rows = await fetch_on(conn, query, args, times=table.kind == "xlsx")
             return csv_rows(payments.EXPORT_COLUMNS, rows, f"payments-{slug}", table)
         items, more = await payments.page(conn, slug, currency, method, limit, after, source)
     return _page_answer(slug, items, more)

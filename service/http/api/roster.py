@@ -2,18 +2,16 @@
 
 from __future__ import annotations
 
-from datetime import datetime
-
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from projections import occupancy, roster
+from projections import occupancy, roster, roster_history
 from service.eventstore.history import attendee_history
-from service.http.api import asof, common
+from service.http.api import common
 from service.http.api.common import Api, ApiError
 from service.http.api.models import AttendeeDetail, RosterPage
-from service.http.exports import Table, csv_rows, fetch_on
+from service.http.exports import csv_rows
 from service.http.responses import json_response
 
 
@@ -32,35 +30,19 @@ async def page(request: Request, slug: str) -> Response:
     only = roster.Filter(status=status, role=role, checked_in=checked_in, paid=paid, q=q)
     table = common.table(request, xlsx=True)
     when = common.time(params, "as_of")
-    if when is not None:
-        return await _page_as_of(request, slug, only, table, when)
+    # As of a moment: the rows of the roster's history then in force, read as the live ones.
+    source = roster.ROSTER_RELATION if when is None else roster_history.source(when)
     if table.kind != "json":
-        names = await roster.field_names(common.pool(request), slug)
-        query, args, header = roster.export(slug, only, names)
+        names = await roster.field_names(common.pool(request), slug, source)
+        query, args, header = roster.export(slug, only, names, source)
         exports = common.exports(request)
         if table.kind == "csv" and table.dialect == "csv":
             return await exports.stream(query, args, f"roster-{slug}.csv", header)
-        return csv_rows(header, await exports.fetch(query, args), f"roster-{slug}", table)
+        rows = await exports.fetch(query, args, times=table.kind == "xlsx")
+        return csv_rows(header, rows, f"roster-{slug}", table)
     limit = common.limit(params)
     after = common.decode_cursor(params, 3)
-    items, more = await roster.page(common.pool(request), slug, only, limit, after)
-    next_cursor = common.encode_cursor(more) if more else None
-    return json_response(RosterPage(event=slug, items=items, next_cursor=next_cursor))
-
-
-async def _page_as_of(
-    request: Request, slug: str, only: roster.Filter, table: Table, when: datetime
-) -> Response:
-    """The roster page (or every row) as the deliveries that had occurred by `when` made it."""
-    params = request.query_params
-    limit = common.limit(params)
-    after = common.decode_cursor(params, 3)
-    async with asof.roster_as_of(common.pool(request), slug, when) as (conn, source):
-        if table.kind != "json":
-            names = await roster.field_names(conn, slug, source)
-            query, args, header = roster.export(slug, only, names, source)
-            return csv_rows(header, await fetch_on(conn, query, args), f"roster-{slug}", table)
-        items, more = await roster.page(conn, slug, only, limit, after, source)
+    items, more = await roster.page(common.pool(request), slug, only, limit, after, source)
     next_cursor = common.encode_cursor(more) if more else None
     return json_response(RosterPage(event=slug, items=items, next_cursor=next_cursor))
 
@@ -76,8 +58,7 @@ async def attendee(request: Request, slug: str) -> Response:
         presence = await occupancy.presence_of(pool, slug, attendee_id)
         history = await attendee_history(pool, slug, attendee_id)
     else:
-        async with asof.roster_as_of(pool, slug, when, attendee_id) as (conn, source):
-            found = await roster.attendee(conn, slug, attendee_id, source)
+        found = await roster.attendee(pool, slug, attendee_id, roster_history.source(when))
         presence = await occupancy.presence_as_of(pool, slug, attendee_id, when)
         history = [
             h

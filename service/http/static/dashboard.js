@@ -10,7 +10,6 @@
   const DAY_KEY = "rollcall.day";
   const VIEW_KEY = "rollcall.view"; // "board" (the event) or "log" (the delivery log)
   const LOG_PAGE = 25; // rows per page of the delivery log; "More" follows the keyset cursor
-  const ZONE = Intl.DateTimeFormat().resolvedOptions().timeZone || "UTC";
   const PAD_BUCKETS = 6; // 30 minutes of 5-minute buckets either side of the day's activity
   const REFRESH_MS = 5000;
   const SVG_NS = "http://www.w3.org/2000/svg";
@@ -24,6 +23,9 @@
 
   const $ = (id) => document.getElementById(id);
   let timer = null;
+  // The shown event's IANA time zone (from /v1/events): its days are cut, and every time is
+  // shown, in it, whatever the browser's own zone.
+  let zone = "UTC";
   let generation = 0; // bumped on sign-in, sign-out and event change: older answers are dropped
   let eventSlugs = "";
   let doctorAllowed = true; // false once the token proves not to be an admin's
@@ -62,14 +64,54 @@
     return body;
   }
 
-  // A day's bounds in the browser's time zone (the event's, once configured, belongs here).
+  // A day's bounds in the event's time zone: its local midnights (23 or 25 hours apart on a
+  // DST day).
   function dayBounds(day) {
     const [y, m, d] = day.split("-").map(Number);
-    return [new Date(y, m - 1, d), new Date(y, m - 1, d + 1)];
+    return [midnight(y, m, d), midnight(y, m, d + 1)];
+  }
+
+  // The instant the event's clocks show y-m-d 00:00 (Date.UTC carries d + 1 into the month).
+  function midnight(y, m, d) {
+    const wanted = Date.UTC(y, m - 1, d);
+    let guess = wanted;
+    for (let i = 0; i < 3; i += 1) {
+      const p = parts(new Date(guess));
+      const shown = Date.UTC(p.year, p.month - 1, p.day, p.hour, p.minute, p.second);
+      if (shown === wanted) break;
+      guess += wanted - shown;
+    }
+    return new Date(guess);
+  }
+
+  const formatters = new Map();
+
+  // The event's wall clock at `date`: year, month, day, hour, minute, second.
+  function parts(date) {
+    let format = formatters.get(zone);
+    if (!format) {
+      format = new Intl.DateTimeFormat("en-GB", {
+        timeZone: zone,
+        hourCycle: "h23",
+        year: "numeric",
+        month: "2-digit",
+        day: "2-digit",
+        hour: "2-digit",
+        minute: "2-digit",
+        second: "2-digit",
+      });
+      formatters.set(zone, format);
+    }
+    const out = {};
+    for (const { type, value } of format.formatToParts(date)) {
+      if (type !== "literal") out[type] = Number(value);
+    }
+    return out;
   }
 
   function localDay(date) {
-    return `${date.getFullYear()}-${two(date.getMonth() + 1)}-${two(date.getDate())}`;
+    const p = parts(date);
+    return `${p.year}-${two(p.month)}-${two(p.day)}`;
   }
 
   async function download(kind) {
@@ -151,12 +193,14 @@
       const { events } = await api("v1/events", token);
       if (mine !== generation) return;
       const summary = chooseEvent(events);
+      zone = (summary && summary.timezone) || "UTC";
+      $("zone").textContent = zone;
       if (!summary) {
         setStatus("No JTE event is configured", true);
       } else {
         const base = `v1/events/${encodeURIComponent(summary.event)}`;
         const [days, health] = await Promise.all([
-          api(`${base}/days?tz=${encodeURIComponent(ZONE)}`, token),
+          api(`${base}/days?tz=${encodeURIComponent(zone)}`, token),
           api("v1/health", token),
         ]);
         if (mine !== generation) return;
@@ -169,7 +213,7 @@
           api(`${base}/occupancy/timeline?bucket=5m&${range}`, token),
           api(`${base}/inside?since=${encodeURIComponent(from.toISOString())}`, token),
           api(`${base}/check-ins?limit=10`, token),
-          api(`${base}/payments/summary`, token),
+          api(`${base}/payments/summary?tz=${encodeURIComponent(zone)}`, token),
         ]);
         if (mine !== generation) return;
         const latest = days.days.length === 0 || days.days[0].day === day;
@@ -823,7 +867,7 @@
       svg.append(label);
     }
 
-    const sameDay = new Date(t0).toDateString() === new Date(t1 - 1).toDateString();
+    const sameDay = localDay(new Date(t0)) === localDay(new Date(t1 - 1));
     const every = Math.max(1, Math.ceil(buckets.length / Math.max(2, Math.floor(width / 90))));
     const ticks = [t0, ...buckets.map((b) => Date.parse(b.end))];
     ticks.forEach((t, i) => {
@@ -889,7 +933,7 @@
     return node;
   }
 
-  // A time in the browser's local time zone; the exact ISO value in the title and datetime.
+  // A time in the event's time zone; the exact ISO value in the title and datetime.
   function timeElement(iso, format) {
     const node = document.createElement("time");
     node.dateTime = iso;
@@ -899,12 +943,17 @@
   }
 
   const two = (n) => String(n).padStart(2, "0");
-  const clock = (d) => `${two(d.getHours())}:${two(d.getMinutes())}:${two(d.getSeconds())}`;
-  const clockShort = (d) => `${two(d.getHours())}:${two(d.getMinutes())}`;
-  const dayMonth = (d) => `${two(d.getDate())}.${two(d.getMonth() + 1)}`;
-  const dateTime = (d) =>
-    `${d.getFullYear()}-${two(d.getMonth() + 1)}-${two(d.getDate())} ${clockShort(d)}`;
-  const stamp = (d) => `${d.getFullYear()}-${two(d.getMonth() + 1)}-${two(d.getDate())} ${clock(d)}`;
+  const clock = (d) => {
+    const p = parts(d);
+    return `${two(p.hour)}:${two(p.minute)}:${two(p.second)}`;
+  };
+  const clockShort = (d) => clock(d).slice(0, 5);
+  const dayMonth = (d) => {
+    const p = parts(d);
+    return `${two(p.day)}.${two(p.month)}`;
+  };
+  const dateTime = (d) => `${localDay(d)} ${clockShort(d)}`;
+  const stamp = (d) => `${localDay(d)} ${clock(d)}`;
 
   const number = (n) => String(n).replace(/\B(?=(\d{3})+(?!\d))/g, "\u202f");
 
