@@ -14,7 +14,7 @@ import psycopg
 from psycopg import sql
 
 from domain.events import ERASED, AttendeeEvent
-from domain.roster import RosterEntry, apply, scrubbed
+from domain.roster import RosterEntry, apply, apply_owned, scrubbed
 from projections.columns import json_text, text
 from projections.schema import ANALYTICS, VIEWS_SCHEMA, Version
 from projections.view import Key, Poison
@@ -94,6 +94,7 @@ class RosterView:
     name: Final = "roster"
     tables: Final = ("roster", "roster_deliveries", "roster_search")
     event_types: Final = None  # every event concerns an attendee's row
+    shared_rows: Final = False
 
     def ddl(self, version: Version) -> list[sql.Composed]:
         # Free space on each page lets a row's next version stay on it (a "HOT" update).
@@ -171,10 +172,14 @@ class RosterView:
         entries: dict[Key, RosterEntry] = {}
         for event in events:
             key = (event.slug, event.attendee_id)
-            before = entries.get(key) or states.get(key)
-            if event.event_type == ERASED and before is None:
-                continue  # an erasure ahead of any delivery: nobody to scrub, no row to make
+            own = entries.get(key)
             try:
+                if own is not None:
+                    apply_owned(own, event)  # made by this fold: changed in place
+                    continue
+                before = states.get(key)
+                if event.event_type == ERASED and before is None:
+                    continue  # an erasure ahead of any delivery: nobody to scrub, no row to make
                 entries[key] = apply(before, event)
             except Exception as error:
                 poison(event, error)
@@ -224,6 +229,12 @@ class RosterBulk:
             copy.set_types(["text", "text", "int8"])
             for row in write.deliveries:
                 copy.write_row(row)
+
+    def totals(self) -> None:
+        return None
+
+    def absorb(self, totals: None) -> None:
+        pass
 
     def finish(self, cur: psycopg.Cursor[Any]) -> None:
         pass
