@@ -127,10 +127,17 @@ class RosterView:
             *_search_sync(version),
             # On the lower-cased text: a match is then checked by LIKE, not ILIKE, which lower-
             # cases every candidate again (three quarters of a search's time for a surname).
-            # A version made before it keeps its index on `search` (same name).
-            sql.SQL("CREATE INDEX IF NOT EXISTS {} ON {} USING gin (folded gin_trgm_ops)").format(
-                sql.Identifier(f"roster_search_v{version.version}_trgm"),
-                version.table("roster_search"),
+            # A version made before it has no such column: its index stays on `search`.
+            sql.SQL(
+                "DO $do$ BEGIN IF EXISTS (SELECT FROM pg_attribute WHERE attrelid = "
+                "{regclass}::regclass AND attname = 'folded' AND NOT attisdropped) THEN "
+                "CREATE INDEX IF NOT EXISTS {name} ON {table} USING gin (folded gin_trgm_ops); "
+                "ELSE CREATE INDEX IF NOT EXISTS {name} ON {table} "
+                "USING gin (search gin_trgm_ops); END IF; END $do$"
+            ).format(
+                regclass=sql.Literal(f"{VIEWS_SCHEMA}.roster_search_v{version.version}"),
+                name=sql.Identifier(f"roster_search_v{version.version}_trgm"),
+                table=version.table("roster_search"),
             ),
         ]
 

@@ -47,6 +47,7 @@ from service.eventstore.database import (
     new_database,
     server,
 )
+from service.eventstore.keys import generate_master_key
 from service.eventstore.source import SOURCE
 from service.eventstore.store import DeliveryRecorded, DeliveryStore
 from service.http.intake import delivery_record
@@ -62,6 +63,8 @@ _FLAT_OUT_SECONDS = 10
 
 def main() -> int:
     args = _arguments()
+    # This process seals what it appends; the rebuilds it starts must open it with that key.
+    os.environ.setdefault("ROLLCALL_MASTER_KEY", generate_master_key())
     work = Path(tempfile.mkdtemp(prefix="rollcall-bench-"))
     try:
         with server(os.environ.get("DATABASE_URL") or None, work / "data") as server_url:
