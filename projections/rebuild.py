@@ -325,3 +325,7 @@ def _index_view(database_url: str, version: Version) -> None:
         conn.execute("SET maintenance_work_mem = '256MB'")
         for statement in VIEWS[version.view].indexes(version):
             conn.execute(statement)
+        # Statistics before the swap: until autovacuum's analyze reaches the new tables, the
+        # planner would guess, and a roster page could take a plan that times out.
+        for name in VIEWS[version.view].tables:
+            conn.execute(sql.SQL("ANALYZE {}").format(version.table(name)))
