@@ -34,7 +34,7 @@ from domain.events import (
     PROFILE_EVENTS,
     AttendeeEvent,
 )
-from domain.ledger import PaymentError, ledger_entry
+from domain.ledger import LedgerEntry, PaymentError, ledger_entry
 
 Status = Literal["registered", "deleted", "unregistered"]
 _PROFILE_RANK: Final = "1|"
@@ -86,10 +86,25 @@ def apply(entry: RosterEntry | None, event: AttendeeEvent) -> RosterEntry:
     if entry is None:
         entry = RosterEntry(slug=event.slug, attendee_id=event.attendee_id, first_seen_at=event.at)
     else:
-        entry = msgspec.structs.replace(entry, first_seen_at=min(entry.first_seen_at, event.at))
-    entry.last_position = max(entry.last_position, event.position)
+        entry = msgspec.structs.replace(
+            entry, fields=dict(entry.fields), field_orders=dict(entry.field_orders)
+        )
+    apply_owned(entry, event)
+    return entry
+
+
+def apply_owned(entry: RosterEntry, event: AttendeeEvent) -> None:
+    """`apply`, changing `entry` itself: for an entry only its caller holds (a fold's own),
+    which saves copying it at every event. An event that raises changes nothing."""
+    # The one step that can fail, before any change.
+    payment = _payment(entry, event) if event.event_type == PAYMENT_CONFIRMED else None
+    if event.at < entry.first_seen_at:
+        entry.first_seen_at = event.at
+    if event.position > entry.last_position:
+        entry.last_position = event.position
     if event.event_type == ERASED:
-        return scrubbed(entry)
+        entry.fields, entry.field_orders = {}, {}
+        return
     _merge_fields(entry, event)
     if event.event_type in PROFILE_EVENTS:
         _profile(entry, event)
@@ -97,9 +112,11 @@ def apply(entry: RosterEntry | None, event: AttendeeEvent) -> RosterEntry:
         _deleted(entry, event)
     elif event.event_type in (CHECKED_IN, CHECKED_OUT):
         _moved(entry, event)
-    elif event.event_type == PAYMENT_CONFIRMED:
-        _paid(entry, event)
-    return entry
+    elif payment is not None:
+        entry.payment_order = event.order
+        entry.paid_at = event.at
+        entry.amount, entry.currency = payment.amount, payment.currency
+        entry.method = payment.method
 
 
 def scrubbed(entry: RosterEntry) -> RosterEntry:
@@ -122,12 +139,11 @@ def fold(
 def _merge_fields(entry: RosterEntry, event: AttendeeEvent) -> None:
     rank = _PROFILE_RANK if event.event_type in PROFILE_EVENTS else _OTHER_RANK
     order = rank + event.order
-    fields, orders = dict(entry.fields), dict(entry.field_orders)
+    fields, orders = entry.fields, entry.field_orders
     for name, value in event.attendee.items():
         if order > orders.get(name, ""):
             fields[name] = value
             orders[name] = order
-    entry.fields, entry.field_orders = fields, orders
 
 
 def _profile(entry: RosterEntry, event: AttendeeEvent) -> None:
@@ -161,18 +177,16 @@ def _move(entry: RosterEntry, event: AttendeeEvent, move: Literal["in", "out", "
         entry.move = move
 
 
-def _paid(entry: RosterEntry, event: AttendeeEvent) -> None:
+def _payment(entry: RosterEntry, event: AttendeeEvent) -> LedgerEntry | None:
+    """The payment a confirmation records, if it is later than the entry's and one the ledger
+    can record: one it cannot (it is dead-lettered there) is not one here either, so the
+    roster never claims money the ledger does not hold."""
     if entry.payment_order is not None and event.order <= entry.payment_order:
-        return
+        return None
     try:
-        payment = ledger_entry(event)
+        return ledger_entry(event)
     except PaymentError:
-        # Not a payment the ledger can record (it is dead-lettered there): not one here either,
-        # so the roster never claims money the ledger does not hold.
-        return
-    entry.payment_order = event.order
-    entry.paid_at = event.at
-    entry.amount, entry.currency, entry.method = payment.amount, payment.currency, payment.method
+        return None
 
 
 class Period(msgspec.Struct, kw_only=True):

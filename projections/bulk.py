@@ -3,17 +3,22 @@
 Two phases, each spread over worker processes so PostgreSQL's work and Python's overlap on
 every core:
 
-1. Scan: the store is read in position order through the DeliverySource port (so it decodes,
-   and may one day decrypt, as the live runner does) in position ranges, one per worker; each
-   delivery is interpreted with the current parser and its event is streamed with COPY into an
-   unlogged scratch table keyed by (JTE event, attendee id, position).
-2. Fold: workers read the scratch table ordered by key (PostgreSQL does the grouping), one per
-   view and part of a view (the roster, which reads every event, is split by attendee over the
-   workers), fold each attendee from nothing with the view's own fold, and stream the rows out
-   with COPY; sums over all attendees (occupancy's minutes and counters) are written last.
-   Once every part has committed, the versions' dead letters and tracking positions (the last
-   position scanned) are written in one transaction: until then a version stands at position
-   0, and the rebuild that resumes it empties and fills it again.
+1. Scan: the store is read in position order through the DeliverySource port (which opens the
+   sealed bodies, as the live runner does) in position ranges, one per worker; each delivery is
+   interpreted with the current parser once, and its event is streamed with COPY into an
+   unlogged scratch table keyed by (JTE event, attendee id, position). The event itself goes in
+   sealed (AES-256-GCM) under a key made for this fill and held only in its processes' memory:
+   the scratch never holds readable personal data, and a kill leaves only ciphertext whose key
+   died with it (the next fill drops it).
+2. Fold: one worker per share of the attendees reads its events from the scratch table once,
+   ordered by key (PostgreSQL does the grouping), opens and decodes each once, folds each
+   attendee from nothing with every view's own fold, and streams the rows out with COPY. A view
+   whose rows are shared by attendees (the ledger, keyed by payment reference) is folded by the
+   first worker alone, so no two transactions write one row. Sums over all attendees
+   (occupancy's minutes and counters) come back to the parent, which writes them last.
+   Once every part has committed, the versions' sums, dead letters and tracking positions (the
+   last position scanned) are written in one transaction: until then a version stands at
+   position 0, and the rebuild that resumes it empties and fills it again.
 
 Memory stays bounded by a batch in every process. Rebuilt versions then catch up and swap as
 before (projections/rebuild.py).
@@ -30,34 +35,62 @@ import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
 from datetime import datetime
+from decimal import Decimal
 from multiprocessing.pool import AsyncResult
 from typing import Any, Final
+from uuid import UUID
 
 import msgspec
 import psycopg
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from psycopg import sql
 
 from domain.events import AttendeeEvent
 from projections.fold import LetterRow, PoisonError, dead_letters
 from projections.registry import VIEWS
-from projections.schema import VIEWS_SCHEMA, Version
+from projections.schema import VIEWS_SCHEMA, Version, drop_tables
 from projections.source import BATCH_BYTES, DeliverySource, occurred_by, record
 from projections.tracking import advance, positions, write_letters
 
-BATCH: Final = 5000  # deliveries per read, and events per fold
+BATCH: Final = 5000  # events per fold
+# Deliveries per read of the scan: a batch's decoded, opened and interpreted deliveries are
+# most of a scanning worker's memory (5,000 took it 20 MB higher than 2,000), and two scan at once.
+SCAN_BATCH: Final = 2000
 WORKERS: Final = 2  # the machine rollcall is sized for has two cores
 SCRATCH_PREFIX: Final = "rebuild_scratch_"
 
 log = logging.getLogger("rollcall.projections")
 
-# Events keep exact decimals in their attendee objects both ways, as the roster's state does.
+
+class _Scratch(msgspec.Struct, array_like=True, frozen=True):
+    """An event in the scratch table, but for the key columns beside it (slug, attendee id,
+    position): a JSON array, with exact decimals in the attendee object both ways, as the
+    roster's state keeps them (MessagePack would turn a Decimal into a string)."""
+
+    event_type: str
+    at: datetime
+    timed: bool
+    order: str
+    key: UUID
+    attendee: dict[str, Any]
+
+
 _encode: Final = msgspec.json.Encoder(decimal_format="number").encode
 
 
-def _decoder() -> Callable[[bytes], AttendeeEvent]:
-    from decimal import Decimal
+def _scratch(event: AttendeeEvent) -> bytes:
+    return _encode(
+        _Scratch(event.event_type, event.at, event.timed, event.order, event.key, event.attendee)
+    )
 
-    return msgspec.json.Decoder(AttendeeEvent, float_hook=Decimal).decode
+
+def _decoder() -> Callable[[bytes], _Scratch]:
+    return msgspec.json.Decoder(_Scratch, float_hook=Decimal).decode
+
+
+def _nonce(position: int) -> bytes:
+    """A scratch row's nonce: its position, unique within a fill (whose key is its own)."""
+    return position.to_bytes(12, "big")
 
 
 class BuildFailed(Exception):
@@ -68,15 +101,24 @@ class Counts(msgspec.Struct):
     """How far the bulk phases are, for progress."""
 
     head: int  # the last position the fill reads
-    views: int  # views to fill
+    views: int  # fold parts to fill
     scanned: int = 0  # deliveries scanned
-    folded: int = 0  # views filled
+    folded: int = 0  # fold parts filled
 
     @property
     def position(self) -> int:
         """Where a progress display may say the fill stands: scanning is its first half."""
         done = min(1.0, self.scanned / max(1, self.head)) + self.folded / max(1, self.views)
         return int(self.head * done / 2)
+
+
+class _Part(msgspec.Struct):
+    """What a fold worker hands back: per version, its dead letters and its sums over its
+    attendees; and how long it took."""
+
+    letters: dict[Version, list[LetterRow]]
+    totals: dict[Version, Any]
+    seconds: float
 
 
 def fill(
@@ -93,6 +135,8 @@ def fill(
     now stand at."""
     scratch = SCRATCH_PREFIX + "_".join(f"{v.view}{v.version}" for v in fresh)
     table = sql.Identifier(VIEWS_SCHEMA, scratch)
+    # The scratch rows' key: in this process's and its workers' memory only, never stored.
+    key = AESGCM.generate_key(bit_length=256)
     with psycopg.connect(database_url, autocommit=True) as conn, conn.cursor() as cur:
         head = source.head(cur)
         # Unlogged: nothing of it needs to survive a crash (a rerun scans again).
@@ -103,10 +147,7 @@ def fill(
                 "event_type text NOT NULL, position bigint NOT NULL, event bytea NOT NULL)"
             ).format(table)
         )
-    counts = Counts(
-        head=head,
-        views=len(fresh) + (workers - 1) * any(VIEWS[v.view].event_types is None for v in fresh),
-    )
+    counts = Counts(head=head, views=workers)
     on_progress(counts)
     try:
         # Spawned, not forked: a fork would share this process's database connections.
@@ -121,6 +162,7 @@ def fill(
                         database_url,
                         source,
                         scratch,
+                        key,
                         lo,
                         min(head, lo + step),
                         as_of,
@@ -139,30 +181,31 @@ def fill(
             log.info("scanned %d deliveries in %.1f s", counts.scanned, time.monotonic() - started)
             # A rerun after an interruption fills the versions again from empty.
             with psycopg.connect(database_url, autocommit=True) as conn:
-                for version in fresh:
-                    for name in VIEWS[version.view].tables:
-                        conn.execute(sql.SQL("TRUNCATE {}").format(version.table(name)))
-            # A view that reads every event (the roster) is split by attendee over the workers,
-            # longest first, so both cores stay busy to the end.
-            tasks = [
-                (version, part, workers if VIEWS[version.view].event_types is None else 1)
-                for version in sorted(fresh, key=lambda v: VIEWS[v.view].event_types is not None)
-                for part in range(workers if VIEWS[version.view].event_types is None else 1)
-            ]
+                reindex = _unindexed(conn, fresh)
             folds = [
-                pool.apply_async(_fold, (database_url, version, scratch, part, parts, strict))
-                for version, part, parts in tasks
+                pool.apply_async(
+                    _fold, (database_url, list(fresh), scratch, key, part, workers, strict)
+                )
+                for part in range(workers)
             ]
             dead: dict[Version, list[LetterRow]] = {v: list(letters) for v in fresh}
-            for version, part, seconds, found in _as_done(folds):
-                dead[version] += found
+            bulks = {v: VIEWS[v.view].bulk(v) for v in fresh}
+            for part, done in enumerate(_as_done(folds)):
+                for version in fresh:
+                    dead[version] += done.letters[version]
+                    bulks[version].absorb(done.totals[version])
                 counts.folded += 1
-                log.info("filled part %d of the %s view in %.1f s", part, version.view, seconds)
+                log.info("filled a part of the views in %.1f s (%d done)", done.seconds, part + 1)
                 on_progress(counts)
-        # The versions are whole: their dead letters and positions, in one transaction.
+            started = time.monotonic()
+            for _ in _as_done([pool.apply_async(_run, (database_url, s)) for s in reindex]):
+                pass
+            log.info("indexed the filled tables in %.1f s", time.monotonic() - started)
+        # The versions are whole: their sums, dead letters and positions, in one transaction.
         with psycopg.connect(database_url) as conn, conn.transaction(), conn.cursor() as cur:
             positions(cur, fresh, lock=True)
             for version in fresh:
+                bulks[version].finish(cur)
                 if dead[version]:
                     write_letters(cur, version, dead[version])
                 advance(cur, version, head)
@@ -170,6 +213,64 @@ def fill(
         with psycopg.connect(database_url, autocommit=True) as conn:
             conn.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(table))
     return head
+
+
+def _unindexed(conn: psycopg.Connection[Any], fresh: Sequence[Version]) -> list[list[str]]:
+    """Make the versions' tables again, empty, from their DDL, and drop their keys and indexes
+    so the folds' COPY writes no index entries; the statements that make them again, per
+    table. A view whose fold upserts (shared rows) keeps its keys. Interrupted anywhere, the
+    rerun makes the tables again."""
+    again: list[list[str]] = []
+    with conn.transaction():
+        for version in fresh:
+            view = VIEWS[version.view]
+            drop_tables(conn, version, view.tables)
+            for statement in view.ddl(version):
+                conn.execute(statement)
+            if view.shared_rows:
+                continue
+            for name in view.tables:
+                table = f"{VIEWS_SCHEMA}.{name}_v{version.version}"
+                statements = []
+                keys = conn.execute(
+                    "SELECT conname, pg_get_constraintdef(oid) FROM pg_constraint "
+                    "WHERE conrelid = %s::regclass AND contype = 'p'",
+                    (table,),
+                ).fetchall()
+                for constraint, definition in keys:
+                    conn.execute(
+                        sql.SQL("ALTER TABLE {} DROP CONSTRAINT {}").format(
+                            version.table(name), sql.Identifier(constraint)
+                        )
+                    )
+                    statements.append(
+                        f"ALTER TABLE {version.table(name).as_string(conn)} ADD CONSTRAINT "
+                        f"{sql.Identifier(constraint).as_string(conn)} {definition}"
+                    )
+                indexes = conn.execute(
+                    "SELECT indexname, indexdef FROM pg_indexes "
+                    "WHERE schemaname = %s AND tablename = %s",
+                    (VIEWS_SCHEMA, f"{name}_v{version.version}"),
+                ).fetchall()
+                for index, definition in indexes:
+                    conn.execute(
+                        sql.SQL("DROP INDEX {}").format(sql.Identifier(VIEWS_SCHEMA, index))
+                    )
+                    statements.append(definition)
+                if statements:
+                    again.append(statements)
+    return again
+
+
+def _run(database_url: str, statements: list[str]) -> None:
+    """Run statements in order on a connection of their own (a worker's task)."""
+    try:
+        with psycopg.connect(database_url, autocommit=True) as conn:
+            conn.execute("SET maintenance_work_mem = '128MB'")
+            for statement in statements:
+                conn.execute(statement.encode())
+    except Exception as error:
+        raise BuildFailed(f"indexing: {type(error).__name__}: {error}") from None
 
 
 def _die_with_parent() -> None:
@@ -194,6 +295,7 @@ def _scan(
     database_url: str,
     source: DeliverySource,
     scratch: str,
+    key: bytes,
     after: int,
     upto: int,
     as_of: datetime | None,
@@ -203,7 +305,9 @@ def _scan(
     """Interpret the deliveries in (after, upto] into the scratch table; how many were read,
     and the dead letters of the unreadable ones."""
     try:
-        return _scan_range(database_url, source, scratch, after, upto, as_of, strict, first_view)
+        return _scan_range(
+            database_url, source, scratch, key, after, upto, as_of, strict, first_view
+        )
     except PoisonError:
         raise
     except Exception as error:
@@ -214,6 +318,7 @@ def _scan_range(
     database_url: str,
     source: DeliverySource,
     scratch: str,
+    key: bytes,
     after: int,
     upto: int,
     as_of: datetime | None,
@@ -222,12 +327,15 @@ def _scan_range(
 ) -> tuple[int, list[LetterRow]]:
     letters: list[LetterRow] = []
     scanned = 0
+    seal = AESGCM(key).encrypt
     copy_sql = sql.SQL(
         "COPY {} (slug, attendee_id, event_type, position, event) FROM STDIN (FORMAT BINARY)"
     ).format(sql.Identifier(VIEWS_SCHEMA, scratch))
-    with psycopg.connect(database_url) as conn, conn.cursor() as cur:
+    # Binary results: a stored state (bytea) comes as itself, not as hex that the server
+    # writes and this process reads back (a third of the read's cost).
+    with psycopg.connect(database_url) as conn, conn.cursor(binary=True) as cur:
         while after < upto:
-            stored = source.read(cur, after, BATCH, BATCH_BYTES)
+            stored = source.read(cur, after, SCAN_BATCH, BATCH_BYTES)
             if not stored:
                 break
             rows = []
@@ -254,7 +362,7 @@ def _scan_range(
                             event.attendee_id,
                             event.event_type,
                             event.position,
-                            _encode(event),
+                            seal(_nonce(event.position), _scratch(event), None),
                         )
                     )
             after = stored[-1].position
@@ -267,58 +375,122 @@ def _scan_range(
 
 
 def _fold(
-    database_url: str, version: Version, scratch: str, part: int, parts: int, strict: bool
-) -> tuple[Version, int, float, list[LetterRow]]:
-    """Fill one part of a fresh version (its share of the attendees) from the scratch table,
-    in one transaction; which, how long it took, and its dead letters."""
+    database_url: str,
+    fresh: list[Version],
+    scratch: str,
+    key: bytes,
+    part: int,
+    parts: int,
+    strict: bool,
+) -> _Part:
+    """Fill one part of the fresh versions (its share of the attendees) from the scratch
+    table, in one transaction."""
     try:
         started = time.monotonic()
-        letters = _fold_part(database_url, version, scratch, part, parts, strict)
-        return version, part, time.monotonic() - started, letters
+        letters, totals = _fold_part(database_url, fresh, scratch, key, part, parts, strict)
+        return _Part(letters, totals, time.monotonic() - started)
     except PoisonError:
         raise
     except Exception as error:
-        raise BuildFailed(f"{version.view}: {type(error).__name__}: {error}") from None
+        raise BuildFailed(f"folding part {part}: {type(error).__name__}: {error}") from None
+
+
+class _Folding:
+    """One view's fold in a worker: which events it takes, and the batch it is gathering."""
+
+    def __init__(self, version: Version, strict: bool, letters: list[LetterRow]) -> None:
+        self.version = version
+        self.view = VIEWS[version.view]
+        self.types = self.view.event_types
+        self.shared = self.view.shared_rows
+        self.bulk = self.view.bulk(version)
+        self.poison = dead_letters(version.view, strict, letters)
+        self.batch: list[AttendeeEvent] = []
+
+    def flush(self, cur: psycopg.Cursor[Any]) -> None:
+        if self.batch:
+            self.bulk.add(cur, self.view.fold({}, self.batch, self.poison)[1])
+            self.batch = []
 
 
 def _fold_part(
-    database_url: str, version: Version, scratch: str, part: int, parts: int, strict: bool
-) -> list[LetterRow]:
-    view = VIEWS[version.view]
+    database_url: str,
+    fresh: list[Version],
+    scratch: str,
+    key: bytes,
+    part: int,
+    parts: int,
+    strict: bool,
+) -> tuple[dict[Version, list[LetterRow]], dict[Version, Any]]:
     decode = _decoder()
-    dead: list[LetterRow] = []
+    open_ = AESGCM(key).decrypt
+    letters: dict[Version, list[LetterRow]] = {v: [] for v in fresh}
+    folds = [_Folding(v, strict, letters[v]) for v in fresh]
+    own = [f for f in folds if not f.shared]
+    # Rows shared by attendees are folded by the first part alone, from every attendee.
+    shared = [f for f in folds if f.shared] if part == 0 else []
+    mine = sql.SQL("mod(hashtext(attendee_id) & 2147483647, {}) = {}").format(parts, part)
+    params: list[Any] = []
 
-    poison = dead_letters(version.view, strict, dead)
+    def taking(group: list[_Folding]) -> sql.Composable | None:
+        if not group:
+            return None
+        wanted: set[str] = set()
+        for f in group:
+            if f.types is None:
+                return sql.SQL("true")
+            wanted |= f.types
+        params.append(sorted(wanted))
+        return sql.SQL("event_type = ANY(%s)")
 
-    conditions: list[sql.Composable] = [
-        sql.SQL("mod(hashtext(attendee_id) & 2147483647, {}) = {}").format(parts, part)
-    ]
-    params: tuple[Any, ...] = ()
-    if view.event_types is not None:
-        conditions.append(sql.SQL("event_type = ANY(%s)"))
-        params = (sorted(view.event_types),)
+    own_types, shared_types = taking(own), taking(shared)
+    conditions: list[sql.Composable] = []
+    if own_types is not None:
+        conditions.append(sql.SQL("({} AND {})").format(mine, own_types))
+    if shared_types is not None:
+        conditions.append(shared_types)
+    if not conditions:
+        return letters, {f.version: f.bulk.totals() for f in folds}
     query = sql.SQL(
-        'SELECT slug, attendee_id, event FROM {} WHERE {} ORDER BY slug COLLATE "C", '
-        'attendee_id COLLATE "C", position'
-    ).format(sql.Identifier(VIEWS_SCHEMA, scratch), sql.SQL(" AND ").join(conditions))
+        "SELECT slug, attendee_id, position, event, {} FROM {} WHERE {} "
+        'ORDER BY slug COLLATE "C", attendee_id COLLATE "C", position'
+    ).format(mine, sql.Identifier(VIEWS_SCHEMA, scratch), sql.SQL(" OR ").join(conditions))
     with psycopg.connect(database_url) as conn, conn.transaction(), conn.cursor() as cur:
         # The sort of every event by key: in memory where it fits, else on disk.
         cur.execute("SET LOCAL work_mem = '64MB'")
-        bulk = view.bulk(version)
-        batch: list[AttendeeEvent] = []
+        gathered = 0
         last_key: tuple[str, str] | None = None
-        with conn.cursor(name=f"bulk_{version.view}_{part}") as rows:
+        with conn.cursor(name=f"bulk_fold_{part}", binary=True) as rows:
             rows.execute(query, params)
             while chunk := rows.fetchmany(BATCH):
-                for slug, attendee_id, data in chunk:
-                    key = (slug, attendee_id)
+                for slug, attendee_id, position, data, is_mine in chunk:
+                    key_ = (slug, attendee_id)
                     # A batch ends between two attendees: each is folded whole, from nothing.
-                    if key != last_key and len(batch) >= BATCH:
-                        bulk.add(cur, view.fold({}, batch, poison)[1])
-                        batch = []
-                    last_key = key
-                    batch.append(decode(data))
-        if batch:
-            bulk.add(cur, view.fold({}, batch, poison)[1])
-        bulk.finish(cur)
-    return dead
+                    if key_ != last_key and gathered >= BATCH:
+                        for f in folds:
+                            f.flush(cur)
+                        gathered = 0
+                    last_key = key_
+                    kept = decode(open_(_nonce(position), data, None))
+                    kind = kept.event_type
+                    event = AttendeeEvent(
+                        slug=slug,
+                        attendee_id=attendee_id,
+                        event_type=kind,
+                        at=kept.at,
+                        timed=kept.timed,
+                        order=kept.order,
+                        position=position,
+                        key=kept.key,
+                        attendee=kept.attendee,
+                    )
+                    for f in own if is_mine else ():
+                        if f.types is None or kind in f.types:
+                            f.batch.append(event)
+                    for f in shared:
+                        if f.types is None or kind in f.types:
+                            f.batch.append(event)
+                    gathered += 1
+        for f in folds:
+            f.flush(cur)
+    return letters, {f.version: f.bulk.totals() for f in folds}

@@ -69,6 +69,7 @@ class OccupancyView:
     name: Final = "occupancy"
     tables: Final = ("presence", "occupancy_changes", "occupancy_minutes", "occupancy")
     event_types: Final = MOVE_TYPES
+    shared_rows: Final = False  # minutes and counters are sums, written once (Bulk.finish)
 
     def ddl(self, version: Version) -> list[sql.Composed]:
         n = version.version
@@ -230,14 +231,23 @@ class OccupancyBulk:
             copy.set_types(["text", "text", "timestamptz", "int2"])
             for (slug, attendee_id), change in write.new_changes:
                 copy.write_row((slug, attendee_id, change.at, change.delta))
-        for key, (entered, exited) in write.minutes.items():
+        self.absorb((write.minutes, write.counters))
+
+    def totals(self) -> tuple[dict[tuple[str, datetime], list[int]], dict[str, dict[str, int]]]:
+        return self._minutes, {slug: dict(values) for slug, values in self._counters.items()}
+
+    def absorb(
+        self, totals: tuple[dict[tuple[str, datetime], list[int]], dict[str, dict[str, int]]]
+    ) -> None:
+        minutes, counters = totals
+        for key, (entered, exited) in minutes.items():
             counts = self._minutes.setdefault(key, [0, 0])
             counts[0] += entered
             counts[1] += exited
-        for slug, values in write.counters.items():
-            counters = self._counters.setdefault(slug, defaultdict(int))
+        for slug, values in counters.items():
+            mine = self._counters.setdefault(slug, defaultdict(int))
             for name, value in values.items():
-                counters[name] += value
+                mine[name] += value
 
     def finish(self, cur: psycopg.Cursor[Any]) -> None:
         _store_minutes(cur, self._version, self._minutes)

@@ -36,6 +36,7 @@ class OccurrencesView:
     name: Final = "occurrences"
     tables: Final = ("occurrences",)
     event_types: Final[frozenset[str] | None] = None  # every interpreted delivery has a row
+    shared_rows: Final = False
 
     def ddl(self, version: Version) -> list[sql.Composed]:
         table = version.table("occurrences")
@@ -117,6 +118,12 @@ class OccurrencesBulk:
                 copy.write_row(
                     (text(r.slug), text(r.attendee_id), r.position, text(r.event_type), r.at)
                 )
+
+    def totals(self) -> None:
+        return None
+
+    def absorb(self, totals: None) -> None:
+        pass
 
     def finish(self, cur: psycopg.Cursor[Any]) -> None:
         pass

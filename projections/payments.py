@@ -39,6 +39,8 @@ class PaymentsView:
     name: Final = "payments"
     tables: Final = ("payments",)
     event_types: Final = frozenset({PAYMENT_CONFIRMED})
+    # An entry is a payment reference, which several attendees may share (a group purchase).
+    shared_rows: Final = True
 
     def ddl(self, version: Version) -> list[sql.Composed]:
         table = version.table("payments")
@@ -147,6 +149,12 @@ class PaymentsBulk:
 
     def add(self, cur: psycopg.Cursor[Any], write: list[LedgerEntry]) -> None:
         self._view.write(cur, self._version, write)
+
+    def totals(self) -> None:
+        return None
+
+    def absorb(self, totals: None) -> None:
+        pass
 
     def finish(self, cur: psycopg.Cursor[Any]) -> None:
         pass

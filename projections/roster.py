@@ -3,6 +3,7 @@ analysts ask of it (pages by name, search, CSV, one attendee)."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from datetime import datetime
 from decimal import Decimal
@@ -14,7 +15,7 @@ import psycopg
 from psycopg import sql
 
 from domain.events import ERASED, AttendeeEvent
-from domain.roster import RosterEntry, apply, scrubbed
+from domain.roster import RosterEntry, apply, apply_owned, scrubbed
 from projections.columns import json_text, text
 from projections.schema import ANALYTICS, VIEWS_SCHEMA, Version
 from projections.view import Key, Poison
@@ -95,6 +96,7 @@ class RosterView:
     name: Final = "roster"
     tables: Final = ("roster", "roster_deliveries", "roster_search")
     event_types: Final = None  # every event concerns an attendee's row
+    shared_rows: Final = False
 
     def ddl(self, version: Version) -> list[sql.Composed]:
         # Free space on each page lets a row's next version stay on it (a "HOT" update).
@@ -124,9 +126,19 @@ class RosterView:
             # Pages of a search read the narrow search table (a version made before it had none).
             _search_table(version),
             *_search_sync(version),
-            sql.SQL("CREATE INDEX IF NOT EXISTS {} ON {} USING gin (search gin_trgm_ops)").format(
-                sql.Identifier(f"roster_search_v{version.version}_trgm"),
-                version.table("roster_search"),
+            # On the lower-cased text: a match is then checked by LIKE, not ILIKE, which lower-
+            # cases every candidate again (three quarters of a search's time for a surname).
+            # A version made before it has no such column: its index stays on `search`.
+            sql.SQL(
+                "DO $do$ BEGIN IF EXISTS (SELECT FROM pg_attribute WHERE attrelid = "
+                "{regclass}::regclass AND attname = 'folded' AND NOT attisdropped) THEN "
+                "CREATE INDEX IF NOT EXISTS {name} ON {table} USING gin (folded gin_trgm_ops); "
+                "ELSE CREATE INDEX IF NOT EXISTS {name} ON {table} "
+                "USING gin (search gin_trgm_ops); END IF; END $do$"
+            ).format(
+                regclass=sql.Literal(f"{VIEWS_SCHEMA}.roster_search_v{version.version}"),
+                name=sql.Identifier(f"roster_search_v{version.version}_trgm"),
+                table=version.table("roster_search"),
             ),
         ]
 
@@ -141,8 +153,8 @@ class RosterView:
             version.table("roster_deliveries")
         )
         search = sql.SQL(
-            "SELECT slug AS event, attendee_id, status, role, checked_in, paid, k1, k2, search "
-            "FROM {}"
+            "SELECT slug AS event, attendee_id, status, role, checked_in, paid, k1, k2, search, "
+            "folded AS search_folded FROM {}"
         ).format(version.table("roster_search"))
         # One row per attendee and form field, for BI tools that filter or pivot on a field
         # (a column per field cannot be a fixed SQL view: the fields differ by event).
@@ -172,10 +184,14 @@ class RosterView:
         entries: dict[Key, RosterEntry] = {}
         for event in events:
             key = (event.slug, event.attendee_id)
-            before = entries.get(key) or states.get(key)
-            if event.event_type == ERASED and before is None:
-                continue  # an erasure ahead of any delivery: nobody to scrub, no row to make
+            own = entries.get(key)
             try:
+                if own is not None:
+                    apply_owned(own, event)  # made by this fold: changed in place
+                    continue
+                before = states.get(key)
+                if event.event_type == ERASED and before is None:
+                    continue  # an erasure ahead of any delivery: nobody to scrub, no row to make
                 entries[key] = apply(before, event)
             except Exception as error:
                 poison(event, error)
@@ -226,17 +242,25 @@ class RosterBulk:
             for row in write.deliveries:
                 copy.write_row(row)
 
+    def totals(self) -> None:
+        return None
+
+    def absorb(self, totals: None) -> None:
+        pass
+
     def finish(self, cur: psycopg.Cursor[Any]) -> None:
         pass
 
 
 # What a search reads, narrow (~100 bytes a row, against ~2 kB for the roster's with its fold
-# state and form fields): the filters, the name order and the search text. Kept by statement
+# state and form fields): the filters, the name order and the search text, as written and
+# lower-cased (`folded`, what `q=` matches with LIKE where ILIKE would lower-case each row
+# at every search). Kept by statement
 # triggers on the roster table, so every writer of a roster row (folds, bulk fills, erasure)
 # keeps it in step; a bulk fill writes it once, set-based, when the version's indexes are made.
 _SEARCH_COLUMNS: Final = (
     f"slug, attendee_id, status, role, checked_in, paid, {_NAME_KEY[0]}, {_NAME_KEY[1]}, "
-    f"{SEARCH_TEXT}"
+    f"{SEARCH_TEXT}, lower({SEARCH_TEXT})"
 )
 
 
@@ -244,7 +268,7 @@ def _search_table(version: Version) -> sql.Composed:
     return sql.SQL(
         "CREATE TABLE IF NOT EXISTS {} (slug text NOT NULL, attendee_id text NOT NULL, "
         "status text NOT NULL, role text, checked_in boolean NOT NULL, paid boolean NOT NULL, "
-        "k1 text NOT NULL, k2 text NOT NULL, search text NOT NULL, "
+        "k1 text NOT NULL, k2 text NOT NULL, search text NOT NULL, folded text NOT NULL, "
         "PRIMARY KEY (slug, attendee_id))"
     ).format(version.table("roster_search"))
 
@@ -257,7 +281,7 @@ def _search_sync(version: Version) -> list[sql.Composed]:
     function = sql.Identifier(VIEWS_SCHEMA, f"roster_v{version.version}_search_sync")
     updates = ", ".join(
         f"{c} = excluded.{c}"
-        for c in ("status", "role", "checked_in", "paid", "k1", "k2", "search")
+        for c in ("status", "role", "checked_in", "paid", "k1", "k2", "search", "folded")
     )
     body = sql.SQL(
         "BEGIN IF TG_OP = 'DELETE' THEN DELETE FROM {search} s USING changed c "
@@ -517,7 +541,34 @@ async def page(
     # search table; an as_of relation is searched directly.
     searched = only.q is not None and len(only.q) >= 3
     narrow = searched and source == _ROSTER
-    conditions, args = _where(slug, only, search_column="search" if narrow else None)
+    folded = narrow and _FOLDED.usable()
+    try:
+        rows = await _page_rows(pool, slug, only, limit, after, source, searched, narrow, folded)
+    except asyncpg.UndefinedColumnError:
+        if not folded:
+            raise
+        _FOLDED.missing()
+        rows = await _page_rows(pool, slug, only, limit, after, source, searched, narrow, False)
+    items = [_attendee(row) for row in rows[:limit]]
+    if len(rows) <= limit:
+        return items, None
+    last = rows[limit - 1]
+    return items, [last["k1"], last["k2"], last["attendee_id"]]
+
+
+async def _page_rows(
+    pool: asyncpg.Pool,
+    slug: str,
+    only: Filter,
+    limit: int,
+    after: list[str] | None,
+    source: str,
+    searched: bool,
+    narrow: bool,
+    folded: bool,
+) -> list[asyncpg.Record]:
+    column = ("search_folded" if folded else "search") if narrow else None
+    conditions, args = _where(slug, only, search_column=column, folded=folded)
     if after is not None:
         args += after
         n = len(args)
@@ -531,12 +582,26 @@ async def page(
         query = _searched_page(where, len(args), source)
     else:
         query = _ordered_page(where, len(args), source)
-    rows = await pool.fetch(query, *args)
-    items = [_attendee(row) for row in rows[:limit]]
-    if len(rows) <= limit:
-        return items, None
-    last = rows[limit - 1]
-    return items, [last["k1"], last["k2"], last["attendee_id"]]
+    rows: list[asyncpg.Record] = await pool.fetch(query, *args)
+    return rows
+
+
+class _FoldedSearch:
+    """Whether the live roster's search table has the lower-cased search text: a version made
+    before it has not, and is searched with ILIKE until a rebuild replaces it (asked again a
+    minute after it was found missing)."""
+
+    def __init__(self) -> None:
+        self._missing_at: float | None = None
+
+    def usable(self) -> bool:
+        return self._missing_at is None or time.monotonic() - self._missing_at > 60
+
+    def missing(self) -> None:
+        self._missing_at = time.monotonic()
+
+
+_FOLDED: Final = _FoldedSearch()
 
 
 def export(
@@ -594,7 +659,7 @@ async def registered(pool: asyncpg.Pool, slugs: list[str]) -> dict[str, int]:
 
 
 def _where(
-    slug: str, only: Filter, search_column: str | None = None
+    slug: str, only: Filter, search_column: str | None = None, folded: bool = False
 ) -> tuple[list[str], list[Any]]:
     conditions = ["event = $1"]
     args: list[Any] = [slug]
@@ -612,7 +677,11 @@ def _where(
         conditions.append(f"role = ${len(args)}")
     if only.q is not None:
         args.append(_like(only.q))
-        conditions.append(f"({search_column or SEARCH_TEXT}) ILIKE ${len(args)}")
+        if folded:
+            # ILIKE is exactly this on a UTF-8 database: LIKE on both sides lower-cased.
+            conditions.append(f"{search_column} LIKE lower(${len(args)})")
+        else:
+            conditions.append(f"({search_column or SEARCH_TEXT}) ILIKE ${len(args)}")
     return conditions, args
 
 

@@ -48,6 +48,7 @@ class RosterHistoryView:
     name: Final = "roster_history"
     tables: Final = ("roster_history",)
     event_types: Final = None  # every event concerns an attendee's row
+    shared_rows: Final = False
 
     def ddl(self, version: Version) -> list[sql.Composed]:
         columns = [*roster.COLUMNS, "valid_from timestamptz NOT NULL", "valid_to timestamptz"]
@@ -237,6 +238,12 @@ class HistoryBulk:
                 for n, p in enumerate(ps):
                     until = ps[n + 1].since if n + 1 < len(ps) else None
                     copy.write_row((*roster.row(p.entry), p.since, until))
+
+    def totals(self) -> None:
+        return None
+
+    def absorb(self, totals: None) -> None:
+        pass
 
     def finish(self, cur: psycopg.Cursor[Any]) -> None:
         pass

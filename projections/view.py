@@ -63,10 +63,19 @@ class View(Protocol):
 
 class Bulk(Protocol):
     """A fresh version filled once per key (projections/bulk.py): each fold's rows streamed out
-    with COPY, never updated, and whatever sums over all keys written at the end."""
+    with COPY, never updated, and whatever sums over all keys written at the end, once, from
+    the sums of every worker's share of the keys."""
 
     def add(self, cur: psycopg.Cursor[Any], write: Any) -> None:
         """Store the rows of a fold of whole keys from nothing (no key seen before)."""
+        ...
+
+    def totals(self) -> Any:
+        """What this share of the keys adds to the sums over all keys (picklable)."""
+        ...
+
+    def absorb(self, totals: Any) -> None:
+        """Add a share's `totals` to this one's."""
         ...
 
     def finish(self, cur: psycopg.Cursor[Any]) -> None:
@@ -80,6 +89,11 @@ class BulkView(View, Protocol):
     @property
     def event_types(self) -> frozenset[str] | None:
         """The event types its fold reads (None: all)."""
+        ...
+
+    @property
+    def shared_rows(self) -> bool:
+        """Whether a row may hold several attendees' events (then one worker folds them all)."""
         ...
 
     def bulk(self, version: Version) -> Bulk: ...

@@ -139,14 +139,22 @@ def main() -> int:
     args = _arguments()
     work = Path(tempfile.mkdtemp(prefix="rollcall-bench-"))
     configured = os.environ.get("DATABASE_URL") or None
+    # Seeding (which seals personal data) and the service must use one master key.
+    os.environ.setdefault("ROLLCALL_DATA_DIR", str(work / "rollcall"))
     try:
+        if args.reuse:
+            return _run(args, work, args.reuse)
         with server(configured, work / "data") as server_url:
             database_url = new_database(server_url, "bench_queries")
             try:
                 return _run(args, work, database_url)
             finally:
                 if args.keep and configured:
-                    print(f"\nkept the database: {database_url}")
+                    print(
+                        f"\nkept the database: {database_url} (master key in "
+                        f"{os.environ['ROLLCALL_DATA_DIR']}: give it as ROLLCALL_DATA_DIR "
+                        "with --reuse)"
+                    )
                 else:
                     drop_database(server_url, database_url)
     finally:
@@ -155,9 +163,10 @@ def main() -> int:
 
 def _run(args: argparse.Namespace, work: Path, database_url: str) -> int:
     try:
-        seeded = _seed(database_url, args)
+        seeded = None if args.reuse else _seed(database_url, args)
         facts = _facts(database_url, args.surname)
-        _print_seeding(seeded, facts)
+        if seeded is not None:
+            _print_seeding(seeded, facts)
         serving = _start_server(database_url, work, args.port)
         try:
             token = _read_token(database_url)
@@ -187,6 +196,11 @@ def _arguments() -> argparse.Namespace:
         "--surname", default="Nowak", help="the roster search (q=) for a common surname"
     )
     parser.add_argument("--port", type=int, default=8341)
+    parser.add_argument(
+        "--reuse",
+        metavar="URL",
+        help="measure a database a --keep run seeded (its ROLLCALL_DATA_DIR set), no seeding",
+    )
     parser.add_argument(
         "--keep",
         action="store_true",
@@ -401,7 +415,6 @@ def _start_server(database_url: str, work: Path, port: int) -> subprocess.Popen[
         **os.environ,
         "DATABASE_URL": database_url,
         "ROLLCALL_SECRET": SECRET,
-        "ROLLCALL_DATA_DIR": str(work / "rollcall"),
     }
     argv = [sys.executable, "-m", "service.cli", "--log-level", "warning", "serve"]
     log = (work / "serve.log").open("wb")

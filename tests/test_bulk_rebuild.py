@@ -222,3 +222,61 @@ def test_as_of_in_bulk_equals_the_batch_engine(database_url: str) -> None:
     batches = as_of_rows(build_as_of(database_url, ["occupancy"], SOURCE, when, engine="batches"))
     assert bulk == batches
     assert bulk and not any("late-" in row for row in bulk)
+
+
+def test_the_scratch_table_holds_nothing_readable(database_url: str) -> None:
+    append(
+        database_url,
+        [
+            delivery("AttendeeRegistered", attendee_id=f"s-{n}", delivery_id=f"d-{n}")
+            for n in range(40)
+        ],
+    )
+    looked: list[int] = []
+
+    def look(progress: object) -> None:
+        with psycopg.connect(database_url) as conn:
+            scratches = conn.execute(
+                "SELECT tablename FROM pg_tables WHERE tablename LIKE 'rebuild_scratch_%%'"
+            ).fetchall()
+            for (name,) in scratches:
+                events = conn.execute(
+                    sql.SQL("SELECT event FROM {}").format(sql.Identifier("rollcall_views", name))
+                ).fetchall()
+                for (event,) in events:
+                    assert b"example.com" not in event and b"Ola" not in event
+                looked.append(len(events))
+
+    rebuild(database_url, ALL, SOURCE, on_progress=look)
+    assert max(looked) == 40, "the scratch table was seen full"
+    with psycopg.connect(database_url) as conn:
+        left = conn.execute(
+            "SELECT count(*) FROM pg_tables WHERE tablename LIKE 'rebuild_scratch_%%'"
+        ).fetchone()
+    assert left == (0,), "and it is gone afterwards"
+
+
+def test_a_payment_reference_shared_by_attendees_of_both_workers(database_url: str) -> None:
+    # A group purchase: one reference paid for attendees whom the fold's workers split between
+    # them; the ledger keeps the latest confirmation, as the batch engine and live views do.
+    bodies = [
+        delivery(
+            "AttendeePaymentConfirmed",
+            attendee_id=f"g-{n}",
+            delivery_id=f"pay-{n}",
+            occurredAt=f"2026-05-14T10:{n:02d}:00Z",
+        ).replace(
+            b'"firstName": "Ola"',
+            b'"firstName": "Ola", "payment": {"amount": "%d.50", "currency": "PLN", '
+            b'"reference": "group-%d"}' % (n, n % 3),
+        )
+        for n in range(30)
+    ]
+    append(database_url, bodies)
+    Runner(database_url, SOURCE).catch_up()
+    live = tables(database_url)
+    assert len(live["payments"]) == 3
+    rebuild(database_url, ALL, SOURCE)
+    assert tables(database_url) == live
+    rebuild(database_url, ALL, SOURCE, engine="batches")
+    assert tables(database_url) == live

@@ -16,13 +16,14 @@ from domain.events import (
     CHECKED_IN,
     CHECKED_OUT,
     DELETED,
+    ERASED,
     IMPORTED,
     PAYMENT_CONFIRMED,
     REGISTERED,
     UPDATED,
     AttendeeEvent,
 )
-from domain.roster import RosterEntry, apply, fold
+from domain.roster import RosterEntry, apply, apply_owned, fold
 from tests.events_factory import SLUG, at, delivered, key, make_event, paying
 
 PROFILE_TYPES = [REGISTERED, IMPORTED, UPDATED]
@@ -403,3 +404,44 @@ def test_last_position_is_the_highest_position_applied_whatever_the_order() -> N
     early = make_event(CHECKED_IN, when=at(10), position=7)
     assert entry_of([late, early]).last_position == 40
     assert entry_of([early]).last_position == 7
+
+
+def _mixed_day() -> list[AttendeeEvent]:
+    return [
+        make_event(CHECKED_IN, when=at(10), fields={"firstName": "Walk-in"}),
+        make_event(REGISTERED, when=at(8), fields={"firstName": "Ola", "email": "o@example.com"}),
+        make_event(PAYMENT_CONFIRMED, when=at(11), fields=paying(reference="r-1")),
+        make_event(UPDATED, when=at(12), fields={"email": "ola@example.com", "company": "X"}),
+        make_event(PAYMENT_CONFIRMED, when=at(9), fields=paying(amount="abc")),
+        make_event(CHECKED_OUT, when=at(13)),
+        make_event(DELETED, when=at(14)),
+        make_event(ERASED, when=at(15)),
+        make_event(IMPORTED, when=at(16), fields={"lastName": "Nowak"}),
+    ]
+
+
+def test_apply_owned_changes_the_entry_as_apply_makes_a_new_one() -> None:
+    # The bulk rebuild folds each attendee in place; a row must be the same bytes either way.
+    events = _mixed_day()
+    copied = apply(None, events[0])
+    owned = apply(None, events[0])
+    for event in events[1:]:
+        copied = apply(copied, event)
+        apply_owned(owned, event)
+        assert msgspec.json.encode(owned) == msgspec.json.encode(copied)
+
+
+def test_an_event_that_fails_in_apply_owned_changes_nothing(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    entry = apply(None, make_event(REGISTERED, when=at(8), fields={"firstName": "Ola"}))
+    before = msgspec.json.encode(entry)
+
+    def broken(event: AttendeeEvent) -> None:
+        raise RecursionError("a payment too deep to read")
+
+    monkeypatch.setattr("domain.roster.ledger_entry", broken)
+    payment = make_event(PAYMENT_CONFIRMED, when=at(9), fields={"firstName": "Ala", **paying()})
+    with pytest.raises(RecursionError):
+        apply_owned(entry, payment)
+    assert msgspec.json.encode(entry) == before

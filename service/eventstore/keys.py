@@ -54,7 +54,10 @@ KEY_RACE: Final = "RC002"
 ATTENDEE: Final = "a"  # kinds of data key
 DELIVERY: Final = "d"
 _NONCE: Final = 12
-_CACHE_MAX: Final = 200_000
+# Unwrapped data keys kept per process: each (an AESGCM, its OpenSSL context prepared) holds
+# ~2.5 kB, so 200,000 could hold 500 MB in every rebuild worker of a large store; unwrapping
+# again after the cache is cleared costs a few microseconds a person.
+_CACHE_MAX: Final = 10_000
 
 Subject = tuple[str, str, str]  # (slug, kind, subject)
 
