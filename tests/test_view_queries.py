@@ -152,3 +152,12 @@ async def test_payment_totals_are_the_models(
         "currency"
     )
     assert summed("currency")[("PLN",)] == (5, "1050.30")
+    # The answer names its event, and each list comes in the order the API documents.
+    assert answer.event == SLUG
+    assert [t.currency for t in answer.by_currency] == sorted(
+        t.currency for t in answer.by_currency
+    )
+    methods = [(t.currency, t.method) for t in answer.by_method]
+    assert methods == sorted(methods)
+    days = [(t.day, t.currency) for t in answer.by_day]
+    assert days == sorted(days)
