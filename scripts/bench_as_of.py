@@ -54,8 +54,6 @@ def _measure(client: httpx.Client, pid: int, paths: list[str]) -> tuple[list[flo
 
 
 def main() -> int:
-    # This process seeds the store and starts rollcall processes: they must share one master key.
-    os.environ.setdefault(keys.MASTER_KEY_ENV, keys.generate_master_key())
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--attendees", type=int, default=20_000)
     parser.add_argument("--events", type=int, default=60_000)

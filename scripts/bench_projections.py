@@ -49,7 +49,6 @@ from service.eventstore.database import (
     new_database,
     server,
 )
-from service.eventstore.keys import generate_master_key
 from service.eventstore.source import SOURCE
 from service.eventstore.store import DeliveryRecorded, DeliveryStore
 from service.http.intake import delivery_record
@@ -67,8 +66,6 @@ def main() -> int:
     # This process seeds the store and starts rollcall processes: they must share one master key.
     os.environ.setdefault(keys.MASTER_KEY_ENV, keys.generate_master_key())
     args = _arguments()
-    # This process seals what it appends; the rebuilds it starts must open it with that key.
-    os.environ.setdefault("ROLLCALL_MASTER_KEY", generate_master_key())
     work = Path(tempfile.mkdtemp(prefix="rollcall-bench-"))
     try:
         with server(os.environ.get("DATABASE_URL") or None, work / "data") as server_url:
