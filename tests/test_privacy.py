@@ -659,3 +659,13 @@ def test_a_writer_holding_a_key_from_before_an_erasure_keeps_nothing_after_it(
     last = stored_rows(database_url)[-1]
     assert last["delivery_id"] == "late-9" and last["sealed"] is None
     assert not any(n.encode() in last["body"] for n in NEEDLES)
+
+
+def test_emails_are_found_anywhere_in_an_unreadable_body_and_a_hostile_one_is_read_once() -> None:
+    body = b'{"e":"Ann.Nowak+x@example.co.uk","b":"mailto:bob@ex.com;c@d.pl, e@f"}'
+    assert keys.emails_in(body) == {"Ann.Nowak+x@example.co.uk", "bob@ex.com", "c@d.pl"}
+    # Near-limit runs of address characters: the plain pattern backtracked from every position
+    # (quadratic: minutes for 1 MB, with a group-commit writer held); this returns at once
+    # (pytest's timeout is the bound, not a clock here).
+    assert keys.emails_in(b"h" * 1_000_000 + b"@" + b"x" * 1_000_000) == set()
+    assert keys.emails_in(b"h" * 1_000_000 + b"@d.pl") == {"h" * 1_000_000 + "@d.pl"}

@@ -170,8 +170,21 @@ class Expected:
 
 @pytest.fixture
 def serving(start_service: Any, database_url: str) -> Iterator[tuple[httpx.Client, str]]:
+    yield from _serve(start_service, database_url)
+
+
+@pytest.fixture
+def serving_folds_here(start_service: Any, database_url: str) -> Iterator[tuple[httpx.Client, str]]:
+    """The service with its views folded in a thread of this process, where a planted mutant
+    reaches the fold (the default child process imports its own, unmutated copy)."""
+    yield from _serve(start_service, database_url, projection_runner="thread")
+
+
+def _serve(
+    start_service: Any, database_url: str, **settings: object
+) -> Iterator[tuple[httpx.Client, str]]:
     events = {slug: EventConfig(slug=slug, secrets=(SECRET,)) for slug in SLUGS}
-    service: RunningService = start_service(events=events)
+    service: RunningService = start_service(events=events, **settings)
     headers = bearer(api_token(database_url, "read"))
     with httpx.Client(base_url=service.url, timeout=60, headers=headers) as client:
         yield client, database_url
@@ -341,11 +354,11 @@ MUTANTS: dict[str, tuple[object, str, Any, list[Fact], list[int], str]] = {
 
 @pytest.mark.parametrize("mutant", list(MUTANTS))
 def test_the_property_catches_a_bug_in_what_the_api_serves(
-    serving: tuple[httpx.Client, str], monkeypatch: pytest.MonkeyPatch, mutant: str
+    serving_folds_here: tuple[httpx.Client, str], monkeypatch: pytest.MonkeyPatch, mutant: str
 ) -> None:
     module, name, planted, given, arrivals, check = MUTANTS[mutant]
-    served_as_the_reference(*serving, given, arrivals)  # the honest service passes
+    served_as_the_reference(*serving_folds_here, given, arrivals)  # the honest service passes
     monkeypatch.setattr(module, name, planted)
     with pytest.raises(AssertionError) as caught:
-        served_as_the_reference(*serving, given, arrivals)
+        served_as_the_reference(*serving_folds_here, given, arrivals)
     assert str(caught.value).startswith(check + "\n"), caught.value

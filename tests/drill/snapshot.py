@@ -28,15 +28,19 @@ ANALYTICS_VIEWS: Final = (
 )
 
 
-def wait_until_caught_up(database_url: str, timeout: float = 30.0) -> None:
-    """Block until every live view has applied everything in the store."""
+def wait_until_caught_up(
+    database_url: str, timeout: float = 30.0, *, beside_a_build: bool = False
+) -> None:
+    """Block until every live view has applied everything in the store (and, unless
+    `beside_a_build`, no rebuild is running or stopped beside it)."""
     deadline = time.monotonic() + timeout
+    states = ("live", "rebuilding") if beside_a_build else ("live",)
     statuses: list[Any] = []
     while True:
         try:
             with psycopg.connect(database_url) as conn:
                 statuses = read_status(conn, SOURCE)
-            if statuses and all(s.state == "live" and s.lag_events == 0 for s in statuses):
+            if statuses and all(s.state in states and s.lag_events == 0 for s in statuses):
                 return
         except psycopg.errors.UndefinedTable:
             pass  # the runner has not created its tables yet
