@@ -29,6 +29,7 @@ from domain.events import AttendeeEvent
 from domain.presence import MOVE_TYPES, Change, Moves, add, changes, is_move, presence
 from domain.presence import Presence as PresenceState
 from projections.columns import text
+from projections.copying import copy_rows
 from projections.roster import ROSTER
 from projections.schema import ANALYTICS, INTERNAL, VIEW_VERSIONS, VIEWS_SCHEMA, Version
 from projections.view import Key, Poison
@@ -217,20 +218,19 @@ class OccupancyBulk:
     def add(self, cur: psycopg.Cursor[Any], write: OccupancyWrite) -> None:
         if write.rewritten:
             raise ValueError("a bulk fold starts every attendee from nothing")
-        with cur.copy(
-            sql.SQL("COPY {} FROM STDIN (FORMAT BINARY)").format(self._version.table("presence"))
-        ) as copy:
-            copy.set_types(_PRESENCE_TYPES)
-            for moves, p in write.presences:
-                copy.write_row(_presence_row(moves, p))
-        with cur.copy(
-            sql.SQL("COPY {} FROM STDIN (FORMAT BINARY)").format(
-                self._version.table("occupancy_changes")
-            )
-        ) as copy:
-            copy.set_types(["text", "text", "timestamptz", "int2"])
-            for (slug, attendee_id), change in write.new_changes:
-                copy.write_row((slug, attendee_id, change.at, change.delta))
+        presences = (_presence_row(moves, p) for moves, p in write.presences)
+        copy_rows(cur, self._version.table("presence"), None, _PRESENCE_TYPES, presences)
+        changes = (
+            (slug, attendee_id, change.at, change.delta)
+            for (slug, attendee_id), change in write.new_changes
+        )
+        copy_rows(
+            cur,
+            self._version.table("occupancy_changes"),
+            None,
+            ["text", "text", "timestamptz", "int2"],
+            changes,
+        )
         self.absorb((write.minutes, write.counters))
 
     def totals(self) -> tuple[dict[tuple[str, datetime], list[int]], dict[str, dict[str, int]]]:

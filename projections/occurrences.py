@@ -15,8 +15,9 @@ from psycopg import sql
 
 from domain.events import AttendeeEvent
 from projections.columns import text
+from projections.copying import copy_rows
 from projections.schema import Version
-from projections.view import Key, Poison
+from projections.view import Key, Poison, RowsOnly
 
 # The analytics view this one publishes.
 OCCURRENCES: Final = "occurrences"
@@ -100,7 +101,7 @@ class OccurrencesView:
         return OccurrencesBulk(version)
 
 
-class OccurrencesBulk:
+class OccurrencesBulk(RowsOnly):
     """A fresh index filled by a bulk rebuild: each delivery is folded once, so its row is
     new and can be streamed with COPY."""
 
@@ -108,22 +109,13 @@ class OccurrencesBulk:
         self._version = version
 
     def add(self, cur: psycopg.Cursor[Any], write: list[Occurrence]) -> None:
-        with cur.copy(
-            sql.SQL(
-                "COPY {} (slug, attendee_id, position, event_type, at) FROM STDIN (FORMAT BINARY)"
-            ).format(self._version.table("occurrences"))
-        ) as copy:
-            copy.set_types(["text", "text", "int8", "text", "timestamptz"])
-            for r in write:
-                copy.write_row(
-                    (text(r.slug), text(r.attendee_id), r.position, text(r.event_type), r.at)
-                )
-
-    def totals(self) -> None:
-        return None
-
-    def absorb(self, totals: None) -> None:
-        pass
-
-    def finish(self, cur: psycopg.Cursor[Any]) -> None:
-        pass
+        copy_rows(
+            cur,
+            self._version.table("occurrences"),
+            ["slug", "attendee_id", "position", "event_type", "at"],
+            ["text", "text", "int8", "text", "timestamptz"],
+            (
+                (text(r.slug), text(r.attendee_id), r.position, text(r.event_type), r.at)
+                for r in write
+            ),
+        )

@@ -17,7 +17,7 @@ from domain.events import PAYMENT_CONFIRMED, AttendeeEvent
 from domain.ledger import LedgerEntry, ledger_entry, merge
 from projections.columns import text
 from projections.schema import ANALYTICS, LOCK_NAMESPACE, SETUP_LOCK, VIEWS_SCHEMA, Version
-from projections.view import Key, Poison
+from projections.view import Key, Poison, RowsOnly
 
 # The analytics views this one publishes.
 PAYMENTS: Final = "payments"
@@ -139,7 +139,7 @@ class PaymentsView:
         return PaymentsBulk(self, version)
 
 
-class PaymentsBulk:
+class PaymentsBulk(RowsOnly):
     """A fresh ledger filled by a bulk rebuild: entries are keyed by payment reference, not by
     attendee, so they are written as live batches are (the later order wins); they are few."""
 
@@ -149,15 +149,6 @@ class PaymentsBulk:
 
     def add(self, cur: psycopg.Cursor[Any], write: list[LedgerEntry]) -> None:
         self._view.write(cur, self._version, write)
-
-    def totals(self) -> None:
-        return None
-
-    def absorb(self, totals: None) -> None:
-        pass
-
-    def finish(self, cur: psycopg.Cursor[Any]) -> None:
-        pass
 
 
 # --- Reading ---------------------------------------------------------------------------------

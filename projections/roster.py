@@ -17,8 +17,9 @@ from psycopg import sql
 from domain.events import ERASED, AttendeeEvent
 from domain.roster import RosterEntry, apply, apply_owned, scrubbed
 from projections.columns import json_text, text
+from projections.copying import copy_rows, upsert_rows
 from projections.schema import ANALYTICS, VIEWS_SCHEMA, Version
-from projections.view import Key, Poison
+from projections.view import Key, Poison, RowsOnly
 
 _Stored = tuple[RosterEntry, list[str], dict[str, int]]
 # JSON with exact decimals both ways: the attendee's fields are untyped, and a number must come
@@ -77,7 +78,8 @@ _NAMES: Final = [column.split()[0] for column in _COLUMNS]
 _TYPES: Final = [column.split()[1] for column in _COLUMNS]
 # The staging table holds `fields` as text: psycopg would re-serialise a str given as json.
 _STAGE_TYPES: Final = ["text" if kind == "json" else kind for kind in _TYPES]
-_STAGE_SELECT: Final = sql.SQL(", ").join(
+# The stage's columns read as the table's (shared with projections/roster_history.py).
+STAGE_SELECT: Final = sql.SQL(", ").join(
     sql.SQL("{}::json").format(sql.Identifier(n)) if t == "json" else sql.Identifier(n)
     for n, t in zip(_NAMES, _TYPES, strict=True)
 )
@@ -215,7 +217,7 @@ class RosterView:
         return RosterBulk(version)
 
 
-class RosterBulk:
+class RosterBulk(RowsOnly):
     """A fresh roster version's rows, each written once with binary COPY (no staging, no
     upsert: a bulk rebuild folds each attendee once)."""
 
@@ -223,33 +225,16 @@ class RosterBulk:
         self._version = version
 
     def add(self, cur: psycopg.Cursor[Any], write: RosterWrite) -> None:
-        columns = sql.SQL(", ").join(map(sql.Identifier, _NAMES))
-        with cur.copy(
-            sql.SQL("COPY {} ({}) FROM STDIN (FORMAT BINARY)").format(
-                self._version.table("roster"), columns
-            )
-        ) as copy:
-            # `fields` goes as text: json's binary input is its text.
-            copy.set_types(_STAGE_TYPES)
-            for entry in write.entries:
-                copy.write_row(_row(entry))
-        with cur.copy(
-            sql.SQL("COPY {} (slug, attendee_id, position) FROM STDIN (FORMAT BINARY)").format(
-                self._version.table("roster_deliveries")
-            )
-        ) as copy:
-            copy.set_types(["text", "text", "int8"])
-            for row in write.deliveries:
-                copy.write_row(row)
-
-    def totals(self) -> None:
-        return None
-
-    def absorb(self, totals: None) -> None:
-        pass
-
-    def finish(self, cur: psycopg.Cursor[Any]) -> None:
-        pass
+        # `fields` goes as text: json's binary input is its text.
+        rows = (_row(entry) for entry in write.entries)
+        copy_rows(cur, self._version.table("roster"), _NAMES, _STAGE_TYPES, rows)
+        copy_rows(
+            cur,
+            self._version.table("roster_deliveries"),
+            ["slug", "attendee_id", "position"],
+            ["text", "text", "int8"],
+            write.deliveries,
+        )
 
 
 # What a search reads, narrow (~100 bytes a row, against ~2 kB for the roster's with its fold
@@ -342,34 +327,17 @@ def _load(cur: psycopg.Cursor[Any], version: Version, keys: list[Key]) -> dict[K
 
 
 def _store(cur: psycopg.Cursor[Any], version: Version, entries: list[RosterEntry]) -> None:
-    """Upsert the entries through a temporary table filled with binary COPY: psycopg formats
-    COPY rows in C, where array parameters would be built element by element in Python."""
     if not entries:
         return
-    table = version.table("roster")
-    stage = sql.Identifier(f"roster_v{version.version}_stage")
-    columns = sql.SQL(", ").join(map(sql.Identifier, _NAMES))
-    cur.execute(
-        sql.SQL("CREATE TEMP TABLE IF NOT EXISTS {} ({}) ON COMMIT DELETE ROWS").format(
-            stage,
-            sql.SQL(", ").join(
-                sql.SQL(f"{n} {t}") for n, t in zip(_NAMES, _STAGE_TYPES, strict=True)
-            ),
-        )
-    )
-    with cur.copy(
-        sql.SQL("COPY {} ({}) FROM STDIN (FORMAT BINARY)").format(stage, columns)
-    ) as copy:
-        copy.set_types(_STAGE_TYPES)
-        for entry in entries:
-            copy.write_row(_row(entry))
-    updates = sql.SQL(", ").join(
-        sql.SQL("{0} = excluded.{0}").format(sql.Identifier(name)) for name in _NAMES[2:]
-    )
-    cur.execute(
-        sql.SQL(
-            "INSERT INTO {} ({}) SELECT {} FROM {} ON CONFLICT (slug, attendee_id) DO UPDATE SET {}"
-        ).format(table, columns, _STAGE_SELECT, stage, updates)
+    upsert_rows(
+        cur,
+        version.table("roster"),
+        stage=f"roster_v{version.version}_stage",
+        columns=_NAMES,
+        types=_STAGE_TYPES,
+        select=STAGE_SELECT,
+        key=["slug", "attendee_id"],
+        rows=(_row(entry) for entry in entries),
     )
 
 

@@ -11,7 +11,7 @@ later one; an erasure scrubs them all (service/privacy.py scrubs them at once, t
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime
 from typing import Any, Final
 
@@ -22,8 +22,9 @@ from psycopg import sql
 from domain.events import ERASED, AttendeeEvent
 from domain.roster import Period, advance, scrubbed
 from projections import roster
+from projections.copying import copy_rows, upsert_rows
 from projections.schema import ANALYTICS, Version
-from projections.view import Key, Poison
+from projections.view import Key, Poison, RowsOnly
 
 # The analytics view this one publishes.
 ROSTER_HISTORY: Final = "roster_history"
@@ -31,6 +32,9 @@ _HISTORY: Final = f"{ANALYTICS}.{ROSTER_HISTORY}"
 
 _NAMES: Final = [*roster.COLUMN_NAMES, "valid_from", "valid_to"]
 _STAGE_TYPES: Final = [*roster.STAGE_TYPES, "timestamptz", "timestamptz"]
+_STAGE_SELECT: Final = sql.SQL(", ").join(
+    [roster.STAGE_SELECT, sql.Identifier("valid_from"), sql.Identifier("valid_to")]
+)
 _EARLIEST: Final = datetime.min.replace(tzinfo=UTC)
 
 
@@ -135,43 +139,18 @@ class RosterHistoryView:
     def write(self, cur: psycopg.Cursor[Any], version: Version, write: HistoryWrite) -> None:
         table = version.table("roster_history")
         periods = write.periods + _late(cur, table, write.late)
-        rows = [
-            (*roster.row(p.entry), p.since, ps[n + 1].since if n + 1 < len(ps) else None)
-            for _, ps in periods
-            for n, p in enumerate(ps)
-        ]
+        rows = list(_rows(periods))
         if not rows:
             return
-        stage = sql.Identifier(f"roster_history_v{version.version}_stage")
-        columns = sql.SQL(", ").join(map(sql.Identifier, _NAMES))
-        cur.execute(
-            sql.SQL("CREATE TEMP TABLE IF NOT EXISTS {} ({}) ON COMMIT DELETE ROWS").format(
-                stage,
-                sql.SQL(", ").join(
-                    sql.SQL(f"{n} {t}") for n, t in zip(_NAMES, _STAGE_TYPES, strict=True)
-                ),
-            )
-        )
-        with cur.copy(
-            sql.SQL("COPY {} ({}) FROM STDIN (FORMAT BINARY)").format(stage, columns)
-        ) as copy:
-            copy.set_types(_STAGE_TYPES)
-            for row in rows:
-                copy.write_row(row)
-        select = sql.SQL(", ").join(
-            sql.SQL("{}::json").format(sql.Identifier(n)) if n == "fields" else sql.Identifier(n)
-            for n in _NAMES
-        )
-        updates = sql.SQL(", ").join(
-            sql.SQL("{0} = excluded.{0}").format(sql.Identifier(name))
-            for name in _NAMES
-            if name not in ("slug", "attendee_id", "valid_from")
-        )
-        cur.execute(
-            sql.SQL(
-                "INSERT INTO {} ({}) SELECT {} FROM {} "
-                "ON CONFLICT (slug, attendee_id, valid_from) DO UPDATE SET {}"
-            ).format(table, columns, select, stage, updates)
+        upsert_rows(
+            cur,
+            table,
+            stage=f"roster_history_v{version.version}_stage",
+            columns=_NAMES,
+            types=_STAGE_TYPES,
+            select=_STAGE_SELECT,
+            key=["slug", "attendee_id", "valid_from"],
+            rows=rows,
         )
 
     def bulk(self, version: Version) -> HistoryBulk:
@@ -215,7 +194,7 @@ def _late(
     return out
 
 
-class HistoryBulk:
+class HistoryBulk(RowsOnly):
     """A fresh history filled by a bulk rebuild: each attendee folded once from nothing, so
     every period is new and streamed with COPY."""
 
@@ -227,26 +206,15 @@ class HistoryBulk:
         if write.late:  # not from nothing: cannot happen in a bulk fill, but stay right
             self._view.write(cur, self._version, write)
             return
-        with cur.copy(
-            sql.SQL("COPY {} ({}) FROM STDIN (FORMAT BINARY)").format(
-                self._version.table("roster_history"),
-                sql.SQL(", ").join(map(sql.Identifier, _NAMES)),
-            )
-        ) as copy:
-            copy.set_types(_STAGE_TYPES)
-            for _, ps in write.periods:
-                for n, p in enumerate(ps):
-                    until = ps[n + 1].since if n + 1 < len(ps) else None
-                    copy.write_row((*roster.row(p.entry), p.since, until))
+        rows = _rows(write.periods)
+        copy_rows(cur, self._version.table("roster_history"), _NAMES, _STAGE_TYPES, rows)
 
-    def totals(self) -> None:
-        return None
 
-    def absorb(self, totals: None) -> None:
-        pass
-
-    def finish(self, cur: psycopg.Cursor[Any]) -> None:
-        pass
+def _rows(periods: list[tuple[Key, list[Period]]]) -> Iterator[tuple[Any, ...]]:
+    """The table rows of attendees' periods, each lasting until the attendee's next begins."""
+    for _, ps in periods:
+        for n, p in enumerate(ps):
+            yield (*roster.row(p.entry), p.since, ps[n + 1].since if n + 1 < len(ps) else None)
 
 
 def source(when: datetime) -> str:

@@ -83,6 +83,20 @@ class Bulk(Protocol):
         ...
 
 
+class RowsOnly:
+    """The part of a Bulk for a view whose rows are all it writes: no sums over keys, nothing
+    to write at the end."""
+
+    def totals(self) -> None:
+        return None
+
+    def absorb(self, totals: None) -> None:
+        return None
+
+    def finish(self, cur: psycopg.Cursor[Any]) -> None:
+        return None
+
+
 class BulkView(View, Protocol):
     """A view a bulk rebuild can fill: which event types it folds, and its bulk writer."""
 
