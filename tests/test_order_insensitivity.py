@@ -295,8 +295,14 @@ def test_an_erasure_scrubs_every_period_even_those_before_it() -> None:
     acme = {"id": who, "company": "Acme"}
     assert [p.entry.fields for p in periods] == [{}, {}, acme, acme]
     assert periods[-1].entry == fold(events)[(events[0].slug, who)]
-    # An erasure ahead of any delivery makes no period, as it makes no roster row.
+    # An erasure ahead of any delivery makes no period, as it makes no roster row; after one
+    # delivery it opens its own period, as after several.
     assert list(history_of(events[2:3]).values()) == [[]]
+    after_one = history_of([events[0], events[2]])[(events[0].slug, who)]
+    assert [(p.since.hour, p.entry.last_position) for p in after_one] == [
+        (9, events[0].position),
+        (12, events[2].position),
+    ]
 
 
 # --- Presence against a reference implementation -------------------------------------------------
