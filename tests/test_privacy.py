@@ -29,6 +29,7 @@ from service.eventstore.replay import replay_quarantined
 from service.eventstore.source import SOURCE
 from service.eventstore.store import DeliveryRecorded, DeliveryStore, ensure_store
 from tests.drill.erasure import pg_dump, readable
+from tests.drill.harness import stored_deliveries
 from tests.drill.snapshot import wait_until_caught_up
 from tests.helpers import RunningService, api_token, bearer, stored_rows, token_headers
 
@@ -669,3 +670,33 @@ def test_emails_are_found_anywhere_in_an_unreadable_body_and_a_hostile_one_is_re
     # (pytest's timeout is the bound, not a clock here).
     assert keys.emails_in(b"h" * 1_000_000 + b"@" + b"x" * 1_000_000) == set()
     assert keys.emails_in(b"h" * 1_000_000 + b"@d.pl") == {"h" * 1_000_000 + "@d.pl"}
+
+
+def test_a_writer_whose_key_cache_is_emptied_mid_batch_still_seals_every_delivery(
+    database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The race the full erasure drill found: the other group-commit writer, its batch refused
+    for stale keys, empties the shared key cache while this writer seals a batch. A delivery
+    whose key this batch had found cached must still be sealed under it, never stored as a
+    skeleton (its content lost, for an attendee nobody erased)."""
+    store = DeliveryStore(database_url, pool_size=1)
+    lookup = keys.wrapped_keys
+
+    def another_writer_forgets(cur: Any, subjects: Any) -> Any:
+        store._sealer.forget()  # what a writer whose batch met STALE_KEYS does, meanwhile
+        return lookup(cur, subjects)
+
+    later = body("AttendeeUpdated", {**KEPT, "company": "Jawna-Firma-W2"}, "08:05:00", "k9")
+    # Someone whose key is not cached yet, so that the batch looks keys up.
+    other = body("AttendeeCheckedIn", {"id": "a-other"}, "08:06:00", "o1")
+    try:
+        store.append([_recorded(SEED[1], "k1")])  # a-keep's key is now cached
+        monkeypatch.setattr(keys, "wrapped_keys", another_writer_forgets)
+        positions = store.append([_recorded(later, "k9"), _recorded(other, "o1")])
+        assert None not in positions
+    finally:
+        store.close()
+    sealed = {r["delivery_id"]: r["sealed"] for r in stored_rows(database_url)}
+    assert sealed["k9"] is not None and sealed["o1"] is not None
+    read_back = {s.delivery_id: s.body for s in stored_deliveries(database_url)}
+    assert read_back["k9"] == later and read_back["o1"] == other

@@ -9,7 +9,7 @@ from __future__ import annotations
 import base64
 import threading
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -889,7 +889,10 @@ class _Sealer:
             self._load(recorder)
         epoch = self._epoch
         assert epoch is not None
-        cached = self._keys
+        # A copy: another writer's forget() empties the cache while this batch is sealed, and
+        # a key seen here must still be found below. The batch commits only in this epoch.
+        with self._lock:
+            cached = dict(self._keys)
         subjects = [
             keys.subject_of(d.slug, d.attendee_id, d.originator_id)
             if d.verified_by != ERASURE
@@ -951,9 +954,7 @@ class _Sealer:
             if subject is None or delivery.sealed is not None:
                 out.append(delivery)
                 continue
-            aead = cached[subject] if subject in cached else known.get(subject)
-            if aead is None and subject in new:
-                aead = new[subject][0]
+            aead = _data_key(subject, cached, known, new)
             if delivery.quarantine_reason is not None:
                 readable = None
             elif READING in delivery.__dict__:
@@ -983,8 +984,8 @@ class _Sealer:
         def commit() -> None:
             with self._lock:
                 if self._epoch == epoch:
-                    cached.update(known)
-                    cached.update({s: aead for s, (aead, _) in new.items()})
+                    self._keys.update(known)
+                    self._keys.update({s: aead for s, (aead, _) in new.items()})
                 for subject in new:
                     self._pending.pop(subject, None)
                 self._guessed -= guessed
@@ -993,6 +994,23 @@ class _Sealer:
                 self._emails.update(emails)
 
         return out, crypto, commit
+
+
+def _data_key(
+    subject: keys.Subject,
+    cached: Mapping[keys.Subject, AESGCM | None],
+    known: Mapping[keys.Subject, AESGCM | None],
+    new: Mapping[keys.Subject, tuple[AESGCM, bytes]],
+) -> AESGCM | None:
+    """The key a delivery is sealed with; None only for an attendee known to be erased. A
+    subject no step decided on is a bug, and fails the batch (503, retried) rather than
+    storing a skeleton that would lose the delivery's content."""
+    aead = cached[subject] if subject in cached else known.get(subject)
+    if aead is None and subject in new:
+        return new[subject][0]
+    if aead is None and subject not in cached and subject not in known:
+        raise RuntimeError("no data key was decided for a delivery of this batch")
+    return aead
 
 
 def opened(
