@@ -700,3 +700,33 @@ def test_a_writer_whose_key_cache_is_emptied_mid_batch_still_seals_every_deliver
     assert sealed["k9"] is not None and sealed["o1"] is not None
     read_back = {s.delivery_id: s.body for s in stored_deliveries(database_url)}
     assert read_back["k9"] == later and read_back["o1"] == other
+
+
+def test_the_projections_key_cache_keeps_its_hits_when_it_fills_up(
+    database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A batch whose keys were partly cached and partly new, when the new ones fill the cache
+    (which is then emptied), still gets every key: the hits once vanished with the cache, and
+    their deliveries read as skeletons (views without the person, for an attendee nobody
+    erased) once a process held 10,000 keys."""
+    store = DeliveryStore(database_url, pool_size=1)
+    try:
+        store.append([_recorded(SEED[0], "e1"), _recorded(SEED[1], "k1")])
+    finally:
+        store.close()
+    other = body("AttendeeRegistered", {**KEPT, "id": "a-third"}, "08:03:00", "t1")
+    store = DeliveryStore(database_url, pool_size=1)
+    try:
+        store.append([_recorded(other, "t1")])
+    finally:
+        store.close()
+    subject = {a: ("default", keys.ATTENDEE, a) for a in ("a-erase", "a-keep", "a-third")}
+    monkeypatch.setattr(keys, "_CACHE_MAX", 2)
+    cache = keys.KeyCache()
+    with psycopg.connect(database_url) as conn, conn.cursor() as cur:
+        first = cache.aeads(cur, keys.active(), {subject["a-erase"], subject["a-keep"]})
+        assert set(first) == {subject["a-erase"], subject["a-keep"]}
+        # Two cached, one new: the cache overflows and is emptied while the batch is served.
+        every = cache.aeads(cur, keys.active(), set(subject.values()))
+    assert set(every) == set(subject.values())
+    assert all(aead is not None for aead in every.values())

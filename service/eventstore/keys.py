@@ -425,8 +425,11 @@ class KeyCache:
         info = cur.connection.info
         database = (info.host, info.port, info.dbname)
         with self._lock:
-            epoch, known = self._epochs.get(database), self._caches.get(database, {})
-            missing = [s for s in subjects if s not in known]
+            # The hits copied now: the cache may be emptied below (when full) or by another
+            # thread, and a key found here must stay found.
+            epoch, hits = self._epochs.get(database), self._caches.get(database, {})
+            known = {s: hits[s] for s in subjects if s in hits}
+        missing = [s for s in subjects if s not in known]
         now, found = _epoch_and_keys(cur, missing)
         if now != epoch and epoch is not None:
             # An erasure or a lift since: nothing cached can be trusted.
