@@ -889,10 +889,6 @@ class _Sealer:
             self._load(recorder)
         epoch = self._epoch
         assert epoch is not None
-        # A copy: another writer's forget() empties the cache while this batch is sealed, and
-        # a key seen here must still be found below. The batch commits only in this epoch.
-        with self._lock:
-            cached = dict(self._keys)
         subjects = [
             keys.subject_of(d.slug, d.attendee_id, d.originator_id)
             if d.verified_by != ERASURE
@@ -900,6 +896,10 @@ class _Sealer:
             for d in pending
         ]
         with self._lock:
+            # This batch's hits, copied: another writer's forget() empties the cache while this
+            # batch is sealed, and a key seen here must still be found below. The batch commits
+            # only in this epoch.
+            cached = {s: self._keys[s] for s in subjects if s in self._keys}
             shared = {s: self._pending[s] for s in subjects if s in self._pending}
             look_up = self._look_up
         missing = {s for s in subjects if s is not None and s not in cached and s not in shared}
