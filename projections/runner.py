@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import time
 from collections.abc import Sequence
 from typing import Any, Final
 
@@ -48,10 +49,12 @@ _BACKOFF_FIRST: Final = 0.5
 # A reconnection attempt costs one connect; waiting longer would delay the views' recovery
 # after an outage by as much (the drill's outage scenario promises 5 s).
 _BACKOFF_MAX: Final = 1.0
-# Once caught up, how long deliveries gather before the next batch. A batch costs about 25 round
-# trips and their PostgreSQL work whatever its size: woken by every group commit of a busy
-# intake, the runner would pay them every few milliseconds, on the cores intake needs. The
-# live views' lag grows by at most this much (its budget is 100 ms at 1,000 deliveries/s).
+# Once caught up, the least time from one batch's start to the next one's. A batch costs about
+# 25 round trips and their PostgreSQL work whatever its size: woken by every group commit of a
+# busy intake, the runner would pay them every few milliseconds, on the cores intake needs.
+# Counted from the batch's start, not its end: a batch that took this long already gathered
+# the next one's deliveries, and waiting after it would only add to the views' lag (its budget
+# is 100 ms at 1,000 deliveries/s).
 LINGER: Final = 0.03
 
 
@@ -162,12 +165,13 @@ class Runner:
                 self._take_locks(locks)
                 busy = False
                 while self.held and not stop.is_set():
+                    started = time.monotonic()
                     applied = self._batch(locks, work)
                     if not applied:
                         break
                     busy = True
-                    if applied < self._batch_size:
-                        stop.wait(self._linger)  # caught up: let the next batch gather
+                    if applied < self._batch_size:  # caught up: let the next batch gather
+                        stop.wait(max(0.0, started + self._linger - time.monotonic()))
                 if not busy:
                     for _ in locks.notifies(timeout=self._poll, stop_after=1):
                         pass
