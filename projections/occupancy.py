@@ -5,7 +5,8 @@ A batch re-reads the moves of each attendee it touches, so a late check-out corr
 it belongs to. Everything else is additive: counters and per-minute arrivals and departures
 take the batch's differences. The peak needs no running state: each minute keeps the highest
 count reached within it (relative to its start), recomputed from the exact changes of the
-minutes a batch touches, and the peak is the best minute.
+minutes a batch touches, and the peak is the best minute, found again for the JTE events a
+batch touches and kept in their counters row, so "occupancy now" reads one row.
 
 Analysts ask it who is inside now or was at an instant, the peak, the timeline in buckets, an
 attendee's presence and the latest check-ins; each answer is computed here, in SQL, from the
@@ -41,6 +42,16 @@ _decode: Final = msgspec.json.Decoder(Moves).decode
 # really inside at the same time.
 _STEP_ORDER: Final = "at, delta"
 _COUNTERS: Final = ("check_ins", "check_outs", "repeated_check_ins", "stray_check_outs")
+# The per-event counters row: sums a batch adds its differences to (entries and exits: the
+# minutes' arrivals and departures), and the peak, set again from the minutes after each batch.
+_SUMS: Final = ("inside_now", *_COUNTERS, "ever_inside", "entries", "exits")
+# What a version made before the row kept them lacks (see _migrate_counters).
+_ADDED_COLUMNS: Final = (
+    "entries integer NOT NULL DEFAULT 0",
+    "exits integer NOT NULL DEFAULT 0",
+    "peak integer NOT NULL DEFAULT 0",
+    "peak_at timestamptz",
+)
 
 
 class OccupancyWrite(msgspec.Struct, kw_only=True):
@@ -104,8 +115,8 @@ class OccupancyView:
                 "CREATE TABLE {} (slug text PRIMARY KEY, inside_now integer NOT NULL, "
                 "check_ins integer NOT NULL, check_outs integer NOT NULL, "
                 "repeated_check_ins integer NOT NULL, stray_check_outs integer NOT NULL, "
-                "ever_inside integer NOT NULL)"
-            ).format(version.table("occupancy")),
+                "ever_inside integer NOT NULL, {})"
+            ).format(version.table("occupancy"), sql.SQL(", ".join(_ADDED_COLUMNS))),
         ]
 
     def indexes(self, version: Version) -> list[sql.Composed]:
@@ -113,7 +124,9 @@ class OccupancyView:
         return [
             sql.SQL("CREATE INDEX IF NOT EXISTS {} ON {} (slug, last_in_at DESC)").format(
                 sql.Identifier(f"presence_v{version.version}_last_in"), version.table("presence")
-            )
+            ),
+            # Not an index: run with them at every start, it migrates a live version made before.
+            _migrate_counters(version),
         ]
 
     def analytics(self, version: Version) -> list[tuple[str, sql.Composed]]:
@@ -129,11 +142,10 @@ class OccupancyView:
             (
                 OCCUPANCY,
                 sql.SQL(
-                    "SELECT s.slug AS event, s.inside_now, coalesce(p.peak, 0) AS peak, "
-                    "p.peak_at, s.check_ins, s.check_outs, s.repeated_check_ins, "
-                    "s.stray_check_outs, s.ever_inside AS unique_attendees_inside FROM {} s "
-                    "LEFT JOIN LATERAL ({}) p ON true"
-                ).format(version.table("occupancy"), peak_query(version, sql.SQL("s.slug"))),
+                    "SELECT slug AS event, inside_now, peak, peak_at, check_ins, check_outs, "
+                    "repeated_check_ins, stray_check_outs, ever_inside AS unique_attendees_inside, "
+                    "entries, exits FROM {}"
+                ).format(version.table("occupancy")),
             ),
             (
                 OCCUPANCY_CHANGES,
@@ -200,6 +212,7 @@ class OccupancyView:
         _store_changes(cur, version, write.rewritten, write.new_changes)
         _store_minutes(cur, version, write.minutes)
         _store_counters(cur, version, write.counters)
+        _store_peaks(cur, version, write.minutes)
 
     def bulk(self, version: Version) -> OccupancyBulk:
         return OccupancyBulk(version)
@@ -252,6 +265,7 @@ class OccupancyBulk:
     def finish(self, cur: psycopg.Cursor[Any]) -> None:
         _store_minutes(cur, self._version, self._minutes)
         _store_counters(cur, self._version, self._counters)
+        _store_peaks(cur, self._version, self._minutes)
 
 
 _PRESENCE_TYPES: Final = [
@@ -315,6 +329,7 @@ def _count(
         minute = change.at.replace(second=0, microsecond=0)
         counts = write.minutes.setdefault((slug, minute), [0, 0])
         counts[0 if change.delta > 0 else 1] += sign
+        counters["entries" if change.delta > 0 else "exits"] += sign
 
 
 def _store_presence(
@@ -412,20 +427,61 @@ def _store_minutes(
 def _store_counters(
     cur: psycopg.Cursor[Any], version: Version, counters: dict[str, dict[str, int]]
 ) -> None:
-    names = ("inside_now", *_COUNTERS, "ever_inside")
-    rows = [(slug, *(values.get(name, 0) for name in names)) for slug, values in counters.items()]
+    rows = [(slug, *(values.get(name, 0) for name in _SUMS)) for slug, values in counters.items()]
     cur.executemany(
         sql.SQL(
             "INSERT INTO {0} AS t (slug, {1}) VALUES (%s, {2}) ON CONFLICT (slug) DO UPDATE SET {3}"
         ).format(
             version.table("occupancy"),
-            sql.SQL(", ").join(map(sql.Identifier, names)),
-            sql.SQL(", ").join(sql.Placeholder() for _ in names),
+            sql.SQL(", ").join(map(sql.Identifier, _SUMS)),
+            sql.SQL(", ").join(sql.Placeholder() for _ in _SUMS),
             sql.SQL(", ").join(
-                sql.SQL("{0} = t.{0} + excluded.{0}").format(sql.Identifier(name)) for name in names
+                sql.SQL("{0} = t.{0} + excluded.{0}").format(sql.Identifier(name)) for name in _SUMS
             ),
         ),
         rows,
+    )
+
+
+def _store_peaks(
+    cur: psycopg.Cursor[Any], version: Version, minutes: dict[tuple[str, datetime], list[int]]
+) -> None:
+    """Set the peak of the JTE events whose minutes were just written (after their counters:
+    a late or removed change can lower it, so it is found again, not added to)."""
+    slugs = sorted({slug for slug, _ in minutes})
+    if slugs:
+        cur.execute(_set_peaks(version, sql.SQL("unnest(%b::text[])")), (slugs,))
+
+
+def _set_peaks(version: Version, slugs: sql.Composable) -> sql.Composed:
+    """Set the counters rows' peak and peak_at by peak_query, for the JTE events `slugs` (a
+    relation of one column) lists: 0 and null for an event nobody was ever inside."""
+    return sql.SQL(
+        "UPDATE {} o SET peak = coalesce(p.peak, 0), peak_at = p.peak_at FROM {} AS k(slug) "
+        "LEFT JOIN LATERAL ({}) p ON true WHERE o.slug = k.slug"
+    ).format(version.table("occupancy"), slugs, peak_query(version, sql.SQL("k.slug")))
+
+
+def _migrate_counters(version: Version) -> sql.Composed:
+    """Give a version made before the counters row kept entries, exits and the peak those
+    columns, with their values from its minutes; a no-op on any other (idempotent)."""
+    table, minutes = version.table("occupancy"), version.table("occupancy_minutes")
+    names = [column.split()[0] for column in _ADDED_COLUMNS]
+    return sql.SQL(
+        "DO $do$ BEGIN IF (SELECT count(*) FROM pg_attribute WHERE attrelid = {regclass}::regclass "
+        "AND attname = ANY({names}) AND NOT attisdropped) < {count} THEN "
+        "ALTER TABLE {table} {add}; "
+        "UPDATE {table} o SET entries = m.entered, exits = m.exited FROM (SELECT slug, "
+        "sum(entered) AS entered, sum(exited) AS exited FROM {minutes} GROUP BY slug) m "
+        "WHERE o.slug = m.slug; {peaks}; END IF; END $do$"
+    ).format(
+        regclass=sql.Literal(f"{VIEWS_SCHEMA}.occupancy_v{version.version}"),
+        names=sql.Literal(names),
+        count=sql.Literal(len(names)),
+        table=table,
+        add=sql.SQL(", ".join(f"ADD COLUMN IF NOT EXISTS {c}" for c in _ADDED_COLUMNS)),
+        minutes=minutes,
+        peaks=_set_peaks(version, sql.SQL("(SELECT slug FROM {})").format(table)),
     )
 
 
@@ -529,17 +585,27 @@ async def _live(pool: asyncpg.Pool) -> int | None:
     return None if version is None else int(version)
 
 
+_NOW_COLUMNS: Final = (
+    "inside_now, peak, peak_at, check_ins, check_outs, repeated_check_ins, stray_check_outs, "
+    "unique_attendees_inside"
+)
+_NOW: Final = f"SELECT {_NOW_COLUMNS}, entries, exits FROM {_OCCUPANCY} WHERE event = $1"
+# The same over `analytics.occupancy` as the previous release published it (no entries, exits).
+_NOW_BEFORE: Final = (
+    f"SELECT {_NOW_COLUMNS}, (SELECT coalesce(sum(entered), 0) FROM {_TIMELINE} t "
+    "WHERE t.event = o.event) AS entries, (SELECT coalesce(sum(exited), 0) "
+    f"FROM {_TIMELINE} t WHERE t.event = o.event) AS exits FROM {_OCCUPANCY} o WHERE o.event = $1"
+)
+
+
 async def now(pool: asyncpg.Pool, slug: str) -> Occupancy:
-    """Inside now, the peak and when, stays started and ended, and the delivery counts."""
-    row = await pool.fetchrow(
-        "SELECT o.inside_now, o.peak, o.peak_at, o.check_ins, o.check_outs, "
-        "o.repeated_check_ins, o.stray_check_outs, o.unique_attendees_inside, "
-        f"(SELECT coalesce(sum(entered), 0) FROM {_TIMELINE} t "
-        "WHERE t.event = o.event) AS entries, (SELECT coalesce(sum(exited), 0) "
-        f"FROM {_TIMELINE} t WHERE t.event = o.event) AS exits "
-        f"FROM {_OCCUPANCY} o WHERE o.event = $1",
-        slug,
-    )
+    """Inside now, the peak and when, stays started and ended, and the delivery counts: one
+    row of the counters table."""
+    try:
+        row = await pool.fetchrow(_NOW, slug)
+    except asyncpg.UndefinedColumnError:
+        # Served before the runner's start (ensure_views) migrated the live version.
+        row = await pool.fetchrow(_NOW_BEFORE, slug)
     if row is None:
         return _nobody(slug)
     return Occupancy(

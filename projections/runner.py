@@ -75,18 +75,32 @@ def ensure_views(database_url: str) -> ViewTracking:
                 # IF NOT EXISTS: a no-op unless this release added an index to a live view.
                 for statement in VIEWS[name].indexes(live):
                     conn.execute(statement)
-                # Nor this, unless this release added an analytics view (roster_search).
+                # Nor this, unless this release added an analytics view (roster_search) or
+                # changed one's columns (occupancy's entries and exits).
                 published = VIEWS[name].analytics(live)
-                if any(_missing(conn, ANALYTICS, view) for view, _ in published):
+                if any(_outdated(conn, ANALYTICS, view, select) for view, select in published):
                     publish_views(conn, ANALYTICS, published)
         tracking = view_tracking(database_url)
         tracking.ensure_table(conn)
     return tracking
 
 
-def _missing(conn: psycopg.Connection[Any], schema: str, name: str) -> bool:
-    row = conn.execute("SELECT to_regclass(%s)", (f"{schema}.{name}",)).fetchone()
-    return row is None or row[0] is None
+def _outdated(conn: psycopg.Connection[Any], schema: str, name: str, select: sql.Composed) -> bool:
+    """Whether view `schema.name` is missing or has other columns than `select` gives."""
+    row = conn.execute(
+        "SELECT array(SELECT attname::text FROM pg_attribute WHERE attrelid = to_regclass(%s) "
+        "AND attnum > 0 AND NOT attisdropped ORDER BY attnum)",
+        (f"{schema}.{name}",),
+    ).fetchone()
+    published = row[0] if row else []
+    try:
+        with conn.transaction():
+            cur = conn.execute(sql.SQL("SELECT * FROM ({}) q LIMIT 0").format(select))
+    except psycopg.errors.UndefinedColumn:
+        # A live version older than the select (a roster search table without `folded`):
+        # it stays as published until a rebuild replaces it.
+        return not published
+    return [column.name for column in cur.description or []] != published
 
 
 class Runner:

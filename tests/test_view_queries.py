@@ -34,7 +34,7 @@ EVENT = EventConfig(slug=SLUG, secrets=("unused: nothing is verified here",))
 
 
 def recorded(event: AttendeeEvent) -> DeliveryRecorded:
-    """The delivery JTE would have sent for `event`, as intake keeps it."""
+    """The delivery JTE would have sent for `event`, as intake keeps it (for its JTE event)."""
     body = msgspec.json.encode(
         {
             "event": event.event_type,
@@ -43,7 +43,8 @@ def recorded(event: AttendeeEvent) -> DeliveryRecorded:
             "attendee": event.attendee,
         }
     )
-    return delivery_record(EVENT, {"content-type": b"application/json"}, body, "token")
+    config = msgspec.structs.replace(EVENT, slug=event.slug)
+    return delivery_record(config, {"content-type": b"application/json"}, body, "token")
 
 
 @pytest.fixture
