@@ -136,3 +136,23 @@ async def test_a_search_matches_any_case_through_the_folded_text_and_without_it(
         assert {q: await found(q) for q in folded} == folded
     finally:
         await pool.close()
+
+
+def test_a_live_roster_loses_the_wide_search_index_on_start(database_url: str) -> None:
+    append(database_url, [delivery(attendee_id=f"g-{n}") for n in range(5)])
+    Runner(database_url, SOURCE).catch_up()
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        version = live_version(conn, "roster")
+        assert version is not None
+        name = f"roster_v{version.version}_search"
+        # As an earlier release left it: a trigram index on the wide roster's search text.
+        conn.execute(
+            sql.SQL("CREATE INDEX {} ON {} USING gin (({}) gin_trgm_ops)").format(
+                sql.Identifier(name), version.table("roster"), sql.SQL(roster.SEARCH_TEXT)
+            )
+        )
+        ensure_views(database_url)
+        row = conn.execute("SELECT to_regclass(%s)", (f"rollcall_views.{name}",)).fetchone()
+        assert row is not None and row[0] is None
+    expected, found = search_rows(database_url)
+    assert len(found) == 5 and found == expected
