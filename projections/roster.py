@@ -142,6 +142,11 @@ class RosterView:
                 name=sql.Identifier(f"roster_search_v{version.version}_trgm"),
                 table=version.table("roster_search"),
             ),
+            # A search's page first walks the name order here, after the table is filled.
+            sql.SQL("CREATE INDEX IF NOT EXISTS {} ON {} (slug, k1, k2, attendee_id)").format(
+                sql.Identifier(f"roster_search_v{version.version}_name"),
+                version.table("roster_search"),
+            ),
         ]
 
     def analytics(self, version: Version) -> list[tuple[str, sql.Composed]]:
@@ -685,12 +690,15 @@ def _narrow_searched_page(where: str, limit_arg: int) -> str:
     finds every match, a top-N sort orders them), then only the page's roster rows.
 
     The roster table itself is ~2 kB a row: collecting a common surname's matches there read
-    thousands of wide rows; the search table's rows are ~20 times narrower."""
+    thousands of wide rows; the search table's rows are ~20 times narrower. The matches are
+    collected apart from the order: given both, the planner walks the name index instead and
+    filters row by row (85 ms for "Nowak", whose first match is the 58,484th name)."""
     return (
-        f"WITH page AS MATERIALIZED (SELECT attendee_id AS hit_id, k1, k2 FROM {_SEARCH} "
-        f"WHERE {where} ORDER BY k1, k2, attendee_id LIMIT ${limit_arg}) "
-        f"SELECT {_ATTENDEE_COLUMNS}, page.k1, page.k2 FROM page JOIN {_ROSTER} r "
-        "ON r.event = $1 AND r.attendee_id = page.hit_id ORDER BY page.k1, page.k2, page.hit_id"
+        f"WITH hits AS MATERIALIZED (SELECT attendee_id AS hit_id, k1, k2 FROM {_SEARCH} "
+        f"WHERE {where}), page AS (SELECT * FROM hits ORDER BY k1, k2, hit_id "
+        f"LIMIT ${limit_arg}) SELECT {_ATTENDEE_COLUMNS}, page.k1, page.k2 FROM page "
+        f"JOIN {_ROSTER} r ON r.event = $1 AND r.attendee_id = page.hit_id "
+        "ORDER BY page.k1, page.k2, page.hit_id"
     )
 
 
