@@ -9,8 +9,9 @@ import pytest
 from psycopg import sql
 
 from projections import roster
+from projections.rebuild import rebuild
 from projections.runner import Runner, ensure_views
-from projections.schema import live_version
+from projections.schema import VIEWS_SCHEMA, live_version
 from service.eventstore.source import SOURCE
 from service.eventstore.store import DeliveryStore
 from tests.helpers import delivery, recorded
@@ -156,3 +157,40 @@ def test_a_live_roster_loses_the_wide_search_index_on_start(database_url: str) -
         assert row is not None and row[0] is None
     expected, found = search_rows(database_url)
     assert len(found) == 5 and found == expected
+
+
+def name_index(database_url: str) -> str | None:
+    """The definition of the live search table's name-order index, if it has one."""
+    with psycopg.connect(database_url) as conn:
+        version = live_version(conn, "roster")
+        assert version is not None
+        row = conn.execute(
+            "SELECT indexdef FROM pg_indexes WHERE schemaname = %s AND indexname = %s",
+            (VIEWS_SCHEMA, f"roster_search_v{version.version}_name"),
+        ).fetchone()
+    return None if row is None else str(row[0])
+
+
+def test_a_live_search_table_made_before_the_name_index_gets_it_on_start(
+    database_url: str,
+) -> None:
+    append(database_url, [delivery(attendee_id=f"n-{n}") for n in range(5)])
+    Runner(database_url, SOURCE).catch_up()
+    made = name_index(database_url)
+    assert made is not None and made.endswith("USING btree (slug, k1, k2, attendee_id)")
+    with psycopg.connect(database_url) as conn:
+        version = live_version(conn, "roster")
+        assert version is not None
+        # As the previous release left it: the search table, but no name index.
+        conn.execute(
+            sql.SQL("DROP INDEX {}").format(
+                sql.Identifier(VIEWS_SCHEMA, f"roster_search_v{version.version}_name")
+            )
+        )
+    assert name_index(database_url) is None
+    ensure_views(database_url)
+    assert name_index(database_url) == made
+    # A bulk rebuild makes it on the new version too (after filling the table).
+    rebuild(database_url, ["roster"], SOURCE)
+    rebuilt = name_index(database_url)
+    assert rebuilt is not None and rebuilt.endswith("USING btree (slug, k1, k2, attendee_id)")
