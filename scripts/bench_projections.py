@@ -77,9 +77,10 @@ def main() -> int:
 def _run(args: argparse.Namespace, work: Path, server_url: str) -> int:
     if args.lag_only:
         lags = _live_lag(server_url, work, args.lag_seconds, args.rate)
-        flat_out = _live_lag(server_url, work, _FLAT_OUT_SECONDS, args.max_rate)
         _print_lag(lags, args)
-        _print_lag(flat_out, args, args.max_rate, _FLAT_OUT_SECONDS)
+        if args.max_rate:
+            flat_out = _live_lag(server_url, work, _FLAT_OUT_SECONDS, args.max_rate)
+            _print_lag(flat_out, args, args.max_rate, _FLAT_OUT_SECONDS)
         return 0
     database_url = new_database(server_url, "bench_projections")
     print(f"appending {args.events:,} simulator deliveries, rebuilding at each stage\n")
@@ -114,7 +115,10 @@ def _arguments() -> argparse.Namespace:
     parser.add_argument("--lag-seconds", type=int, default=20, help="length of the lag test")
     parser.add_argument("--lag-only", action="store_true", help="only the live-lag test")
     parser.add_argument(
-        "--max-rate", type=int, default=8000, help="deliveries/s asked in the flat-out lag test"
+        "--max-rate",
+        type=int,
+        default=8000,
+        help="deliveries/s asked in the flat-out lag test (0: none, with --lag-only)",
     )
     return parser.parse_args()
 
