@@ -11,6 +11,7 @@ import tempfile
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
+import asyncpg
 import pytest
 from hypothesis import HealthCheck, settings
 
@@ -171,3 +172,13 @@ def start_service(
 async def service(start_service: Callable[..., RunningService]) -> AsyncIterator[RunningService]:
     """rollcall with the quick-start configuration: one `default` event, token-or-HMAC."""
     yield start_service()
+
+
+@pytest.fixture
+async def pool(database_url: str) -> AsyncIterator[asyncpg.Pool]:
+    """A small asyncpg pool on the test database, as the analyst API reads it."""
+    connections = await asyncpg.create_pool(database_url, min_size=1, max_size=2)
+    try:
+        yield connections
+    finally:
+        await connections.close()

@@ -8,13 +8,11 @@ a bulk rebuild, and in a live version of the previous release's shape once migra
 from __future__ import annotations
 
 import random
-from collections.abc import AsyncIterator
 from datetime import datetime
 from typing import Any
 
 import asyncpg
 import psycopg
-import pytest
 from psycopg import sql
 
 from domain.events import CHECKED_IN, CHECKED_OUT, DELETED, AttendeeEvent
@@ -121,15 +119,6 @@ def _live(conn: psycopg.Connection[Any]) -> Version:
     version = live_version(conn, "occupancy")
     assert version is not None
     return version
-
-
-@pytest.fixture
-async def pool(database_url: str) -> AsyncIterator[asyncpg.Pool]:
-    connections = await asyncpg.create_pool(database_url, min_size=1, max_size=2)
-    try:
-        yield connections
-    finally:
-        await connections.close()
 
 
 async def answers(pool: asyncpg.Pool) -> dict[str, occupancy.Occupancy]:

@@ -9,7 +9,7 @@ by the real runner, and the serving queries must answer what the model answers.
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from datetime import timedelta
 from decimal import Decimal
 
@@ -60,15 +60,6 @@ def views_of(database_url: str) -> Callable[[list[AttendeeEvent]], None]:
         Runner(database_url, SOURCE).catch_up()
 
     return apply
-
-
-@pytest.fixture
-async def pool(database_url: str) -> AsyncIterator[asyncpg.Pool]:
-    connections = await asyncpg.create_pool(database_url, min_size=1, max_size=2)
-    try:
-        yield connections
-    finally:
-        await connections.close()
 
 
 async def test_occupancy_at_any_instant_and_its_peak_are_the_models(
