@@ -125,9 +125,10 @@ class OccupancyView:
             sql.SQL("CREATE INDEX IF NOT EXISTS {} ON {} (slug, last_in_at DESC)").format(
                 sql.Identifier(f"presence_v{version.version}_last_in"), version.table("presence")
             ),
-            # Not an index: run with them at every start, it migrates a live version made before.
-            _migrate_counters(version),
         ]
+
+    def migrations(self, version: Version) -> list[sql.Composed]:
+        return [_migrate_counters(version)]
 
     def analytics(self, version: Version) -> list[tuple[str, sql.Composed]]:
         return [

@@ -58,6 +58,9 @@ class OccurrencesView:
             )
         ]
 
+    def migrations(self, version: Version) -> list[sql.Composed]:
+        return []
+
     def analytics(self, version: Version) -> list[tuple[str, sql.Composed]]:
         return [
             (

@@ -205,10 +205,13 @@ def _resume_or_create(conn: psycopg.Connection[Any], view: str) -> Version:
     """An interrupted build of this view if there is one, else a new version."""
     unfinished = [v for v in versions(conn, view) if v.state == "building"]
     resumable = [v for v in unfinished if as_of(conn, v) is None]
-    if resumable:
-        return resumable[-1]
     with conn.transaction():
-        return create_version(conn, view, "building", VIEWS[view].ddl)
+        if not resumable:
+            return create_version(conn, view, "building", VIEWS[view].ddl)
+        # An earlier release may have begun it: its batches from here write this release's rows.
+        for statement in VIEWS[view].migrations(resumable[-1]):
+            conn.execute(statement)
+        return resumable[-1]
 
 
 class _Build:

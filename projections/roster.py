@@ -157,6 +157,9 @@ class RosterView:
             ),
         ]
 
+    def migrations(self, version: Version) -> list[sql.Composed]:
+        return []
+
     def analytics(self, version: Version) -> list[tuple[str, sql.Composed]]:
         select = sql.SQL(
             "SELECT slug AS event, attendee_id, status, email, first_name, last_name, role, "

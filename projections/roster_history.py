@@ -76,6 +76,9 @@ class RosterHistoryView:
             )
         ]
 
+    def migrations(self, version: Version) -> list[sql.Composed]:
+        return []
+
     def analytics(self, version: Version) -> list[tuple[str, sql.Composed]]:
         select = sql.SQL(
             "SELECT slug AS event, attendee_id, valid_from, valid_to, status, email, first_name, "

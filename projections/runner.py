@@ -72,8 +72,8 @@ def ensure_views(database_url: str) -> ViewTracking:
                         conn.execute(statement)
                     publish_views(conn, ANALYTICS, VIEWS[name].analytics(version))
             else:
-                # IF NOT EXISTS: a no-op unless this release added an index to a live view.
-                for statement in VIEWS[name].indexes(live):
+                # Both no-ops unless this release changed the view's tables or added an index.
+                for statement in VIEWS[name].migrations(live) + VIEWS[name].indexes(live):
                     conn.execute(statement)
                 # Nor this, unless this release added an analytics view (roster_search) or
                 # changed one's columns (occupancy's entries and exits).

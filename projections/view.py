@@ -38,6 +38,11 @@ class View(Protocol):
         """Indexes for readers: created with a live version, or once a rebuild has filled one."""
         ...
 
+    def migrations(self, version: Version) -> list[sql.Composed]:
+        """What brings a version an earlier release made to this release's tables (idempotent):
+        run before a live version is used and before an interrupted build resumes."""
+        ...
+
     def analytics(self, version: Version) -> list[tuple[str, sql.Composed]]:
         """The `analytics` schema's SQL views over this version, by name."""
         ...

@@ -2,7 +2,8 @@
 
 "Occupancy now" reads them from one row; they must stay what the window queries over the
 minutes computed before, batch after batch (late check-outs and deletions lower the peak), in
-a bulk rebuild, and in a live version of the previous release's shape once migrated at start.
+a bulk rebuild, and in a version of the previous release's shape once migrated: a live one at
+start, an interrupted build when it resumes.
 """
 
 from __future__ import annotations
@@ -13,13 +14,15 @@ from typing import Any
 
 import asyncpg
 import psycopg
+import pytest
 from psycopg import sql
 
 from domain.events import CHECKED_IN, CHECKED_OUT, DELETED, AttendeeEvent
 from projections import occupancy
 from projections.rebuild import rebuild
+from projections.registry import VIEWS
 from projections.runner import Runner, ensure_views
-from projections.schema import ANALYTICS, Version, live_version
+from projections.schema import ANALYTICS, Version, create_version, live_version
 from service.eventstore.source import SOURCE
 from service.eventstore.store import DeliveryStore
 from tests.events_factory import SLUG, all_changes, at, make_event
@@ -148,12 +151,18 @@ async def test_live_batches_and_a_bulk_rebuild_keep_the_window_queries_answers(
         assert stored(conn) == windowed(conn) == live
 
 
+def _previous_tables(conn: psycopg.Connection[Any], version: Version) -> None:
+    """Leave `version`'s counters table as the previous release made it."""
+    table = version.table("occupancy")
+    for column in ("entries", "exits", "peak", "peak_at"):
+        conn.execute(sql.SQL("ALTER TABLE {} DROP COLUMN {}").format(table, sql.Identifier(column)))
+
+
 def _previous_release(conn: psycopg.Connection[Any], version: Version) -> None:
     """Leave `version` and `analytics.occupancy` as the previous release made them."""
     table = version.table("occupancy")
     conn.execute(sql.SQL("DROP VIEW {}").format(sql.Identifier(ANALYTICS, occupancy.OCCUPANCY)))
-    for column in ("entries", "exits", "peak", "peak_at"):
-        conn.execute(sql.SQL("ALTER TABLE {} DROP COLUMN {}").format(table, sql.Identifier(column)))
+    _previous_tables(conn, version)
     conn.execute(
         sql.SQL(
             "CREATE VIEW {} AS SELECT s.slug AS event, s.inside_now, coalesce(p.peak, 0) AS peak, "
@@ -204,3 +213,21 @@ async def test_a_live_version_of_the_previous_shape_is_migrated_at_start(
         applied += batch
     with psycopg.connect(database_url) as conn:
         assert stored(conn) == windowed(conn) == model(applied)
+
+
+@pytest.mark.parametrize("engine", ["bulk", "batches"])
+def test_an_interrupted_build_of_the_previous_shape_is_migrated_when_it_resumes(
+    database_url: str, engine: str
+) -> None:
+    applied = [event for batch in batches() for event in batch]
+    apply(database_url, applied)
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        live = stored(conn)
+        # A build the previous release began and was interrupted in, before its first batch.
+        with conn.transaction():
+            building = create_version(conn, "occupancy", "building", VIEWS["occupancy"].ddl)
+        _previous_tables(conn, building)
+    (built,) = rebuild(database_url, ["occupancy"], SOURCE, engine=engine)  # type: ignore[arg-type]
+    assert built.version == building.version, "the rerun resumes the interrupted build"
+    with psycopg.connect(database_url) as conn:
+        assert stored(conn) == windowed(conn) == live == model(applied)
