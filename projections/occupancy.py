@@ -19,6 +19,7 @@ import itertools
 from collections import Counter, defaultdict
 from collections.abc import Sequence
 from datetime import date, datetime
+from functools import lru_cache
 from typing import Any, Final
 
 import asyncpg
@@ -30,7 +31,7 @@ from domain.events import AttendeeEvent
 from domain.presence import MOVE_TYPES, Change, Moves, add, changes, is_move, presence
 from domain.presence import Presence as PresenceState
 from projections.columns import text
-from projections.copying import copy_rows
+from projections.copying import copy_into, copy_rows
 from projections.roster import ROSTER
 from projections.schema import ANALYTICS, INTERNAL, VIEW_VERSIONS, VIEWS_SCHEMA, Version
 from projections.view import Key, Poison
@@ -170,11 +171,7 @@ class OccupancyView:
         if not keys:
             return {}
         rows = cur.execute(
-            sql.SQL(
-                "SELECT p.moves FROM {} p JOIN unnest(%b::text[], %b::text[]) "
-                "AS k(slug, attendee_id) USING (slug, attendee_id)"
-            ).format(version.table("presence")),
-            ([k[0] for k in keys], [k[1] for k in keys]),
+            _statements(version).load, ([k[0] for k in keys], [k[1] for k in keys])
         ).fetchall()
         loaded = (_decode(row[0]) for row in rows)
         return {(m.slug, m.attendee_id): m for m in loaded}
@@ -226,6 +223,10 @@ class OccupancyBulk:
 
     def __init__(self, version: Version) -> None:
         self._version = version
+        self._presence = copy_into(version.table("presence"), None, _PRESENCE_TYPES)
+        self._changes = copy_into(
+            version.table("occupancy_changes"), None, ["text", "text", "timestamptz", "int2"]
+        )
         self._minutes: dict[tuple[str, datetime], list[int]] = {}
         self._counters: dict[str, dict[str, int]] = {}
 
@@ -233,18 +234,12 @@ class OccupancyBulk:
         if write.rewritten:
             raise ValueError("a bulk fold starts every attendee from nothing")
         presences = (_presence_row(moves, p) for moves, p in write.presences)
-        copy_rows(cur, self._version.table("presence"), None, _PRESENCE_TYPES, presences)
+        copy_rows(cur, self._presence, presences)
         changes = (
             (slug, attendee_id, change.at, change.delta)
             for (slug, attendee_id), change in write.new_changes
         )
-        copy_rows(
-            cur,
-            self._version.table("occupancy_changes"),
-            None,
-            ["text", "text", "timestamptz", "int2"],
-            changes,
-        )
+        copy_rows(cur, self._changes, changes)
         self.absorb((write.minutes, write.counters))
 
     def totals(self) -> tuple[dict[tuple[str, datetime], list[int]], dict[str, dict[str, int]]]:
@@ -337,20 +332,7 @@ def _store_presence(
     cur: psycopg.Cursor[Any], version: Version, rows: list[tuple[Moves, PresenceState]]
 ) -> None:
     columns = list(zip(*(_presence_row(moves, p) for moves, p in rows), strict=True))
-    cur.execute(
-        sql.SQL(
-            "INSERT INTO {} SELECT * FROM unnest(%b::text[], %b::text[], %b::boolean[], "
-            "%b::timestamptz[], %b::integer[], %b::integer[], %b::integer[], %b::integer[], "
-            "%b::timestamptz[], %b::timestamptz[], %b::timestamptz[], %b::bytea[]) "
-            "ON CONFLICT (slug, attendee_id) DO UPDATE SET inside = excluded.inside, "
-            "entered_at = excluded.entered_at, check_ins = excluded.check_ins, "
-            "check_outs = excluded.check_outs, repeated_check_ins = excluded.repeated_check_ins, "
-            "stray_check_outs = excluded.stray_check_outs, first_in_at = excluded.first_in_at, "
-            "last_in_at = excluded.last_in_at, last_out_at = excluded.last_out_at, "
-            "moves = excluded.moves"
-        ).format(version.table("presence")),
-        [list(column) for column in columns],
-    )
+    cur.execute(_statements(version).store_presence, [list(column) for column in columns])
 
 
 def _store_changes(
@@ -359,21 +341,15 @@ def _store_changes(
     rewritten: list[Key],
     new_changes: list[tuple[Key, Change]],
 ) -> None:
-    table = version.table("occupancy_changes")
+    statements = _statements(version)
     if rewritten:
         cur.execute(
-            sql.SQL(
-                "DELETE FROM {} c USING unnest(%b::text[], %b::text[]) AS k(slug, attendee_id) "
-                "WHERE c.slug = k.slug AND c.attendee_id = k.attendee_id"
-            ).format(table),
+            statements.delete_changes,
             ([k[0] for k in rewritten], [k[1] for k in rewritten]),
         )
     if new_changes:
         cur.execute(
-            sql.SQL(
-                "INSERT INTO {} SELECT * FROM unnest(%b::text[], %b::text[], %b::timestamptz[], "
-                "%b::smallint[])"
-            ).format(table),
+            statements.add_changes,
             (
                 [k[0] for k, _ in new_changes],
                 [k[1] for k, _ in new_changes],
@@ -390,58 +366,20 @@ def _store_minutes(
         return
     slugs = [k[0] for k in minutes]
     starts = [k[1] for k in minutes]
-    table = version.table("occupancy_minutes")
+    statements = _statements(version)
     cur.execute(
-        sql.SQL(
-            "INSERT INTO {0} AS t (slug, minute, entered, exited) SELECT * FROM "
-            "unnest(%b::text[], %b::timestamptz[], %b::integer[], %b::integer[]) "
-            "ON CONFLICT (slug, minute) DO UPDATE "
-            "SET entered = t.entered + excluded.entered, exited = t.exited + excluded.exited"
-        ).format(table),
+        statements.add_minutes,
         (slugs, starts, [v[0] for v in minutes.values()], [v[1] for v in minutes.values()]),
     )
-    # A late change can empty a minute; an empty minute is no row, as in a fresh build.
-    cur.execute(
-        sql.SQL(
-            "DELETE FROM {} m USING unnest(%b::text[], %b::timestamptz[]) AS k(slug, minute) "
-            "WHERE m.slug = k.slug AND m.minute = k.minute AND m.entered = 0 AND m.exited = 0"
-        ).format(table),
-        (slugs, starts),
-    )
-    # The highest count within each touched minute, from its exact changes in step order.
-    cur.execute(
-        sql.SQL(
-            "WITH touched AS (SELECT * FROM unnest(%b::text[], %b::timestamptz[]) "
-            "AS t(slug, minute)), steps AS (SELECT t.slug, t.minute, c.at, sum(c.delta) OVER "
-            f"(PARTITION BY t.slug, t.minute ORDER BY {_STEP_ORDER} ROWS UNBOUNDED PRECEDING) "
-            "AS running FROM touched t JOIN {1} c ON c.slug = t.slug AND c.at >= t.minute "
-            "AND c.at < t.minute + interval '1 minute'), best AS (SELECT DISTINCT ON "
-            "(slug, minute) slug, minute, running, at FROM steps "
-            "ORDER BY slug, minute, running DESC, at) "
-            "UPDATE {0} m SET max_prefix = b.running, max_prefix_at = b.at FROM best b "
-            "WHERE m.slug = b.slug AND m.minute = b.minute"
-        ).format(table, version.table("occupancy_changes")),
-        (slugs, starts),
-    )
+    cur.execute(statements.drop_empty_minutes, (slugs, starts))
+    cur.execute(statements.set_minute_maxima, (slugs, starts))
 
 
 def _store_counters(
     cur: psycopg.Cursor[Any], version: Version, counters: dict[str, dict[str, int]]
 ) -> None:
     rows = [(slug, *(values.get(name, 0) for name in _SUMS)) for slug, values in counters.items()]
-    cur.executemany(
-        sql.SQL(
-            "INSERT INTO {0} AS t (slug, {1}) VALUES (%s, {2}) ON CONFLICT (slug) DO UPDATE SET {3}"
-        ).format(
-            version.table("occupancy"),
-            sql.SQL(", ").join(map(sql.Identifier, _SUMS)),
-            sql.SQL(", ").join(sql.Placeholder() for _ in _SUMS),
-            sql.SQL(", ").join(
-                sql.SQL("{0} = t.{0} + excluded.{0}").format(sql.Identifier(name)) for name in _SUMS
-            ),
-        ),
-        rows,
-    )
+    cur.executemany(_statements(version).add_counters, rows)
 
 
 def _store_peaks(
@@ -451,7 +389,87 @@ def _store_peaks(
     a late or removed change can lower it, so it is found again, not added to)."""
     slugs = sorted({slug for slug, _ in minutes})
     if slugs:
-        cur.execute(_set_peaks(version, sql.SQL("unnest(%b::text[])")), (slugs,))
+        cur.execute(_statements(version).set_peaks, (slugs,))
+
+
+class _Statements(msgspec.Struct, frozen=True):
+    """What a live batch sends for one occupancy version, rendered once."""
+
+    load: bytes
+    store_presence: bytes
+    delete_changes: bytes
+    add_changes: bytes
+    add_minutes: bytes
+    drop_empty_minutes: bytes
+    set_minute_maxima: bytes
+    add_counters: bytes
+    set_peaks: bytes
+
+
+@lru_cache(maxsize=16)
+def _statements(version: Version) -> _Statements:
+    presence, changes = version.table("presence"), version.table("occupancy_changes")
+    minutes, counters = version.table("occupancy_minutes"), version.table("occupancy")
+    statements = dict(
+        load=sql.SQL(
+            "SELECT p.moves FROM {} p JOIN unnest(%b::text[], %b::text[]) "
+            "AS k(slug, attendee_id) USING (slug, attendee_id)"
+        ).format(presence),
+        store_presence=sql.SQL(
+            "INSERT INTO {} SELECT * FROM unnest(%b::text[], %b::text[], %b::boolean[], "
+            "%b::timestamptz[], %b::integer[], %b::integer[], %b::integer[], %b::integer[], "
+            "%b::timestamptz[], %b::timestamptz[], %b::timestamptz[], %b::bytea[]) "
+            "ON CONFLICT (slug, attendee_id) DO UPDATE SET inside = excluded.inside, "
+            "entered_at = excluded.entered_at, check_ins = excluded.check_ins, "
+            "check_outs = excluded.check_outs, repeated_check_ins = excluded.repeated_check_ins, "
+            "stray_check_outs = excluded.stray_check_outs, first_in_at = excluded.first_in_at, "
+            "last_in_at = excluded.last_in_at, last_out_at = excluded.last_out_at, "
+            "moves = excluded.moves"
+        ).format(presence),
+        delete_changes=sql.SQL(
+            "DELETE FROM {} c USING unnest(%b::text[], %b::text[]) AS k(slug, attendee_id) "
+            "WHERE c.slug = k.slug AND c.attendee_id = k.attendee_id"
+        ).format(changes),
+        add_changes=sql.SQL(
+            "INSERT INTO {} SELECT * FROM unnest(%b::text[], %b::text[], %b::timestamptz[], "
+            "%b::smallint[])"
+        ).format(changes),
+        add_minutes=sql.SQL(
+            "INSERT INTO {0} AS t (slug, minute, entered, exited) SELECT * FROM "
+            "unnest(%b::text[], %b::timestamptz[], %b::integer[], %b::integer[]) "
+            "ON CONFLICT (slug, minute) DO UPDATE "
+            "SET entered = t.entered + excluded.entered, exited = t.exited + excluded.exited"
+        ).format(minutes),
+        # A late change can empty a minute; an empty minute is no row, as in a fresh build.
+        drop_empty_minutes=sql.SQL(
+            "DELETE FROM {} m USING unnest(%b::text[], %b::timestamptz[]) AS k(slug, minute) "
+            "WHERE m.slug = k.slug AND m.minute = k.minute AND m.entered = 0 AND m.exited = 0"
+        ).format(minutes),
+        # The highest count within each touched minute, from its exact changes in step order.
+        set_minute_maxima=sql.SQL(
+            "WITH touched AS (SELECT * FROM unnest(%b::text[], %b::timestamptz[]) "
+            "AS t(slug, minute)), steps AS (SELECT t.slug, t.minute, c.at, sum(c.delta) OVER "
+            f"(PARTITION BY t.slug, t.minute ORDER BY {_STEP_ORDER} ROWS UNBOUNDED PRECEDING) "
+            "AS running FROM touched t JOIN {1} c ON c.slug = t.slug AND c.at >= t.minute "
+            "AND c.at < t.minute + interval '1 minute'), best AS (SELECT DISTINCT ON "
+            "(slug, minute) slug, minute, running, at FROM steps "
+            "ORDER BY slug, minute, running DESC, at) "
+            "UPDATE {0} m SET max_prefix = b.running, max_prefix_at = b.at FROM best b "
+            "WHERE m.slug = b.slug AND m.minute = b.minute"
+        ).format(minutes, changes),
+        add_counters=sql.SQL(
+            "INSERT INTO {0} AS t (slug, {1}) VALUES (%s, {2}) ON CONFLICT (slug) DO UPDATE SET {3}"
+        ).format(
+            counters,
+            sql.SQL(", ").join(map(sql.Identifier, _SUMS)),
+            sql.SQL(", ").join(sql.Placeholder() for _ in _SUMS),
+            sql.SQL(", ").join(
+                sql.SQL("{0} = t.{0} + excluded.{0}").format(sql.Identifier(name)) for name in _SUMS
+            ),
+        ),
+        set_peaks=_set_peaks(version, sql.SQL("unnest(%b::text[])")),
+    )
+    return _Statements(**{name: s.as_bytes(None) for name, s in statements.items()})
 
 
 def _set_peaks(version: Version, slugs: sql.Composable) -> sql.Composed:

@@ -7,6 +7,7 @@ moment, then fold only those with the same pure folds as the live views.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from functools import lru_cache
 from typing import Any, Final
 
 import msgspec
@@ -15,7 +16,7 @@ from psycopg import sql
 
 from domain.events import AttendeeEvent
 from projections.columns import text
-from projections.copying import copy_rows
+from projections.copying import copy_into, copy_rows
 from projections.schema import Version
 from projections.view import Key, Poison, RowsOnly
 
@@ -87,10 +88,7 @@ class OccurrencesView:
         if not rows:
             return
         cur.execute(
-            sql.SQL(
-                "INSERT INTO {} SELECT * FROM unnest(%b::text[], %b::text[], %b::bigint[], "
-                "%b::text[], %b::timestamptz[]) ON CONFLICT DO NOTHING"
-            ).format(version.table("occurrences")),
+            _insert(version),
             (
                 [text(r.slug) for r in rows],
                 [text(r.attendee_id) for r in rows],
@@ -104,19 +102,34 @@ class OccurrencesView:
         return OccurrencesBulk(version)
 
 
+@lru_cache(maxsize=16)
+def _insert(version: Version) -> bytes:
+    """A live batch's insert, rendered once per version."""
+    return (
+        sql.SQL(
+            "INSERT INTO {} SELECT * FROM unnest(%b::text[], %b::text[], %b::bigint[], "
+            "%b::text[], %b::timestamptz[]) ON CONFLICT DO NOTHING"
+        )
+        .format(version.table("occurrences"))
+        .as_bytes(None)
+    )
+
+
 class OccurrencesBulk(RowsOnly):
     """A fresh index filled by a bulk rebuild: each delivery is folded once, so its row is
     new and can be streamed with COPY."""
 
     def __init__(self, version: Version) -> None:
-        self._version = version
+        self._copy = copy_into(
+            version.table("occurrences"),
+            ["slug", "attendee_id", "position", "event_type", "at"],
+            ["text", "text", "int8", "text", "timestamptz"],
+        )
 
     def add(self, cur: psycopg.Cursor[Any], write: list[Occurrence]) -> None:
         copy_rows(
             cur,
-            self._version.table("occurrences"),
-            ["slug", "attendee_id", "position", "event_type", "at"],
-            ["text", "text", "int8", "text", "timestamptz"],
+            self._copy,
             (
                 (text(r.slug), text(r.attendee_id), r.position, text(r.event_type), r.at)
                 for r in write

@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from datetime import date, datetime
 from decimal import Decimal
+from functools import lru_cache
 from typing import Any, Final
 
 import asyncpg
@@ -114,16 +115,7 @@ class PaymentsView:
         if not latest:
             return
         cur.execute(
-            sql.SQL(
-                "INSERT INTO {0} AS t SELECT * FROM unnest(%b::text[], %b::text[], %b::text[], "
-                "%b::numeric[], %b::text[], %b::text[], %b::text[], %b::timestamptz[], "
-                "%b::text[], %b::bigint[]) ON CONFLICT (slug, entry_key) DO UPDATE SET "
-                "attendee_id = excluded.attendee_id, amount = excluded.amount, "
-                "currency = excluded.currency, method = excluded.method, "
-                "reference = excluded.reference, paid_at = excluded.paid_at, "
-                "order_token = excluded.order_token, position = excluded.position "
-                "WHERE excluded.order_token > t.order_token"
-            ).format(version.table("payments")),
+            _record(version),
             (
                 [text(e.slug) for e in latest],
                 [text(e.entry_key) for e in latest],
@@ -140,6 +132,25 @@ class PaymentsView:
 
     def bulk(self, version: Version) -> PaymentsBulk:
         return PaymentsBulk(self, version)
+
+
+@lru_cache(maxsize=16)
+def _record(version: Version) -> bytes:
+    """A batch's upsert of confirmations, rendered once per version."""
+    return (
+        sql.SQL(
+            "INSERT INTO {0} AS t SELECT * FROM unnest(%b::text[], %b::text[], %b::text[], "
+            "%b::numeric[], %b::text[], %b::text[], %b::text[], %b::timestamptz[], "
+            "%b::text[], %b::bigint[]) ON CONFLICT (slug, entry_key) DO UPDATE SET "
+            "attendee_id = excluded.attendee_id, amount = excluded.amount, "
+            "currency = excluded.currency, method = excluded.method, "
+            "reference = excluded.reference, paid_at = excluded.paid_at, "
+            "order_token = excluded.order_token, position = excluded.position "
+            "WHERE excluded.order_token > t.order_token"
+        )
+        .format(version.table("payments"))
+        .as_bytes(None)
+    )
 
 
 class PaymentsBulk(RowsOnly):

@@ -7,6 +7,7 @@ import time
 from collections.abc import Sequence
 from datetime import datetime
 from decimal import Decimal
+from functools import lru_cache
 from typing import Any, Final, Literal
 
 import asyncpg
@@ -17,7 +18,7 @@ from psycopg import sql
 from domain.events import ERASED, AttendeeEvent
 from domain.roster import RosterEntry, apply, apply_owned, scrubbed
 from projections.columns import json_text, text
-from projections.copying import copy_rows, upsert_rows
+from projections.copying import Upsert, copy_into, copy_rows, upsert_into, upsert_rows
 from projections.schema import ANALYTICS, VIEWS_SCHEMA, Version
 from projections.view import Key, Poison, RowsOnly
 
@@ -222,10 +223,7 @@ class RosterView:
         _store(cur, version, write.entries)
         if write.deliveries:
             cur.execute(
-                sql.SQL(
-                    "INSERT INTO {} SELECT * FROM unnest(%b::text[], %b::text[], %b::bigint[]) "
-                    "ON CONFLICT DO NOTHING"
-                ).format(version.table("roster_deliveries")),
+                _statements(version).add_deliveries,
                 [list(column) for column in zip(*write.deliveries, strict=True)],
             )
 
@@ -238,19 +236,17 @@ class RosterBulk(RowsOnly):
     upsert: a bulk rebuild folds each attendee once)."""
 
     def __init__(self, version: Version) -> None:
-        self._version = version
-
-    def add(self, cur: psycopg.Cursor[Any], write: RosterWrite) -> None:
         # `fields` goes as text: json's binary input is its text.
-        rows = (_row(entry) for entry in write.entries)
-        copy_rows(cur, self._version.table("roster"), _NAMES, _STAGE_TYPES, rows)
-        copy_rows(
-            cur,
-            self._version.table("roster_deliveries"),
+        self._rows = copy_into(version.table("roster"), _NAMES, _STAGE_TYPES)
+        self._deliveries = copy_into(
+            version.table("roster_deliveries"),
             ["slug", "attendee_id", "position"],
             ["text", "text", "int8"],
-            write.deliveries,
         )
+
+    def add(self, cur: psycopg.Cursor[Any], write: RosterWrite) -> None:
+        copy_rows(cur, self._rows, (_row(entry) for entry in write.entries))
+        copy_rows(cur, self._deliveries, write.deliveries)
 
 
 # What a search reads, narrow (~100 bytes a row, against ~2 kB for the roster's with its fold
@@ -328,33 +324,54 @@ def _search_sync(version: Version) -> list[sql.Composed]:
     ]
 
 
+class _Statements(msgspec.Struct, frozen=True):
+    """What a live batch sends for one roster version, rendered once."""
+
+    load: bytes
+    store: Upsert
+    add_deliveries: bytes
+
+
+@lru_cache(maxsize=16)
+def _statements(version: Version) -> _Statements:
+    roster = version.table("roster")
+    return _Statements(
+        load=sql.SQL(
+            "SELECT r.state FROM {} r JOIN unnest(%b::text[], %b::text[]) AS k(slug, attendee_id) "
+            "USING (slug, attendee_id)"
+        )
+        .format(roster)
+        .as_bytes(None),
+        store=upsert_into(
+            roster,
+            stage=f"roster_v{version.version}_stage",
+            columns=_NAMES,
+            types=_STAGE_TYPES,
+            select=STAGE_SELECT,
+            key=["slug", "attendee_id"],
+        ),
+        add_deliveries=sql.SQL(
+            "INSERT INTO {} SELECT * FROM unnest(%b::text[], %b::text[], %b::bigint[]) "
+            "ON CONFLICT DO NOTHING"
+        )
+        .format(version.table("roster_deliveries"))
+        .as_bytes(None),
+    )
+
+
 def _load(cur: psycopg.Cursor[Any], version: Version, keys: list[Key]) -> dict[Key, RosterEntry]:
     if not keys:
         return {}
     rows = cur.execute(
-        sql.SQL(
-            "SELECT r.state FROM {} r JOIN unnest(%b::text[], %b::text[]) AS k(slug, attendee_id) "
-            "USING (slug, attendee_id)"
-        ).format(version.table("roster")),
-        ([k[0] for k in keys], [k[1] for k in keys]),
+        _statements(version).load, ([k[0] for k in keys], [k[1] for k in keys])
     ).fetchall()
     entries = (_decode(row[0]) for row in rows)
     return {(e.slug, e.attendee_id): e for e in entries}
 
 
 def _store(cur: psycopg.Cursor[Any], version: Version, entries: list[RosterEntry]) -> None:
-    if not entries:
-        return
-    upsert_rows(
-        cur,
-        version.table("roster"),
-        stage=f"roster_v{version.version}_stage",
-        columns=_NAMES,
-        types=_STAGE_TYPES,
-        select=STAGE_SELECT,
-        key=["slug", "attendee_id"],
-        rows=(_row(entry) for entry in entries),
-    )
+    if entries:
+        upsert_rows(cur, _statements(version).store, (_row(entry) for entry in entries))
 
 
 def _row(entry: RosterEntry) -> tuple[Any, ...]:

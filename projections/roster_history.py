@@ -13,6 +13,7 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime
+from functools import lru_cache
 from typing import Any, Final
 
 import msgspec
@@ -22,7 +23,7 @@ from psycopg import sql
 from domain.events import ERASED, AttendeeEvent
 from domain.roster import Period, advance, scrubbed
 from projections import roster
-from projections.copying import copy_rows, upsert_rows
+from projections.copying import Upsert, copy_into, copy_rows, upsert_into, upsert_rows
 from projections.schema import ANALYTICS, Version
 from projections.view import Key, Poison, RowsOnly
 
@@ -98,11 +99,7 @@ class RosterHistoryView:
         if not keys:
             return {}
         rows = cur.execute(
-            sql.SQL(
-                "SELECT h.valid_from, h.state FROM {} h JOIN unnest(%b::text[], %b::text[]) "
-                "AS k(slug, attendee_id) USING (slug, attendee_id) WHERE h.valid_to IS NULL"
-            ).format(version.table("roster_history")),
-            ([k[0] for k in keys], [k[1] for k in keys]),
+            _statements(version).load, ([k[0] for k in keys], [k[1] for k in keys])
         ).fetchall()
         periods = (Period(since=row[0], entry=roster.decode_state(row[1])) for row in rows)
         return {(p.entry.slug, p.entry.attendee_id): p for p in periods}
@@ -140,24 +137,41 @@ class RosterHistoryView:
         return opened, write
 
     def write(self, cur: psycopg.Cursor[Any], version: Version, write: HistoryWrite) -> None:
-        table = version.table("roster_history")
-        periods = write.periods + _late(cur, table, write.late)
+        periods = write.periods + _late(cur, version.table("roster_history"), write.late)
         rows = list(_rows(periods))
-        if not rows:
-            return
-        upsert_rows(
-            cur,
+        if rows:
+            upsert_rows(cur, _statements(version).store, rows)
+
+    def bulk(self, version: Version) -> HistoryBulk:
+        return HistoryBulk(self, version)
+
+
+class _Statements(msgspec.Struct, frozen=True):
+    """What a live batch sends for one history version, rendered once."""
+
+    load: bytes
+    store: Upsert
+
+
+@lru_cache(maxsize=16)
+def _statements(version: Version) -> _Statements:
+    table = version.table("roster_history")
+    return _Statements(
+        load=sql.SQL(
+            "SELECT h.valid_from, h.state FROM {} h JOIN unnest(%b::text[], %b::text[]) "
+            "AS k(slug, attendee_id) USING (slug, attendee_id) WHERE h.valid_to IS NULL"
+        )
+        .format(table)
+        .as_bytes(None),
+        store=upsert_into(
             table,
             stage=f"roster_history_v{version.version}_stage",
             columns=_NAMES,
             types=_STAGE_TYPES,
             select=_STAGE_SELECT,
             key=["slug", "attendee_id", "valid_from"],
-            rows=rows,
-        )
-
-    def bulk(self, version: Version) -> HistoryBulk:
-        return HistoryBulk(self, version)
+        ),
+    )
 
 
 def _late(
@@ -204,13 +218,13 @@ class HistoryBulk(RowsOnly):
     def __init__(self, view: RosterHistoryView, version: Version) -> None:
         self._view = view
         self._version = version
+        self._copy = copy_into(version.table("roster_history"), _NAMES, _STAGE_TYPES)
 
     def add(self, cur: psycopg.Cursor[Any], write: HistoryWrite) -> None:
         if write.late:  # not from nothing: cannot happen in a bulk fill, but stay right
             self._view.write(cur, self._version, write)
             return
-        rows = _rows(write.periods)
-        copy_rows(cur, self._version.table("roster_history"), _NAMES, _STAGE_TYPES, rows)
+        copy_rows(cur, self._copy, _rows(write.periods))
 
 
 def _rows(periods: list[tuple[Key, list[Period]]]) -> Iterator[tuple[Any, ...]]:
