@@ -446,16 +446,17 @@ def _statements(version: Version) -> _Statements:
             "WHERE m.slug = k.slug AND m.minute = k.minute AND m.entered = 0 AND m.exited = 0"
         ).format(minutes),
         # The highest count within each touched minute, from its exact changes in step order.
+        # One minute at a time: its changes come in step order from the (slug, at, delta)
+        # index, where partitioning all of them by slug sorted them on text (4.9 -> 1.5 ms
+        # for ten busy minutes).
         set_minute_maxima=sql.SQL(
-            "WITH touched AS (SELECT * FROM unnest(%b::text[], %b::timestamptz[]) "
-            "AS t(slug, minute)), steps AS (SELECT t.slug, t.minute, c.at, sum(c.delta) OVER "
-            f"(PARTITION BY t.slug, t.minute ORDER BY {_STEP_ORDER} ROWS UNBOUNDED PRECEDING) "
-            "AS running FROM touched t JOIN {1} c ON c.slug = t.slug AND c.at >= t.minute "
-            "AND c.at < t.minute + interval '1 minute'), best AS (SELECT DISTINCT ON "
-            "(slug, minute) slug, minute, running, at FROM steps "
-            "ORDER BY slug, minute, running DESC, at) "
-            "UPDATE {0} m SET max_prefix = b.running, max_prefix_at = b.at FROM best b "
-            "WHERE m.slug = b.slug AND m.minute = b.minute"
+            "UPDATE {0} m SET max_prefix = b.running, max_prefix_at = b.at "
+            "FROM unnest(%b::text[], %b::timestamptz[]) AS t(slug, minute) "
+            "CROSS JOIN LATERAL (SELECT s.at, s.running FROM (SELECT c.at, sum(c.delta) OVER "
+            f"(ORDER BY {_STEP_ORDER} ROWS UNBOUNDED PRECEDING) AS running FROM {{1}} c "
+            "WHERE c.slug = t.slug AND c.at >= t.minute AND c.at < t.minute + interval '1 minute'"
+            ") s ORDER BY s.running DESC, s.at LIMIT 1) b "
+            "WHERE m.slug = t.slug AND m.minute = t.minute"
         ).format(minutes, changes),
         add_counters=sql.SQL(
             "INSERT INTO {0} AS t (slug, {1}) VALUES (%s, {2}) ON CONFLICT (slug) DO UPDATE SET {3}"
