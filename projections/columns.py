@@ -19,7 +19,10 @@ MAX_EXPONENT: Final = 999  # powers of ten from 1e-999 to 9.99e999
 MAX_DIGITS: Final = 1000  # significant digits
 # In the encoded JSON, a long run of digits or a four-digit exponent: a number that may be
 # outside those bounds (or a string that looks like one: then the careful path finds nothing).
-_SUSPECT: Final = re.compile(rb"[0-9.]{%d}|E[+-][0-9]{4}" % (MAX_DIGITS + 1))
+# Two patterns, not one alternation: the exponent's literal start lets the regex engine skip
+# ahead, and the run needs looking for only in a long text (0.7 µs a row against 4.5 µs).
+_LONG_RUN: Final = re.compile(rb"[0-9.]{%d}" % (MAX_DIGITS + 1))
+_LONG_EXPONENT: Final = re.compile(rb"E[+-][0-9]{4}")
 
 
 def text(value: object) -> str | None:
@@ -35,9 +38,15 @@ def json_text(value: Any) -> str:
     """JSON that a jsonb cast always reads: NUL characters inside strings become U+FFFD, and a
     number beyond MAX_EXPONENT or MAX_DIGITS becomes a string of its exact value ("1E+200000")."""
     encoded = _encode(value)
-    if b"\\u0000" in encoded or _SUSPECT.search(encoded):
+    if b"\\u0000" in encoded or _suspect(encoded):
         encoded = _encode(_storable(value))
     return encoded.decode()
+
+
+def _suspect(encoded: bytes) -> bool:
+    if _LONG_EXPONENT.search(encoded) is not None:
+        return True
+    return len(encoded) > MAX_DIGITS and _LONG_RUN.search(encoded) is not None
 
 
 def storable_number(number: Decimal) -> bool:
