@@ -640,7 +640,11 @@ def export(
         args.append(name)
         # Aliased by number: PostgreSQL would cut a long field name at 63 bytes.
         columns.append(f"fields ->> ${len(args)} AS f{n}")
-    query = f"SELECT {', '.join(columns)} FROM {source} AS src WHERE {where} ORDER BY {ORDER_KEY}"
+    # OFFSET 0 keeps the rows apart from the columns: inlined, the analytics view's
+    # `fields::jsonb` was converted again for every field column and `fields` itself (100,000
+    # rows with 7 field columns: 2.9 s against 1.3 s). The projection keeps the rows' order.
+    rows = f"SELECT * FROM {source} AS src WHERE {where} ORDER BY {ORDER_KEY} OFFSET 0"
+    query = f"SELECT {', '.join(columns)} FROM ({rows}) AS src"
     return query, args, [*EXPORT_COLUMNS, *(FIELD_PREFIX + name for name in field_names)]
 
 
