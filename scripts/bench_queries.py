@@ -134,9 +134,10 @@ class Export:
 
 
 def main() -> int:
-    # This process seeds the store and starts rollcall processes: they must share one master key.
-    os.environ.setdefault(keys.MASTER_KEY_ENV, keys.generate_master_key())
     args = _arguments()
+    if not args.reuse:  # a kept database's key comes from the ROLLCALL_DATA_DIR given
+        # This process seeds the store and starts rollcall processes: they must share one key.
+        os.environ.setdefault(keys.MASTER_KEY_ENV, keys.generate_master_key())
     work = Path(tempfile.mkdtemp(prefix="rollcall-bench-"))
     configured = os.environ.get("DATABASE_URL") or None
     # Seeding (which seals personal data) and the service must use one master key.
@@ -151,14 +152,23 @@ def main() -> int:
             finally:
                 if args.keep and configured:
                     print(
-                        f"\nkept the database: {database_url} (master key in "
-                        f"{os.environ['ROLLCALL_DATA_DIR']}: give it as ROLLCALL_DATA_DIR "
-                        "with --reuse)"
+                        f"\nkept the database: {database_url} (its master key is in "
+                        f"{_keep_key()}: give that as ROLLCALL_DATA_DIR with --reuse)"
                     )
                 else:
                     drop_database(server_url, database_url)
     finally:
         shutil.rmtree(work, ignore_errors=True)
+
+
+def _keep_key() -> Path:
+    """A data directory that outlives the run (the scratch one is removed), holding the master
+    key the kept database's personal data is sealed under."""
+    kept = Path(tempfile.mkdtemp(prefix="rollcall-bench-key-"))
+    fd = os.open(kept / keys.MASTER_KEY_FILE, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(os.environ[keys.MASTER_KEY_ENV] + "\n")
+    return kept
 
 
 def _run(args: argparse.Namespace, work: Path, database_url: str) -> int:
