@@ -23,8 +23,10 @@ from domain.deliveries import legacy_delivery_key
 from domain.interpret import PARSER_VERSION
 from projections.rebuild import build_as_of, rebuild
 from projections.registry import VIEW_NAMES
+from projections.schema import INTERNAL
 from service import privacy
 from service.eventstore import keys
+from service.eventstore import store as store_module
 from service.eventstore.replay import replay_quarantined
 from service.eventstore.source import SOURCE
 from service.eventstore.store import DeliveryRecorded, DeliveryStore, ensure_store
@@ -730,3 +732,35 @@ def test_the_projections_key_cache_keeps_its_hits_when_it_fills_up(
         every = cache.aeads(cur, keys.active(), set(subject.values()))
     assert set(every) == set(subject.values())
     assert all(aead is not None for aead in every.values())
+
+
+def test_a_writers_key_cache_stays_bounded_and_every_delivery_is_still_sealed(
+    database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A server running for months meets ever more attendees: its writer keeps at most
+    _KEYS_MAX opened keys. Once the cache starts again, an attendee met before has their key
+    looked up (an update) or guessed new and found taken (a registration sent again): either
+    way the delivery is sealed under their one key, never a second one, and reads back whole."""
+    monkeypatch.setattr(store_module, "_KEYS_MAX", 3)
+    people = [{**KEPT, "id": f"a-{n}", "company": f"Firma-{n}"} for n in range(8)]
+    first = [body("AttendeeRegistered", p, f"08:0{n}:00", f"r{n}") for n, p in enumerate(people)]
+    again = [
+        body("AttendeeUpdated", {**people[0], "company": "Firma-0b"}, "09:00:00", "u0"),
+        body("AttendeeRegistered", {**people[1], "company": "Firma-1b"}, "09:01:00", "r1b"),
+    ]
+    store = DeliveryStore(database_url, pool_size=1)
+    try:
+        for data in first + again:  # one delivery a batch: each commit may start the cache again
+            assert store.append([_recorded(data, json.loads(data)["id"])])[0] is not None
+            assert len(store._sealer._keys) <= 3
+    finally:
+        store.close()
+    rows = stored_rows(database_url)
+    assert all(r["sealed"] is not None for r in rows)
+    read_back = {s.delivery_id: s.body for s in stored_deliveries(database_url)}
+    assert read_back == {json.loads(data)["id"]: data for data in first + again}
+    with psycopg.connect(database_url) as conn:
+        held = conn.execute(
+            f"SELECT subject, count(*) FROM {INTERNAL}.{keys.KEYS_TABLE} GROUP BY subject"
+        ).fetchall()
+    assert sorted(held) == sorted((p["id"], 1) for p in people)

@@ -68,6 +68,10 @@ _UNACKNOWLEDGED_MAX: Final = 65_536
 _STALE_RETRIES: Final = 5
 _EMAILS_SEEN_MAX: Final = 100_000
 _LOOK_UP_MAX: Final = 100_000
+# Opened data keys a writer keeps (about 2.7 kB each with their cipher contexts): several times
+# a big event's attendees. A server that runs for months meets ever more of them; past this the
+# cache starts again, and a miss costs a lookup in its batch's one query.
+_KEYS_MAX: Final = 20_000
 _ERASURE_NAMESPACE: Final = UUID("9b7e1d2c-4f3a-5b6c-8d9e-0a1b2c3d4e5f")
 
 
@@ -984,6 +988,8 @@ class _Sealer:
         def commit() -> None:
             with self._lock:
                 if self._epoch == epoch:
+                    if len(self._keys) + len(known) + len(new) > _KEYS_MAX:
+                        self._keys.clear()
                     self._keys.update(known)
                     self._keys.update({s: aead for s, (aead, _) in new.items()})
                 for subject in new:
