@@ -79,7 +79,10 @@ def ensure_views(database_url: str) -> ViewTracking:
                 # changed one's columns (occupancy's entries and exits).
                 published = VIEWS[name].analytics(live)
                 if any(_outdated(conn, ANALYTICS, view, select) for view, select in published):
-                    publish_views(conn, ANALYTICS, published)
+                    # In one transaction: each view is dropped and made again, and a reader in
+                    # between would find none (a 503 for every read while the server starts).
+                    with conn.transaction():
+                        publish_views(conn, ANALYTICS, published)
         tracking = view_tracking(database_url)
         tracking.ensure_table(conn)
     return tracking

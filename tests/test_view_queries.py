@@ -17,8 +17,9 @@ import asyncpg
 import msgspec
 import pytest
 
-from domain.events import CHECKED_IN, CHECKED_OUT, AttendeeEvent
-from projections import occupancy, payments
+from domain.events import CHECKED_IN, CHECKED_OUT, DELETED, REGISTERED, UPDATED, AttendeeEvent
+from projections import occupancy, payments, roster
+from projections.rebuild import rebuild
 from projections.runner import Runner
 from service.config import EventConfig
 from service.eventstore.source import SOURCE
@@ -153,3 +154,52 @@ async def test_payment_totals_are_the_models(
     assert methods == sorted(methods)
     days = [(t.day, t.currency) for t in answer.by_day]
     assert days == sorted(days)
+
+
+async def test_an_exports_field_columns_come_from_the_kept_counts_as_from_every_row(
+    views_of: Callable[[list[AttendeeEvent]], None], pool: asyncpg.Pool, database_url: str
+) -> None:
+    """An export's form-field columns are read from the roster's count of attendees per field
+    (kept by its triggers, not by the fold): through new fields, a deletion (a deleted attendee
+    keeps theirs), an erasure (theirs are gone) and a rebuild, they are exactly what a scan of
+    every row's fields finds."""
+    scan = f"(SELECT * FROM {roster.ROSTER_RELATION})"  # any other relation is scanned
+
+    async def both() -> list[str]:
+        kept = await roster.field_names(pool, SLUG)
+        assert kept == await roster.field_names(pool, SLUG, scan)
+        return kept
+
+    views_of(
+        [
+            make_event(REGISTERED, "a-1", at(8), fields={"firstName": "Ola", "tShirt": "M"}),
+            make_event(REGISTERED, "a-2", at(8, 1), fields={"diet": "vegan"}),
+            make_event(REGISTERED, "a-3", at(8, 2), fields={"diet": "none", "badge": "VIP"}),
+            make_event(REGISTERED, "a-4", at(8, 3), fields={"x": 1}, slug="other-event"),
+        ]
+    )
+    assert await both() == ["badge", "diet", "tShirt"]  # byte order; firstName has a column
+    views_of([make_event(UPDATED, "a-1", at(9), fields={"phone": "+48 600"})])
+    assert await both() == ["badge", "diet", "phone", "tShirt"]
+    views_of([make_event(DELETED, "a-3", at(10))])
+    assert await both() == ["badge", "diet", "phone", "tShirt"]
+    store = DeliveryStore(database_url)
+    try:
+        store.erase(SLUG, "a-3", "test")
+    finally:
+        store.close()
+    Runner(database_url, SOURCE).catch_up()
+    assert await both() == ["diet", "phone", "tShirt"]  # a-3 alone had a badge
+    counts = {"id": 2, "firstName": 1, "tShirt": 1, "phone": 1, "diet": 1}
+    assert await _field_counts(pool) == counts
+    rebuild(database_url, ["roster"], SOURCE)
+    assert await both() == ["diet", "phone", "tShirt"]
+    assert await _field_counts(pool) == counts
+    assert await roster.field_names(pool, "other-event") == ["x"]
+
+
+async def _field_counts(pool: asyncpg.Pool) -> dict[str, int]:
+    rows = await pool.fetch(
+        "SELECT field, attendees FROM analytics.roster_field_names WHERE event = $1", SLUG
+    )
+    return {row["field"]: row["attendees"] for row in rows}
