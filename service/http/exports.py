@@ -252,18 +252,27 @@ class Exports:
             await room.acquire()
             chunks.put_nowait(bytes(chunk))  # asyncpg may hand over a bytearray
 
+        # The header goes with the first rows, not before them: a COPY the database refuses
+        # before any row (a stored row it cannot read, no connection) is then still a 503.
+        head = [csv_text(header, [], "csv").encode()] if header is not None else []
+
+        async def rows(chunk: bytes | bytearray | memoryview) -> None:
+            if head:
+                await hand_over(head.pop())
+            await hand_over(chunk)
+
         async def copy() -> None:
-            if header is not None:
-                await hand_over(csv_text(header, [], "csv").encode())
             async with self._pool.acquire(timeout=_CONNECT_TIMEOUT) as conn:
                 statement = await conn.prepare(query)
                 select = csv_select(query, statement.get_attributes())
                 # asyncpg's own budget for the whole COPY, the client's waits included; at its
                 # end asyncpg cancels the query on the server.
                 await conn.copy_from_query(
-                    select, *args, output=hand_over, format="csv", header=header is None,
+                    select, *args, output=rows, format="csv", header=header is None,
                     timeout=self._deadline,
                 )  # fmt: skip
+            if head:  # no rows: the header alone
+                await hand_over(head.pop())
 
         def ended(_: asyncio.Task[None]) -> None:
             # A done callback runs however the copy ended, even cancelled before it began.
