@@ -281,11 +281,8 @@ def _search_table(version: Version) -> sql.Composed:
 
 
 def _search_sync(version: Version) -> list[sql.Composed]:
-    """The triggers that keep a version's search table in step with its roster table: made
-    once (then the table is filled from the roster, under the trigger's lock: nothing is
-    written in between), never replaced (the function may belong to another role)."""
-    roster, search = version.table("roster"), version.table("roster_search")
-    function = sql.Identifier(VIEWS_SCHEMA, f"roster_v{version.version}_search_sync")
+    """The triggers that keep a version's search table in step with its roster table."""
+    search = version.table("roster_search")
     updates = ", ".join(
         f"{c} = excluded.{c}"
         for c in ("status", "role", "checked_in", "paid", "k1", "k2", "search", "folded")
@@ -296,40 +293,67 @@ def _search_sync(version: Version) -> list[sql.Composed]:
         "ELSE INSERT INTO {search} SELECT {columns} FROM changed "
         "ON CONFLICT (slug, attendee_id) DO UPDATE SET {updates}; END IF; RETURN NULL; END"
     ).format(search=search, columns=sql.SQL(_SEARCH_COLUMNS), updates=sql.SQL(updates))
-    triggers = [
+    fill = sql.SQL("INSERT INTO {search} SELECT {columns} FROM {roster} ON CONFLICT DO NOTHING")
+    return _kept_by_triggers(
+        version,
+        function=f"roster_v{version.version}_search_sync",
+        triggers="search",
+        body=body,
+        transitions={
+            "INSERT": "NEW TABLE AS changed",
+            "UPDATE": "NEW TABLE AS changed",
+            "DELETE": "OLD TABLE AS changed",
+        },
+        fill=fill.format(
+            search=search, columns=sql.SQL(_SEARCH_COLUMNS), roster=version.table("roster")
+        ),
+    )
+
+
+def _kept_by_triggers(
+    version: Version,
+    function: str,
+    triggers: str,
+    body: sql.Composable,
+    transitions: dict[str, str],
+    fill: sql.Composable,
+) -> list[sql.Composed]:
+    """Statement triggers on a version's roster table that run the plpgsql `body` after each
+    write, with each operation's transition tables named in `transitions`.
+
+    The function is made once, never replaced (it may belong to another role). The triggers
+    are made once too, and `fill` then takes what they keep from the roster under their lock:
+    nothing is written in between."""
+    roster = version.table("roster")
+    name = sql.Identifier(VIEWS_SCHEMA, function)
+    created = [
         sql.SQL(
-            "CREATE TRIGGER {name} AFTER {op} ON {roster} REFERENCING {kind} TABLE AS changed "
+            "CREATE TRIGGER {trigger} AFTER {op} ON {roster} REFERENCING {tables} "
             "FOR EACH STATEMENT EXECUTE FUNCTION {function}()"
         ).format(
-            name=sql.Identifier(f"search_{op.lower()}"),
+            trigger=sql.Identifier(f"{triggers}_{op.lower()}"),
             op=sql.SQL(op),
             roster=roster,
-            kind=sql.SQL("OLD" if op == "DELETE" else "NEW"),
-            function=function,
+            tables=sql.SQL(tables),
+            function=name,
         )
-        for op in ("INSERT", "UPDATE", "DELETE")
+        for op, tables in transitions.items()
     ]
     return [
         sql.SQL(
             "DO $do$ BEGIN IF to_regprocedure({signature}) IS NULL THEN "
             "CREATE FUNCTION {function}() RETURNS trigger LANGUAGE plpgsql AS $body$ {body} "
             "$body$; END IF; END $do$"
-        ).format(
-            signature=sql.Literal(f"{VIEWS_SCHEMA}.roster_v{version.version}_search_sync()"),
-            function=function,
-            body=body,
-        ),
+        ).format(signature=sql.Literal(f"{VIEWS_SCHEMA}.{function}()"), function=name, body=body),
         sql.SQL(
             "DO $do$ BEGIN IF NOT EXISTS (SELECT FROM pg_trigger "
-            "WHERE tgrelid = {regclass}::regclass AND tgname = 'search_insert') THEN {triggers}; "
-            "INSERT INTO {search} SELECT {columns} FROM {roster} ON CONFLICT DO NOTHING; "
-            "END IF; END $do$"
+            "WHERE tgrelid = {regclass}::regclass AND tgname = {first}) THEN {created}; "
+            "{fill}; END IF; END $do$"
         ).format(
             regclass=sql.Literal(f"{VIEWS_SCHEMA}.roster_v{version.version}"),
-            triggers=sql.SQL("; ").join(triggers),
-            search=search,
-            columns=sql.SQL(_SEARCH_COLUMNS),
-            roster=roster,
+            first=sql.Literal(f"{triggers}_insert"),
+            created=sql.SQL("; ").join(created),
+            fill=fill,
         ),
     ]
 
@@ -346,11 +370,9 @@ def _field_names_table(version: Version) -> sql.Composed:
 
 
 def _field_names_sync(version: Version) -> list[sql.Composed]:
-    """The triggers that count a version's form fields as its roster rows change: made once
-    (then the counts are taken from the roster, under the trigger's lock), never replaced.
-    Counts change in key order, so two writers never wait on each other's rows crosswise."""
-    roster, names = version.table("roster"), version.table("roster_field_names")
-    function = sql.Identifier(VIEWS_SCHEMA, f"roster_v{version.version}_field_names")
+    """The triggers that count a version's form fields as its roster rows change. Counts
+    change in key order, so two writers never wait on each other's rows crosswise."""
+    names = version.table("roster_field_names")
 
     def counted(rows: str, sign: int) -> str:
         return f"SELECT slug, k AS field, {sign} AS d FROM {rows}, json_object_keys(fields) k"
@@ -371,43 +393,22 @@ def _field_names_sync(version: Version) -> list[sql.Composed]:
         delete=upsert(removed),
         update=upsert(f"{added} UNION ALL {removed}"),
     )
-    transition = {"INSERT": "NEW TABLE AS added", "UPDATE": "OLD TABLE AS removed NEW TABLE AS "
-                  "added", "DELETE": "OLD TABLE AS removed"}  # fmt: skip
-    triggers = [
-        sql.SQL(
-            "CREATE TRIGGER {name} AFTER {op} ON {roster} REFERENCING {tables} "
-            "FOR EACH STATEMENT EXECUTE FUNCTION {function}()"
-        ).format(
-            name=sql.Identifier(f"field_names_{op.lower()}"),
-            op=sql.SQL(op),
-            roster=roster,
-            tables=sql.SQL(tables),
-            function=function,
-        )
-        for op, tables in transition.items()
-    ]
-    return [
-        sql.SQL(
-            "DO $do$ BEGIN IF to_regprocedure({signature}) IS NULL THEN "
-            "CREATE FUNCTION {function}() RETURNS trigger LANGUAGE plpgsql AS $body$ {body} "
-            "$body$; END IF; END $do$"
-        ).format(
-            signature=sql.Literal(f"{VIEWS_SCHEMA}.roster_v{version.version}_field_names()"),
-            function=function,
-            body=body,
-        ),
-        sql.SQL(
-            "DO $do$ BEGIN IF NOT EXISTS (SELECT FROM pg_trigger WHERE tgrelid = "
-            "{regclass}::regclass AND tgname = 'field_names_insert') THEN {triggers}; "
-            "INSERT INTO {names} SELECT slug, k, count(*) FROM {roster}, "
-            "json_object_keys(fields) k GROUP BY slug, k ON CONFLICT DO NOTHING; END IF; END $do$"
-        ).format(
-            regclass=sql.Literal(f"{VIEWS_SCHEMA}.roster_v{version.version}"),
-            triggers=sql.SQL("; ").join(triggers),
-            names=names,
-            roster=roster,
-        ),
-    ]
+    fill = sql.SQL(
+        "INSERT INTO {names} SELECT slug, k, count(*) FROM {roster}, json_object_keys(fields) k "
+        "GROUP BY slug, k ON CONFLICT DO NOTHING"
+    )
+    return _kept_by_triggers(
+        version,
+        function=f"roster_v{version.version}_field_names",
+        triggers="field_names",
+        body=body,
+        transitions={
+            "INSERT": "NEW TABLE AS added",
+            "UPDATE": "OLD TABLE AS removed NEW TABLE AS added",
+            "DELETE": "OLD TABLE AS removed",
+        },
+        fill=fill.format(names=names, roster=version.table("roster")),
+    )
 
 
 class _Statements(msgspec.Struct, frozen=True):
