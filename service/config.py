@@ -97,6 +97,11 @@ class Tuning(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tr
     export_stall: float = 60.0
     # A request's line and headers (service/http/server.py): their deadline and their size.
     header_timeout: float = 10.0
+    # Seconds a kept-alive connection may idle before the server closes it. Longer than the
+    # idle timeouts of the proxies put in front (Caddy 120 s, Go's transport 90 s, nginx's
+    # upstream keepalive and AWS's ALB 60 s): a proxy that reuses a connection as the server
+    # closes it fails that POST (a 502 for JTE). Idle connections take no request slot.
+    keep_alive: int = 130
     header_limit: int = DEFAULT_HEADER_LIMIT
 
 
@@ -342,6 +347,7 @@ def _check_limits(settings: Settings) -> None:
         settings.export_timeout,
         settings.export_stall,
         settings.header_timeout,
+        settings.keep_alive,
     )
     if min(timeouts) <= 0 or settings.batch_linger_ms < 0:
         raise ConfigError("timeouts must be positive and the batch linger not negative")

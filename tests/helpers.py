@@ -70,7 +70,7 @@ class RunningService:
             lifespan="on",
             log_config=None,
             access_log=False,  # as `rollcall serve` without --access-log
-            timeout_keep_alive=5,
+            timeout_keep_alive=settings.keep_alive,
             http=guarded(settings),
             limit_concurrency=settings.max_connections,
         )
@@ -111,6 +111,36 @@ def raw_exchange(url: str, wire: bytes, timeout: float = 10) -> tuple[bytes, flo
             while chunk := sock.recv(65536):
                 received += chunk
     return received, time.monotonic() - started
+
+
+def answers_then_idle(url: str, requests: list[bytes], pause: float) -> tuple[list[bytes], float]:
+    """Send each request on one connection, `pause` s apart; the answers, and how long after
+    the last one the server closed the connection, left idle (it must close it, unasked)."""
+    host, port = url.removeprefix("http://").split(":")
+    answers = []
+    with socket.create_connection((host, int(port)), timeout=30) as sock:
+        for n, request in enumerate(requests):
+            if n:
+                time.sleep(pause)
+            sock.sendall(request)
+            answers.append(_one_answer(sock))
+        answered = time.monotonic()
+        if sock.recv(1) != b"":
+            raise AssertionError("the server sent more than its answers")
+        return answers, time.monotonic() - answered
+
+
+def _one_answer(sock: socket.socket) -> bytes:
+    received = b""
+    while b"\r\n\r\n" not in received:
+        received += sock.recv(65536)
+    head, _, body = received.partition(b"\r\n\r\n")
+    length = re.search(rb"(?im)^content-length: *(\d+)", head)
+    if length is None:
+        raise AssertionError(f"an answer without a length: {head!r}")
+    while len(body) < int(length.group(1)):
+        body += sock.recv(65536)
+    return head + b"\r\n\r\n" + body
 
 
 def wait_until(condition: Callable[[], object], timeout: float = 10) -> None:

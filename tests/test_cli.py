@@ -16,7 +16,14 @@ import psycopg
 import pytest
 
 from service.eventstore.store import DeliveryStore
-from tests.helpers import SECRET, delivery, recorded, stored_rows, token_headers
+from tests.helpers import (
+    SECRET,
+    answers_then_idle,
+    delivery,
+    recorded,
+    stored_rows,
+    token_headers,
+)
 
 ROLLCALL = [sys.executable, "-m", "service.cli"]
 
@@ -94,6 +101,20 @@ def test_restart_loses_nothing(tmp_path: Path, database_url: str, stop_signal: i
         second.stop()
     assert len(stored_rows(database_url)) == 21
     assert SECRET not in (tmp_path / "serve.log").read_text()
+
+
+def test_serve_keeps_an_idle_connection_for_its_keep_alive(
+    tmp_path: Path, database_url: str
+) -> None:
+    env = child_env(tmp_path, DATABASE_URL=database_url, ROLLCALL_KEEP_ALIVE="2")
+    serve = Serve(env, tmp_path / "serve.log")
+    try:
+        ready = b"GET /readyz HTTP/1.1\r\nHost: x\r\n\r\n"
+        answers, closed_after = answers_then_idle(serve.url, [ready, ready], 0.5)
+    finally:
+        serve.stop()
+    assert [a.split(b" ", 2)[1] for a in answers] == [b"200", b"200"]
+    assert 1.0 < closed_after < 4.5  # 2 s, not uvicorn's 5 s nor the default's 130 s
 
 
 def test_embedded_default_generates_a_secret_keeps_data_and_stops_cleanly(tmp_path: Path) -> None:

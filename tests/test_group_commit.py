@@ -75,12 +75,12 @@ async def test_concurrent_posts_are_batched_and_stored_exactly_once(
 async def _post_as_a_sender_would(client: httpx.AsyncClient, body: bytes) -> httpx.Response:
     """Post a delivery, sending it again if its kept-alive connection was closed under it.
 
-    The server closes a connection idle for 5 s (keep-alive). On a loaded VM this test's client,
-    sharing a process with the server, read some answers more than 5 s after they were sent; a
-    post sent on such a connection as the server closed it failed with a ReadError (reproduced
-    with a keep-alive of 0.1 s: three runs of three). HTTP/1.1 leaves that race to the sender,
-    which sends again. Such a post never reached the app: were one stored and its answer lost,
-    its resend would be a duplicate, and the counts below would catch it."""
+    A post sent on a connection as the server closes it for idling fails with a ReadError, a
+    race HTTP/1.1 leaves to the sender, which sends again. CI hit it when the keep-alive was
+    5 s: this test's client, sharing a process with the server on a loaded VM, read some
+    answers more than 5 s after they were sent (reproduced three runs of three with a
+    keep-alive of 0.1 s). Such a post never reached the app: were one stored and its answer
+    lost, its resend would be a duplicate, and the counts below would catch it."""
     for attempt in range(3):
         try:
             return await client.post("/webhooks/jte", content=body, headers=token_headers())

@@ -14,10 +14,11 @@ import pytest
 from psycopg import sql
 from standardwebhooks import Webhook
 
-from service.config import DEFAULT_HEADER_LIMIT, EventConfig
+from service.config import DEFAULT_HEADER_LIMIT, EventConfig, Tuning
 from tests.helpers import (
     SECRET,
     RunningService,
+    answers_then_idle,
     bearer_headers,
     delivery,
     hmac_base64,
@@ -412,8 +413,36 @@ async def test_headers_over_the_limit_are_431_and_nothing_is_stored(
     assert received.startswith(b"HTTP/1.1 431 ")
     assert stored_rows(database_url) == []
     fits = b"X-Padding: " + b"p" * (DEFAULT_HEADER_LIMIT - len(head) - 100) + b"\r\n"
-    received, _ = await asyncio.to_thread(raw_exchange, service.url, head + fits + b"\r\n" + body)
+    # Asked to close after its answer: raw_exchange reads until the server closes.
+    wire = head + b"Connection: close\r\n" + fits + b"\r\n" + body
+    received, _ = await asyncio.to_thread(raw_exchange, service.url, wire)
     assert received.startswith(b"HTTP/1.1 200 ") and b'"accepted"' in received
+
+
+async def test_a_kept_alive_connection_serves_while_idle_then_closes_at_its_keep_alive(
+    start_service: Callable[..., RunningService],
+    database_url: str,
+) -> None:
+    # The default outlasts the idle timeouts of the proxies put in front (Caddy's is 120 s): a
+    # proxy that reuses a connection as the server closes it fails that delivery.
+    assert Tuning().keep_alive > 120
+    service = start_service(keep_alive=2)
+    posts = [_wire(delivery(attendee_id=f"kept-{n}")) for n in range(2)]
+    # Half a second idle between the two posts, within the keep-alive: one connection serves both.
+    answers, closed_after = await asyncio.to_thread(answers_then_idle, service.url, posts, 0.5)
+    assert [a.split(b" ", 2)[1] for a in answers] == [b"200", b"200"]
+    assert 1.0 < closed_after < 4.5  # 2 s, and room for a loaded machine
+    assert len(stored_rows(database_url)) == 2
+
+
+def _wire(body: bytes) -> bytes:
+    head = "".join(f"{name}: {value}\r\n" for name, value in token_headers().items())
+    return (
+        b"POST /webhooks/jte HTTP/1.1\r\nHost: x\r\n"
+        + head.encode()
+        + b"Content-Length: %d\r\n\r\n" % len(body)
+        + body
+    )
 
 
 async def test_a_body_that_never_starts_is_cut_off_at_the_header_deadline(

@@ -87,7 +87,7 @@ def run_serve(settings: Settings, args: argparse.Namespace) -> int:
             lifespan="on",
             log_config=logging_config(args.log_level, args.log_format or settings.log_format),
             access_log=args.access_log,
-            timeout_keep_alive=5,
+            timeout_keep_alive=settings.keep_alive,
             # Headers have a deadline too (slow-drip clients), and requests a ceiling: beyond
             # it, idle connections are closed and new requests answered 503
             # (service/http/server.py).
