@@ -41,8 +41,9 @@ _PROFILE_RANK: Final = "1|"
 _OTHER_RANK: Final = "0|"
 
 
-class RosterEntry(msgspec.Struct, kw_only=True):
-    """One attendee of one JTE event, with the orders that decide each part."""
+class RosterEntry(msgspec.Struct, kw_only=True, omit_defaults=True):
+    """One attendee of one JTE event, with the orders that decide each part (encoded without
+    the parts still at their defaults: most are, and the entry is stored for every period)."""
 
     slug: str
     attendee_id: str
