@@ -37,10 +37,16 @@ def text(value: object) -> str | None:
 def json_text(value: Any) -> str:
     """JSON that a jsonb cast always reads: NUL characters inside strings become U+FFFD, and a
     number beyond MAX_EXPONENT or MAX_DIGITS becomes a string of its exact value ("1E+200000")."""
+    return json_text_exact(value)[0]
+
+
+def json_text_exact(value: Any) -> tuple[str, bool]:
+    """`json_text`, and whether it is the value's own JSON (nothing had to be replaced), so
+    that decoding it gives the value back."""
     encoded = _encode(value)
     if b"\\u0000" in encoded or _suspect(encoded):
-        encoded = _encode(_storable(value))
-    return encoded.decode()
+        return _encode(_storable(value)).decode(), False
+    return encoded.decode(), True
 
 
 def _suspect(encoded: bytes) -> bool:

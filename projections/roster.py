@@ -17,7 +17,7 @@ from psycopg import sql
 
 from domain.events import ERASED, AttendeeEvent
 from domain.roster import RosterEntry, apply, apply_owned, scrubbed
-from projections.columns import json_text, text
+from projections.columns import json_text_exact, text
 from projections.copying import Upsert, copy_into, copy_rows, upsert_into, upsert_rows
 from projections.schema import ANALYTICS, VIEWS_SCHEMA, Version
 from projections.view import Key, Poison, RowsOnly
@@ -31,6 +31,7 @@ _Stored = tuple[RosterEntry, list[str], list[int] | dict[str, int]]
 # a float), or a row rewritten later would differ from one written once.
 _encode_stored: Final = msgspec.json.Encoder(decimal_format="number").encode
 _decode_stored: Final = msgspec.json.Decoder(_Stored, float_hook=Decimal).decode
+_decode_fields: Final = msgspec.json.Decoder(dict[str, Any], float_hook=Decimal).decode
 
 # The analytics views this one publishes.
 ROSTER: Final = "roster"
@@ -427,8 +428,8 @@ def _statements(version: Version) -> _Statements:
     roster = version.table("roster")
     return _Statements(
         load=sql.SQL(
-            "SELECT r.state FROM {} r JOIN unnest(%b::text[], %b::text[]) AS k(slug, attendee_id) "
-            "USING (slug, attendee_id)"
+            "SELECT r.state, r.fields::text FROM {} r "
+            "JOIN unnest(%b::text[], %b::text[]) AS k(slug, attendee_id) USING (slug, attendee_id)"
         )
         .format(roster)
         .as_bytes(None),
@@ -455,7 +456,7 @@ def _load(cur: psycopg.Cursor[Any], version: Version, keys: list[Key]) -> dict[K
     rows = cur.execute(
         _statements(version).load, ([k[0] for k in keys], [k[1] for k in keys])
     ).fetchall()
-    entries = (_decode(row[0]) for row in rows)
+    entries = (_decode(row[0], row[1]) for row in rows)
     return {(e.slug, e.attendee_id): e for e in entries}
 
 
@@ -466,6 +467,7 @@ def _store(cur: psycopg.Cursor[Any], version: Version, entries: list[RosterEntry
 
 def _row(entry: RosterEntry) -> tuple[Any, ...]:
     fields = entry.fields
+    fields_text, exact = json_text_exact(fields)
     return (
         text(entry.slug),
         text(entry.attendee_id),
@@ -488,9 +490,10 @@ def _row(entry: RosterEntry) -> tuple[Any, ...]:
         entry.deleted_at if entry.status == "deleted" else None,
         entry.last_check_in_at,
         entry.last_check_out_at,
-        json_text(fields),
+        fields_text,
         entry.last_position,
-        _encode_state(entry),
+        # The fields are in the state only where the column could not hold them exactly.
+        _encode_state(entry, with_fields=not exact),
     )
 
 
@@ -506,9 +509,9 @@ def row(entry: RosterEntry) -> tuple[Any, ...]:
     return _row(entry)
 
 
-def decode_state(state: bytes) -> RosterEntry:
-    """An entry from its `state` column."""
-    return _decode(state)
+def decode_state(state: bytes, fields: str) -> RosterEntry:
+    """An entry from its row's `state` column and its `fields` column as text."""
+    return _decode(state, fields)
 
 
 def _ticket(value: object) -> str | None:
@@ -518,11 +521,15 @@ def _ticket(value: object) -> str | None:
     return text(value)
 
 
-def _encode_state(entry: RosterEntry) -> bytes:
-    """The entry for the `state` column, compact: each distinct field order written once, and
-    the fields' indexes into them in the fields' own order (the fold sets a field and its
-    order together). A roster or history row then stays under PostgreSQL's 2 kB TOAST
-    threshold (which halves the write cost), and every byte less is one less to write."""
+def _encode_state(entry: RosterEntry, with_fields: bool) -> bytes:
+    """The entry for the `state` column, compact: each distinct field order written once, the
+    fields' indexes into them in the fields' own order (the fold sets a field and its order
+    together), and the fields themselves only if `with_fields` (else the row's `fields` column
+    holds them). A roster or history row then stays under PostgreSQL's 2 kB TOAST threshold
+    (which halves the write cost), and every byte less is one less to write.
+
+    The fields are left out only beside orders by position, which a release before this form
+    cannot read: an older runner stops at such a state instead of reading it without fields."""
     orders = sorted(set(entry.field_orders.values()))
     index = {order: n for n, order in enumerate(orders)}
     names = entry.field_orders.keys()
@@ -531,12 +538,18 @@ def _encode_state(entry: RosterEntry) -> bytes:
         field_order = [index[entry.field_orders[name]] for name in names]
     else:
         field_order = {name: index[order] for name, order in entry.field_orders.items()}
-    return _encode_stored((msgspec.structs.replace(entry, field_orders={}), orders, field_order))
+        with_fields = True
+    kept = msgspec.structs.replace(
+        entry, field_orders={}, fields=entry.fields if with_fields else {}
+    )
+    return _encode_stored((kept, orders, field_order))
 
 
-def _decode(state: bytes) -> RosterEntry:
+def _decode(state: bytes, fields: str) -> RosterEntry:
     stored: _Stored = _decode_stored(state)
     entry, orders, field_order = stored
+    if not entry.fields:  # left to the `fields` column (or none: then it reads `{}`)
+        entry.fields = _decode_fields(fields)
     if isinstance(field_order, dict):
         entry.field_orders = {name: orders[n] for name, n in field_order.items()}
     else:
@@ -553,14 +566,14 @@ def scrub(cur: psycopg.Cursor[Any], version: Version, slug: str, attendee_id: st
     table = version.table("roster")
     row = cur.execute(
         # FOR UPDATE: a runner's write of this row in the meantime is not overwritten.
-        sql.SQL("SELECT state FROM {} WHERE slug = %s AND attendee_id = %s FOR UPDATE").format(
-            table
-        ),
+        sql.SQL(
+            "SELECT state, fields::text FROM {} WHERE slug = %s AND attendee_id = %s FOR UPDATE"
+        ).format(table),
         (slug, attendee_id),
     ).fetchone()
     if row is None:
         return 0
-    entry = scrubbed(_decode(bytes(row[0])))
+    entry = scrubbed(_decode(bytes(row[0]), row[1]))
     values = dict(zip(_NAMES, _row(entry), strict=True))
     personal = ("email", "first_name", "last_name", "role", "company", "ticket", "added_by_admin")
     cur.execute(

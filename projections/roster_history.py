@@ -101,7 +101,7 @@ class RosterHistoryView:
         rows = cur.execute(
             _statements(version).load, ([k[0] for k in keys], [k[1] for k in keys])
         ).fetchall()
-        periods = (Period(since=row[0], entry=roster.decode_state(row[1])) for row in rows)
+        periods = (Period(since=row[0], entry=roster.decode_state(row[1], row[2])) for row in rows)
         return {(p.entry.slug, p.entry.attendee_id): p for p in periods}
 
     def fold(
@@ -158,7 +158,8 @@ def _statements(version: Version) -> _Statements:
     table = version.table("roster_history")
     return _Statements(
         load=sql.SQL(
-            "SELECT h.valid_from, h.state FROM {} h JOIN unnest(%b::text[], %b::text[]) "
+            "SELECT h.valid_from, h.state, h.fields::text FROM {} h "
+            "JOIN unnest(%b::text[], %b::text[]) "
             "AS k(slug, attendee_id) USING (slug, attendee_id) WHERE h.valid_to IS NULL"
         )
         .format(table)
@@ -187,7 +188,7 @@ def _late(
     ]
     rows = cur.execute(
         sql.SQL(
-            "SELECT h.slug, h.attendee_id, h.valid_from, h.state FROM {} h "
+            "SELECT h.slug, h.attendee_id, h.valid_from, h.state, h.fields::text FROM {} h "
             "JOIN unnest(%b::text[], %b::text[], %b::timestamptz[]) AS k(slug, attendee_id, since) "
             "USING (slug, attendee_id) WHERE h.valid_to IS NULL OR h.valid_to > k.since "
             "ORDER BY h.slug, h.attendee_id, h.valid_from FOR UPDATE OF h"
@@ -195,9 +196,9 @@ def _late(
         ([k[0] for k, _ in late], [k[1] for k, _ in late], since),
     ).fetchall()
     loaded: dict[Key, list[Period]] = defaultdict(list)
-    for slug, attendee_id, valid_from, state in rows:
+    for slug, attendee_id, valid_from, state, fields in rows:
         loaded[(slug, attendee_id)].append(
-            Period(since=valid_from, entry=roster.decode_state(state))
+            Period(since=valid_from, entry=roster.decode_state(state, fields))
         )
     out = []
     for key, events in late:
@@ -250,16 +251,17 @@ def scrub(cur: psycopg.Cursor[Any], version: Version, slug: str, attendee_id: st
     table = version.table("roster_history")
     rows = cur.execute(
         sql.SQL(
-            "SELECT valid_from, state FROM {} WHERE slug = %s AND attendee_id = %s FOR UPDATE"
+            "SELECT valid_from, state, fields::text FROM {} "
+            "WHERE slug = %s AND attendee_id = %s FOR UPDATE"
         ).format(table),
         (slug, attendee_id),
     ).fetchall()
     personal = ("email", "first_name", "last_name", "role", "company", "ticket", "added_by_admin")
-    for valid_from, state in rows:
+    for valid_from, state, fields in rows:
         values = dict(
             zip(
                 roster.COLUMN_NAMES,
-                roster.row(scrubbed(roster.decode_state(bytes(state)))),
+                roster.row(scrubbed(roster.decode_state(bytes(state), fields))),
                 strict=True,
             )
         )

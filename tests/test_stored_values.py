@@ -59,13 +59,18 @@ def test_json_text_is_always_castable_to_jsonb(database_url: str, number: str) -
     assert len(stored) < 3 * MAX_DIGITS + 100 or len(number) > MAX_DIGITS
 
 
+_FIELDS = roster.COLUMN_NAMES.index("fields")
+
+
 @pytest.mark.parametrize("number", HOSTILE_NUMBERS[:2] + ORDINARY_NUMBERS)
+@pytest.mark.parametrize("name", ["Nowak", "Nowak\x00"], ids=["name", "name-with-nul"])
 @pytest.mark.parametrize("aligned", [True, False], ids=["orders-as-fields", "orders-apart"])
-def test_a_fold_state_reads_back_as_the_same_entry(number: str, aligned: bool) -> None:
-    # The state is compact (no default parts, field orders by position): nothing may be lost,
-    # neither a number's exact value nor the order of the fields and of their orders.
+def test_a_fold_state_reads_back_as_the_same_entry(number: str, name: str, aligned: bool) -> None:
+    # The state is compact (no default parts, field orders by position, the fields left to the
+    # row's `fields` column where it holds them exactly): nothing may be lost, neither a
+    # number's exact value nor the order of the fields and of their orders.
     value = Decimal(number)
-    fields = {"lastName": "Nowak\x00", "custom": value, "nested": {"list": [value, None]}}
+    fields = {"lastName": name, "custom": value, "nested": {"list": [value, None]}}
     orders = {"lastName": "0|b", "custom": "1|a", "nested": "0|b"}
     entry = RosterEntry(
         slug="e",
@@ -77,18 +82,22 @@ def test_a_fold_state_reads_back_as_the_same_entry(number: str, aligned: bool) -
         amount=Decimal("349.00"),
         last_position=7,
     )
-    state = roster.row(entry)[-1]
-    again = roster.decode_state(state)
+    row = roster.row(entry)
+    state = row[-1]
+    again = roster.decode_state(state, row[_FIELDS])
     assert again == entry
     assert list(again.fields) == list(entry.fields)
     assert list(again.field_orders) == list(entry.field_orders)
     stored = json.loads(state)
     assert "deleted_order" not in stored[0]  # a part at its default is left out
     assert isinstance(stored[2], list) == aligned  # orders by position where they line up
+    # The fields go in the state where the column had to change them, or beside orders by name.
+    changed = "\x00" in name or number in HOSTILE_NUMBERS
+    assert ("fields" in stored[0]) == (changed or not aligned)
 
 
 def test_a_fold_state_written_before_it_was_compact_still_reads() -> None:
-    # As written until 2026-12-01: every part, and the field orders by name.
+    # As written until 2026-12-01: every part, the fields, and the field orders by name.
     state = (
         b'[{"slug":"e","attendee_id":"a","first_seen_at":"2026-05-14T08:00:00Z",'
         b'"fields":{"b":1.50,"a":"x"},"field_orders":{},"profile_order":"t","registered_at":'
@@ -97,11 +106,12 @@ def test_a_fold_state_written_before_it_was_compact_still_reads() -> None:
         b'"paid_at":null,"amount":null,"currency":null,"method":null,"last_position":3},'
         b'["0|t","1|t"],{"a":0,"b":1}]'
     )
-    entry = roster.decode_state(state)
+    entry = roster.decode_state(state, '{"b":1.50,"a":"x"}')
     assert entry.fields == {"b": Decimal("1.50"), "a": "x"}
     assert entry.field_orders == {"a": "0|t", "b": "1|t"}
     assert (entry.profile_order, entry.last_position, entry.amount) == ("t", 3, None)
-    assert roster.decode_state(roster.row(entry)[-1]) == entry
+    row = roster.row(entry)
+    assert roster.decode_state(row[-1], row[_FIELDS]) == entry
 
 
 async def test_a_hostile_number_in_a_field_breaks_no_read(
