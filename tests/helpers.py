@@ -133,14 +133,22 @@ def answers_then_idle(url: str, requests: list[bytes], pause: float) -> tuple[li
 def _one_answer(sock: socket.socket) -> bytes:
     received = b""
     while b"\r\n\r\n" not in received:
-        received += sock.recv(65536)
+        received += _more(sock)
     head, _, body = received.partition(b"\r\n\r\n")
     length = re.search(rb"(?im)^content-length: *(\d+)", head)
     if length is None:
         raise AssertionError(f"an answer without a length: {head!r}")
     while len(body) < int(length.group(1)):
-        body += sock.recv(65536)
+        body += _more(sock)
     return head + b"\r\n\r\n" + body
+
+
+def _more(sock: socket.socket) -> bytes:
+    # A close before the answer is whole fails here, instead of reading b"" forever.
+    chunk = sock.recv(65536)
+    if not chunk:
+        raise AssertionError("the server closed the connection before its answer was whole")
+    return chunk
 
 
 def wait_until(condition: Callable[[], object], timeout: float = 10) -> None:
