@@ -12,10 +12,11 @@ every core:
    died with it (the next fill drops it).
 2. Fold: one worker per share of the attendees reads its events from the scratch table once,
    ordered by key (PostgreSQL does the grouping), opens and decodes each once, folds each
-   attendee from nothing with every view's own fold, and streams the rows out with COPY. A view
-   whose rows are shared by attendees (the ledger, keyed by payment reference) is folded by the
-   first worker alone, so no two transactions write one row. Sums over all attendees
-   (occupancy's minutes and counters) come back to the parent, which writes them last.
+   attendee from nothing with every view's own fold, and streams the rows out with COPY. Rows
+   keyed by something several attendees share (the ledger's payment references) may come from
+   two workers: the view settles them to one per key set-based, before its keys are made.
+   Sums over all attendees (occupancy's minutes and counters) come back to the parent, which
+   writes them last.
    Once every part has committed, the versions' sums, dead letters and tracking positions (the
    last position scanned) are written in one transaction: until then a version stands at
    position 0, and the rebuild that resumes it empties and fills it again.
@@ -217,9 +218,9 @@ def fill(
 
 def _unindexed(conn: psycopg.Connection[Any], fresh: Sequence[Version]) -> list[list[str]]:
     """Make the versions' tables again, empty, from their DDL, and drop their keys and indexes
-    so the folds' COPY writes no index entries; the statements that make them again, per
-    table. A view whose fold upserts (shared rows) keeps its keys. Interrupted anywhere, the
-    rerun makes the tables again."""
+    so the folds' COPY writes no index entries; the statements that settle each view's rows
+    (BulkView.settle) and make them again, per table. Interrupted anywhere, the rerun makes the
+    tables again."""
     again: list[list[str]] = []
     with conn.transaction():
         for version in fresh:
@@ -227,11 +228,11 @@ def _unindexed(conn: psycopg.Connection[Any], fresh: Sequence[Version]) -> list[
             drop_tables(conn, version, view.tables)
             for statement in view.ddl(version):
                 conn.execute(statement)
-            if view.shared_rows:
-                continue
+            settle = [statement.as_string(conn) for statement in view.settle(version)]
             for name in view.tables:
                 table = f"{VIEWS_SCHEMA}.{name}_v{version.version}"
-                statements = []
+                # A view's rows are settled before its first table's keys are made.
+                statements, settle = settle, []
                 keys = conn.execute(
                     "SELECT conname, pg_get_constraintdef(oid) FROM pg_constraint "
                     "WHERE conrelid = %s::regclass AND contype = 'p'",
@@ -402,7 +403,6 @@ class _Folding:
         self.version = version
         self.view = VIEWS[version.view]
         self.types = self.view.event_types
-        self.shared = self.view.shared_rows
         self.bulk = self.view.bulk(version)
         self.poison = dead_letters(version.view, strict, letters)
         self.batch: list[AttendeeEvent] = []
@@ -426,35 +426,17 @@ def _fold_part(
     open_ = AESGCM(key).decrypt
     letters: dict[Version, list[LetterRow]] = {v: [] for v in fresh}
     folds = [_Folding(v, strict, letters[v]) for v in fresh]
-    own = [f for f in folds if not f.shared]
-    # Rows shared by attendees are folded by the first part alone, from every attendee.
-    shared = [f for f in folds if f.shared] if part == 0 else []
-    mine = sql.SQL("mod(hashtext(attendee_id) & 2147483647, {}) = {}").format(parts, part)
-    params: list[Any] = []
-
-    def taking(group: list[_Folding]) -> sql.Composable | None:
-        if not group:
-            return None
-        wanted: set[str] = set()
-        for f in group:
-            if f.types is None:
-                return sql.SQL("true")
-            wanted |= f.types
-        params.append(sorted(wanted))
-        return sql.SQL("event_type = ANY(%s)")
-
-    own_types, shared_types = taking(own), taking(shared)
-    conditions: list[sql.Composable] = []
-    if own_types is not None:
-        conditions.append(sql.SQL("({} AND {})").format(mine, own_types))
-    if shared_types is not None:
-        conditions.append(shared_types)
-    if not conditions:
-        return letters, {f.version: f.bulk.totals() for f in folds}
+    # The event types the folds read between them (None: every type).
+    wanted: list[str] | None = sorted({kind for f in folds for kind in f.types or ()})
+    if any(f.types is None for f in folds):
+        wanted = None
+    types = sql.SQL("") if wanted is None else sql.SQL(" AND event_type = ANY(%s)")
     query = sql.SQL(
-        "SELECT slug, attendee_id, position, event, {} FROM {} WHERE {} "
+        "SELECT slug, attendee_id, position, event FROM {} "
+        "WHERE mod(hashtext(attendee_id) & 2147483647, {}) = {}{} "
         'ORDER BY slug COLLATE "C", attendee_id COLLATE "C", position'
-    ).format(mine, sql.Identifier(VIEWS_SCHEMA, scratch), sql.SQL(" OR ").join(conditions))
+    ).format(sql.Identifier(VIEWS_SCHEMA, scratch), parts, part, types)
+    params = [] if wanted is None else [wanted]
     with psycopg.connect(database_url) as conn, conn.transaction(), conn.cursor() as cur:
         # The sort of every event by key: in memory where it fits, else on disk.
         cur.execute("SET LOCAL work_mem = '64MB'")
@@ -463,7 +445,7 @@ def _fold_part(
         with conn.cursor(name=f"bulk_fold_{part}", binary=True) as rows:
             rows.execute(query, params)
             while chunk := rows.fetchmany(BATCH):
-                for slug, attendee_id, position, data, is_mine in chunk:
+                for slug, attendee_id, position, data in chunk:
                     key_ = (slug, attendee_id)
                     # A batch ends between two attendees: each is folded whole, from nothing.
                     if key_ != last_key and gathered >= BATCH:
@@ -484,10 +466,7 @@ def _fold_part(
                         key=kept.key,
                         attendee=kept.attendee,
                     )
-                    for f in own if is_mine else ():
-                        if f.types is None or kind in f.types:
-                            f.batch.append(event)
-                    for f in shared:
+                    for f in folds:
                         if f.types is None or kind in f.types:
                             f.batch.append(event)
                     gathered += 1

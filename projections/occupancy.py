@@ -82,7 +82,6 @@ class OccupancyView:
     name: Final = "occupancy"
     tables: Final = ("presence", "occupancy_changes", "occupancy_minutes", "occupancy")
     event_types: Final = MOVE_TYPES
-    shared_rows: Final = False  # minutes and counters are sums, written once (Bulk.finish)
 
     def ddl(self, version: Version) -> list[sql.Composed]:
         n = version.version
@@ -214,6 +213,9 @@ class OccupancyView:
 
     def bulk(self, version: Version) -> OccupancyBulk:
         return OccupancyBulk(version)
+
+    def settle(self, version: Version) -> list[sql.Composed]:
+        return []  # one fold per attendee writes each row once
 
 
 class OccupancyBulk:

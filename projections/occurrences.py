@@ -38,7 +38,6 @@ class OccurrencesView:
     name: Final = "occurrences"
     tables: Final = ("occurrences",)
     event_types: Final[frozenset[str] | None] = None  # every interpreted delivery has a row
-    shared_rows: Final = False
 
     def ddl(self, version: Version) -> list[sql.Composed]:
         table = version.table("occurrences")
@@ -100,6 +99,9 @@ class OccurrencesView:
 
     def bulk(self, version: Version) -> OccurrencesBulk:
         return OccurrencesBulk(version)
+
+    def settle(self, version: Version) -> list[sql.Composed]:
+        return []  # one fold per attendee writes each row once
 
 
 @lru_cache(maxsize=16)

@@ -17,6 +17,7 @@ from psycopg import sql
 from domain.events import PAYMENT_CONFIRMED, AttendeeEvent
 from domain.ledger import LedgerEntry, ledger_entry, merge
 from projections.columns import text
+from projections.copying import copy_into, copy_rows
 from projections.schema import ANALYTICS, LOCK_NAMESPACE, SETUP_LOCK, VIEWS_SCHEMA, Version
 from projections.view import Key, Poison, RowsOnly
 
@@ -40,8 +41,6 @@ class PaymentsView:
     name: Final = "payments"
     tables: Final = ("payments",)
     event_types: Final = frozenset({PAYMENT_CONFIRMED})
-    # An entry is a payment reference, which several attendees may share (a group purchase).
-    shared_rows: Final = True
 
     def ddl(self, version: Version) -> list[sql.Composed]:
         table = version.table("payments")
@@ -114,24 +113,44 @@ class PaymentsView:
         """Record each confirmation; a later one for the same reference replaces it."""
         if not latest:
             return
-        cur.execute(
-            _record(version),
-            (
-                [text(e.slug) for e in latest],
-                [text(e.entry_key) for e in latest],
-                [text(e.attendee_id) for e in latest],
-                [e.amount for e in latest],
-                [e.currency for e in latest],
-                [text(e.method) for e in latest],
-                [text(e.reference) for e in latest],
-                [e.paid_at for e in latest],
-                [e.order for e in latest],
-                [e.position for e in latest],
-            ),
-        )
+        rows = (_row(e) for e in latest)
+        cur.execute(_record(version), [list(column) for column in zip(*rows, strict=True)])
 
     def bulk(self, version: Version) -> PaymentsBulk:
-        return PaymentsBulk(self, version)
+        return PaymentsBulk(version)
+
+    def settle(self, version: Version) -> list[sql.Composed]:
+        # An entry is a payment reference, which several attendees may share (a group
+        # purchase): each worker wrote its attendees' latest, and the latest of all stays, as
+        # a live batch's upsert keeps it (ties cannot happen: an order ends in its delivery key).
+        return [
+            sql.SQL(
+                "DELETE FROM {0} a USING {0} b WHERE a.slug = b.slug "
+                "AND a.entry_key = b.entry_key AND a.order_token < b.order_token"
+            ).format(version.table("payments"))
+        ]
+
+
+# The table's columns' types in order, as a COPY sends them (_row's values).
+_COLUMN_TYPES: Final = (
+    *("text", "text", "text", "numeric", "text", "text", "text"),
+    *("timestamptz", "text", "int8"),
+)
+
+
+def _row(e: LedgerEntry) -> tuple[Any, ...]:
+    return (
+        text(e.slug),
+        text(e.entry_key),
+        text(e.attendee_id),
+        e.amount,
+        e.currency,
+        text(e.method),
+        text(e.reference),
+        e.paid_at,
+        e.order,
+        e.position,
+    )
 
 
 @lru_cache(maxsize=16)
@@ -154,15 +173,15 @@ def _record(version: Version) -> bytes:
 
 
 class PaymentsBulk(RowsOnly):
-    """A fresh ledger filled by a bulk rebuild: entries are keyed by payment reference, not by
-    attendee, so they are written as live batches are (the later order wins); they are few."""
+    """A fresh ledger filled by a bulk rebuild: each worker's latest entry per payment reference
+    appended with COPY (a reference shared by attendees of two workers is settled once all are
+    written: PaymentsView.settle)."""
 
-    def __init__(self, view: PaymentsView, version: Version) -> None:
-        self._view = view
-        self._version = version
+    def __init__(self, version: Version) -> None:
+        self._copy = copy_into(version.table("payments"), None, _COLUMN_TYPES)
 
     def add(self, cur: psycopg.Cursor[Any], write: list[LedgerEntry]) -> None:
-        self._view.write(cur, self._version, write)
+        copy_rows(cur, self._copy, (_row(e) for e in write))
 
 
 # --- Reading ---------------------------------------------------------------------------------

@@ -111,7 +111,6 @@ class RosterView:
     name: Final = "roster"
     tables: Final = ("roster", "roster_deliveries", "roster_search", "roster_field_names")
     event_types: Final = None  # every event concerns an attendee's row
-    shared_rows: Final = False
 
     def ddl(self, version: Version) -> list[sql.Composed]:
         # Free space on each page lets a row's next version stay on it (a "HOT" update).
@@ -243,6 +242,9 @@ class RosterView:
 
     def bulk(self, version: Version) -> RosterBulk:
         return RosterBulk(version)
+
+    def settle(self, version: Version) -> list[sql.Composed]:
+        return []  # one fold per attendee writes each row once
 
 
 class RosterBulk(RowsOnly):

@@ -53,7 +53,6 @@ class RosterHistoryView:
     name: Final = "roster_history"
     tables: Final = ("roster_history",)
     event_types: Final = None  # every event concerns an attendee's row
-    shared_rows: Final = False
 
     def ddl(self, version: Version) -> list[sql.Composed]:
         columns = [*roster.COLUMNS, "valid_from timestamptz NOT NULL", "valid_to timestamptz"]
@@ -144,6 +143,9 @@ class RosterHistoryView:
 
     def bulk(self, version: Version) -> HistoryBulk:
         return HistoryBulk(self, version)
+
+    def settle(self, version: Version) -> list[sql.Composed]:
+        return []  # one fold per attendee writes each row once
 
 
 class _Statements(msgspec.Struct, frozen=True):

@@ -110,12 +110,12 @@ class BulkView(View, Protocol):
         """The event types its fold reads (None: all)."""
         ...
 
-    @property
-    def shared_rows(self) -> bool:
-        """Whether a row may hold several attendees' events (then one worker folds them all)."""
-        ...
-
     def bulk(self, version: Version) -> Bulk: ...
+
+    def settle(self, version: Version) -> list[sql.Composed]:
+        """What leaves one row per key in a filled version where the workers, each folding its
+        share of the attendees, may have written one key twice (run before the keys are made)."""
+        ...
 
 
 class Target(msgspec.Struct, frozen=True):
