@@ -4,7 +4,10 @@ deliveries, stored by each commit's own code (sealed here, plaintext before encr
     .venv/bin/python scripts/bench_rebuild.py --against 95d5eaf [--events 100000] [--rounds 2]
 
 Each commit (this checkout, and REF exported with `git archive`, both run with this venv) fills
-a fresh database of its own, then rebuilds it in ABBA order, `rounds` times each. Prints, per
+a fresh database of its own, then rebuilds it in ABBA order, `rounds` times each. With
+`--one-store`, this checkout fills one database and both commits rebuild it: for commits that
+store deliveries alike, it takes the databases' own differences (their layout on disk, their
+autovacuum) out of the ratio. Prints, per
 commit, the median wall time, events/s, and the rebuild process's CPU per event (user + system,
 which other load on the machine disturbs less than wall time), and the ratios. Uses
 DATABASE_URL's server (required). Not part of the test suite.
@@ -107,6 +110,12 @@ def main() -> None:
         help="the view to rebuild (default all; name one view both commits have to compare "
         "the same work when this checkout has views the other lacks)",
     )
+    parser.add_argument(
+        "--one-store",
+        action="store_true",
+        help="fill one database with this checkout and rebuild it with both commits (only for "
+        "commits that store deliveries alike)",
+    )
     args = parser.parse_args()
     admin = os.environ.get("DATABASE_URL")
     if not admin:
@@ -115,19 +124,24 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="bench-rebuild-") as tmp:
         work = Path(tmp)
         trees = {"this": ROOT, args.against: _tree(args.against, work)}
-        urls = {name: new_database(admin, "bench_rebuild") for name in trees}
+        if args.one_store:
+            shared = new_database(admin, "bench_rebuild")
+            urls = {name: shared for name in trees}
+        else:
+            urls = {name: new_database(admin, "bench_rebuild") for name in trees}
         try:
             for name, tree in trees.items():
                 env = _env(tree, urls[name], work / name, key)
-                filled = subprocess.run(
-                    [sys.executable, "-c", _FILL, urls[name], str(args.events)],
-                    cwd=tree,
-                    env=env,
-                    check=True,
-                    capture_output=True,
-                    text=True,
-                ).stdout.strip()
-                print(f"{name}: {filled} deliveries stored", flush=True)
+                if name == "this" or not args.one_store:
+                    filled = subprocess.run(
+                        [sys.executable, "-c", _FILL, urls[name], str(args.events)],
+                        cwd=tree,
+                        env=env,
+                        check=True,
+                        capture_output=True,
+                        text=True,
+                    ).stdout.strip()
+                    print(f"{name}: {filled} deliveries stored", flush=True)
                 _rebuild(tree, env, args.view)  # warm: views created, caches filled
             results: dict[str, list[tuple[float, float]]] = {name: [] for name in trees}
             order = ["this", args.against, args.against, "this"] * args.rounds
@@ -137,7 +151,7 @@ def main() -> None:
                 wall, cpu = results[name][-1]
                 print(f"  {name}: {wall:.2f} s wall, {cpu:.2f} s CPU", flush=True)
         finally:
-            for url in urls.values():
+            for url in set(urls.values()):
                 drop_database(admin, url)
     summary = {}
     for name, runs in results.items():
