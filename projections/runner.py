@@ -160,7 +160,7 @@ class Runner:
         self._prepare()
         with (
             psycopg.connect(self._url, autocommit=True, application_name=_name()) as locks,
-            psycopg.connect(self._url, application_name=_name()) as work,
+            _work(self._url) as work,
         ):
             self.held.clear()  # locks belong to a session: this one holds none yet
             self._take_locks(locks)
@@ -173,7 +173,7 @@ class Runner:
         self._prepare()
         with (
             psycopg.connect(self._url, autocommit=True, application_name=_name()) as locks,
-            psycopg.connect(self._url, application_name=_name()) as work,
+            _work(self._url) as work,
         ):
             locks.execute(sql.SQL("LISTEN {}").format(sql.Identifier(self._source.channel)))
             log.info("projection runner connected")
@@ -263,6 +263,19 @@ class Runner:
         with psycopg.connect(self._url, autocommit=True) as conn:
             clear_failure(conn, [v.view for v in versions])
         self._failing = False
+
+
+def _work(database_url: str) -> psycopg.Connection[Any]:
+    """The connection batches run on, planning each statement for the tables as they are.
+
+    The views' tables grow from nothing. A cached plan made while one was small (a whole-table
+    scan of the roster history to load a few attendees' periods) stayed in use until
+    autovacuum's next ANALYZE, up to a minute later, while each batch took longer than the
+    last: the live lag reached seconds, and a catch-up from empty views ran at 274/s."""
+    conn = psycopg.connect(database_url, application_name=_name())
+    conn.execute("SET plan_cache_mode = force_custom_plan")
+    conn.commit()
+    return conn
 
 
 def _name() -> str:
