@@ -14,7 +14,7 @@ every core:
    ordered by key (PostgreSQL does the grouping), opens and decodes each once, folds each
    attendee from nothing with every view's own fold, and streams the rows out with COPY. Rows
    keyed by something several attendees share (the ledger's payment references) may come from
-   two workers: the view settles them to one per key set-based, before its keys are made.
+   two workers: the view's Bulk settles them to one per key set-based, before its keys are made.
    Sums over all attendees (occupancy's minutes and counters) come back to the parent, which
    writes them last.
    Once every part has committed, the versions' sums, dead letters and tracking positions (the
@@ -34,7 +34,7 @@ import multiprocessing
 import signal
 import sys
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from datetime import datetime
 from decimal import Decimal
 from multiprocessing.pool import AsyncResult
@@ -52,6 +52,7 @@ from projections.registry import VIEWS
 from projections.schema import VIEWS_SCHEMA, Version, drop_tables
 from projections.source import BATCH_BYTES, DeliverySource, occurred_by, record
 from projections.tracking import advance, positions, write_letters
+from projections.view import Bulk
 
 BATCH: Final = 5000  # events per fold
 # Deliveries per read of the scan: a batch's decoded, opened and interpreted deliveries are
@@ -181,8 +182,9 @@ def fill(
                 on_progress(counts)
             log.info("scanned %d deliveries in %.1f s", counts.scanned, time.monotonic() - started)
             # A rerun after an interruption fills the versions again from empty.
+            bulks = {v: VIEWS[v.view].bulk(v) for v in fresh}
             with psycopg.connect(database_url, autocommit=True) as conn:
-                reindex = _unindexed(conn, fresh)
+                reindex = _unindexed(conn, bulks)
             folds = [
                 pool.apply_async(
                     _fold, (database_url, list(fresh), scratch, key, part, workers, strict)
@@ -190,7 +192,6 @@ def fill(
                 for part in range(workers)
             ]
             dead: dict[Version, list[LetterRow]] = {v: list(letters) for v in fresh}
-            bulks = {v: VIEWS[v.view].bulk(v) for v in fresh}
             for part, done in enumerate(_as_done(folds)):
                 for version in fresh:
                     dead[version] += done.letters[version]
@@ -216,19 +217,19 @@ def fill(
     return head
 
 
-def _unindexed(conn: psycopg.Connection[Any], fresh: Sequence[Version]) -> list[list[str]]:
+def _unindexed(conn: psycopg.Connection[Any], bulks: Mapping[Version, Bulk]) -> list[list[str]]:
     """Make the versions' tables again, empty, from their DDL, and drop their keys and indexes
-    so the folds' COPY writes no index entries; the statements that settle each view's rows
-    (BulkView.settle) and make them again, per table. Interrupted anywhere, the rerun makes the
+    so the folds' COPY writes no index entries; the statements that settle each version's rows
+    (Bulk.settle) and make them again, per table. Interrupted anywhere, the rerun makes the
     tables again."""
     again: list[list[str]] = []
     with conn.transaction():
-        for version in fresh:
+        for version, bulk in bulks.items():
             view = VIEWS[version.view]
             drop_tables(conn, version, view.tables)
             for statement in view.ddl(version):
                 conn.execute(statement)
-            settle = [statement.as_string(conn) for statement in view.settle(version)]
+            settle = [statement.as_string(conn) for statement in bulk.settle()]
             for name in view.tables:
                 table = f"{VIEWS_SCHEMA}.{name}_v{version.version}"
                 # A view's rows are settled before its first table's keys are made.

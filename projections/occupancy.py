@@ -214,9 +214,6 @@ class OccupancyView:
     def bulk(self, version: Version) -> OccupancyBulk:
         return OccupancyBulk(version)
 
-    def settle(self, version: Version) -> list[sql.Composed]:
-        return []  # one fold per attendee writes each row once
-
 
 class OccupancyBulk:
     """A fresh occupancy version filled by a bulk rebuild: presence rows and changes streamed
@@ -264,6 +261,9 @@ class OccupancyBulk:
         _store_minutes(cur, self._version, self._minutes)
         _store_counters(cur, self._version, self._counters)
         _store_peaks(cur, self._version, self._minutes)
+
+    def settle(self) -> list[sql.Composed]:
+        return []  # one fold per attendee writes each row once
 
 
 _PRESENCE_TYPES: Final = [

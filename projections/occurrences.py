@@ -100,9 +100,6 @@ class OccurrencesView:
     def bulk(self, version: Version) -> OccurrencesBulk:
         return OccurrencesBulk(version)
 
-    def settle(self, version: Version) -> list[sql.Composed]:
-        return []  # one fold per attendee writes each row once
-
 
 @lru_cache(maxsize=16)
 def _insert(version: Version) -> bytes:

@@ -119,17 +119,6 @@ class PaymentsView:
     def bulk(self, version: Version) -> PaymentsBulk:
         return PaymentsBulk(version)
 
-    def settle(self, version: Version) -> list[sql.Composed]:
-        # An entry is a payment reference, which several attendees may share (a group
-        # purchase): each worker wrote its attendees' latest, and the latest of all stays, as
-        # a live batch's upsert keeps it (ties cannot happen: an order ends in its delivery key).
-        return [
-            sql.SQL(
-                "DELETE FROM {0} a USING {0} b WHERE a.slug = b.slug "
-                "AND a.entry_key = b.entry_key AND a.order_token < b.order_token"
-            ).format(version.table("payments"))
-        ]
-
 
 # The table's columns' types in order, as a COPY sends them (_row's values).
 _COLUMN_TYPES: Final = (
@@ -174,14 +163,25 @@ def _record(version: Version) -> bytes:
 
 class PaymentsBulk(RowsOnly):
     """A fresh ledger filled by a bulk rebuild: each worker's latest entry per payment reference
-    appended with COPY (a reference shared by attendees of two workers is settled once all are
-    written: PaymentsView.settle)."""
+    appended with COPY, then settled to one per reference once all are written."""
 
     def __init__(self, version: Version) -> None:
-        self._copy = copy_into(version.table("payments"), None, _COLUMN_TYPES)
+        self._table = version.table("payments")
+        self._copy = copy_into(self._table, None, _COLUMN_TYPES)
 
     def add(self, cur: psycopg.Cursor[Any], write: list[LedgerEntry]) -> None:
         copy_rows(cur, self._copy, (_row(e) for e in write))
+
+    def settle(self) -> list[sql.Composed]:
+        # An entry is a payment reference, which several attendees may share (a group
+        # purchase): each worker wrote its attendees' latest, and the latest of all stays, as
+        # a live batch's upsert keeps it (ties cannot happen: an order ends in its delivery key).
+        return [
+            sql.SQL(
+                "DELETE FROM {0} a USING {0} b WHERE a.slug = b.slug "
+                "AND a.entry_key = b.entry_key AND a.order_token < b.order_token"
+            ).format(self._table)
+        ]
 
 
 # --- Reading ---------------------------------------------------------------------------------

@@ -243,9 +243,6 @@ class RosterView:
     def bulk(self, version: Version) -> RosterBulk:
         return RosterBulk(version)
 
-    def settle(self, version: Version) -> list[sql.Composed]:
-        return []  # one fold per attendee writes each row once
-
 
 class RosterBulk(RowsOnly):
     """A fresh roster version's rows, each written once with binary COPY (no staging, no

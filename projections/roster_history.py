@@ -144,9 +144,6 @@ class RosterHistoryView:
     def bulk(self, version: Version) -> HistoryBulk:
         return HistoryBulk(self, version)
 
-    def settle(self, version: Version) -> list[sql.Composed]:
-        return []  # one fold per attendee writes each row once
-
 
 class _Statements(msgspec.Struct, frozen=True):
     """What a live batch sends for one history version, rendered once."""

@@ -87,6 +87,11 @@ class Bulk(Protocol):
         """Write what accumulates over all keys."""
         ...
 
+    def settle(self) -> list[sql.Composed]:
+        """What leaves one row per key where the workers, each folding its share of the
+        attendees, may have written one key twice (run before the keys are made)."""
+        ...
+
 
 class RowsOnly:
     """The part of a Bulk for a view whose rows are all it writes: no sums over keys, nothing
@@ -101,6 +106,9 @@ class RowsOnly:
     def finish(self, cur: psycopg.Cursor[Any]) -> None:
         return None
 
+    def settle(self) -> list[sql.Composed]:
+        return []  # one fold per attendee writes each row once
+
 
 class BulkView(View, Protocol):
     """A view a bulk rebuild can fill: which event types it folds, and its bulk writer."""
@@ -111,11 +119,6 @@ class BulkView(View, Protocol):
         ...
 
     def bulk(self, version: Version) -> Bulk: ...
-
-    def settle(self, version: Version) -> list[sql.Composed]:
-        """What leaves one row per key in a filled version where the workers, each folding its
-        share of the attendees, may have written one key twice (run before the keys are made)."""
-        ...
 
 
 class Target(msgspec.Struct, frozen=True):
